@@ -1,0 +1,114 @@
+"""The ticket assignment service: a Flask app factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dotenv import load_dotenv
+from flask import Flask
+from sqlalchemy import event, inspect
+from sqlalchemy.engine import Engine
+
+from .config import load_config
+from .extensions import api, db, jwt, migrate
+from .queue import TicketQueue, make_redis
+
+log = logging.getLogger(__name__)
+
+
+def create_app(env: Mapping[str, str] | None = None, **overrides: Any) -> Flask:
+    """Build the app from the environment (or ``env``), then apply ``overrides``."""
+    if env is None:
+        load_dotenv(Path(__file__).resolve().parent.parent / ".env")
+    app = Flask(__name__, instance_path=str(Path(__file__).resolve().parent.parent / "instance"))
+    app.config.update(load_config(Path(app.instance_path), env))
+    app.config.update(
+        API_TITLE="Ticket assignment service",
+        API_VERSION="1.0.0",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+    )
+    app.config.update(overrides)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    # Every route answers with and without its trailing slash, no redirect.
+    app.url_map.strict_slashes = False
+
+    register_extensions(app)
+    register_blueprints(app)
+    register_errorhandlers(app)
+    register_commands(app)
+    if app.config["EMBEDDED"]:
+        start_embedded(app)
+    return app
+
+
+def register_extensions(app: Flask) -> None:
+    from .auth import register_jwt_callbacks
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(Path(__file__).resolve().parent.parent / "migrations"))
+    jwt.init_app(app)
+    register_jwt_callbacks(app)
+    api.init_app(app)
+    client = make_redis(app.config["REDIS_URL"], app.config["REDIS_CLUSTER"])
+    app.extensions["ticket_queue"] = TicketQueue(client, app.config["REDIS_KEY_PREFIX"])
+    if app.config["EMBEDDED"]:
+        with app.app_context():
+            _serialise_sqlite(db.engine)
+
+
+def register_blueprints(app: Flask) -> None:
+    from .api import register_blueprints as register
+
+    register(app)
+
+
+def register_errorhandlers(app: Flask) -> None:
+    from .errors import register_errorhandlers as register
+
+    register(app)
+
+
+def register_commands(app: Flask) -> None:
+    from .cli import register_commands as register
+
+    register(app)
+
+
+def _serialise_sqlite(engine: Engine) -> None:
+    """SQLite has no row locks: take the write lock at BEGIN, so transactions
+    run one at a time and the confirm's count stays exact (embedded mode only)."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def start_embedded(app: Flask) -> None:
+    """Fill the in-process Redis from the SQLite file, which outlives it."""
+    log.warning(
+        "embedded mode: SQLite at %s and an in-process Redis, one process only; "
+        "production needs DATABASE_URL (PostgreSQL) and REDIS_URL (Redis)",
+        app.config["SQLALCHEMY_DATABASE_URI"],
+    )
+    from .domain.rebuild import rebuild
+
+    with app.app_context():
+        if not inspect(db.engine).has_table("tickets"):
+            return  # not migrated yet; `flask db upgrade` comes first
+        rebuild(db.session, app.extensions["ticket_queue"])

@@ -1,0 +1,99 @@
+"""Tickets, admin side, and the queue's health."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import g
+
+from .. import errors
+from ..auth import role_required
+from ..domain import events, tickets
+from ..extensions import db
+from ..models import Ticket
+from ..schemas import (
+    QueueStatsSchema,
+    TicketCreateSchema,
+    TicketEventListSchema,
+    TicketPageSchema,
+    TicketPatchSchema,
+    TicketPutSchema,
+    TicketQuerySchema,
+    TicketSchema,
+)
+from ..state import ticket_queue
+from . import Blueprint
+
+blp = Blueprint("admin_tickets", __name__, url_prefix="/api/admin", description="Tickets (admin)")
+
+
+@blp.route("/tickets/", methods=["POST"])
+@blp.arguments(TicketCreateSchema)
+@blp.response(201, TicketSchema)
+@role_required("admin")
+def create_ticket(body: dict[str, str]) -> Ticket:
+    """Create a ticket; it joins the queue behind every older unassigned ticket."""
+    return tickets.create_ticket(db.session, ticket_queue(), actor_id=g.user.id, **body)
+
+
+@blp.route("/tickets/", methods=["GET"])
+@blp.arguments(TicketQuerySchema, location="query")
+@blp.response(200, TicketPageSchema)
+@role_required("admin")
+def list_tickets(query: dict[str, Any]) -> dict[str, Any]:
+    """List tickets in creation order, filtered by status or agent, a page at a time."""
+    items, next_cursor = tickets.list_tickets(db.session, **query)
+    return {"items": items, "next_cursor": next_cursor}
+
+
+@blp.route("/tickets/<int:ticket_id>/", methods=["GET"])
+@blp.response(200, TicketSchema)
+@role_required("admin")
+def get_ticket(ticket_id: int) -> Ticket:
+    """Show one ticket."""
+    return tickets.get_ticket(db.session, ticket_id)
+
+
+@blp.route("/tickets/<int:ticket_id>/", methods=["PUT"])
+@blp.arguments(TicketPutSchema)
+@blp.response(200, TicketSchema)
+@role_required("admin")
+def put_ticket(body: dict[str, str], ticket_id: int) -> Ticket:
+    """Replace title and description; the holder and queue place stay."""
+    return tickets.update_ticket(db.session, ticket_id, body)
+
+
+@blp.route("/tickets/<int:ticket_id>/", methods=["PATCH"])
+@blp.arguments(TicketPatchSchema)
+@blp.response(200, TicketSchema)
+@role_required("admin")
+def patch_ticket(body: dict[str, str], ticket_id: int) -> Ticket:
+    """Change the title or the description; the holder and queue place stay."""
+    return tickets.update_ticket(db.session, ticket_id, body)
+
+
+@blp.route("/tickets/<int:ticket_id>/", methods=["DELETE"])
+@blp.response(204)
+@role_required("admin")
+def delete_ticket(ticket_id: int) -> None:
+    """Delete a ticket; it is never handed out again and frees its holder's slot."""
+    tickets.delete_ticket(db.session, ticket_queue(), ticket_id, actor_id=g.user.id)
+
+
+@blp.route("/tickets/<int:ticket_id>/events/", methods=["GET"])
+@blp.response(200, TicketEventListSchema)
+@role_required("admin")
+def ticket_history(ticket_id: int) -> dict[str, Any]:
+    """Who had this ticket, and when (kept after the ticket is deleted)."""
+    items = events.history(db.session, ticket_id)
+    if not items:
+        raise errors.NotFound(f"no ticket {ticket_id} and no history of one")
+    return {"items": items}
+
+
+@blp.route("/queue/", methods=["GET"])
+@blp.response(200, QueueStatsSchema)
+@role_required("admin")
+def queue_stats() -> tickets.QueueStats:
+    """The Redis queue's length beside PostgreSQL's counts, so drift shows."""
+    return tickets.queue_stats(db.session, ticket_queue())

@@ -1,0 +1,55 @@
+"""Users, admin only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app, g
+
+from ..auth import role_required
+from ..domain import users
+from ..extensions import db
+from ..models import User
+from ..schemas import UserCreateSchema, UserPageSchema, UserPatchSchema, UserQuerySchema, UserSchema
+from ..state import ticket_queue
+from . import Blueprint
+
+blp = Blueprint("admin_users", __name__, url_prefix="/api/admin/users", description="Users (admin)")
+
+
+@blp.route("/", methods=["POST"])
+@blp.arguments(UserCreateSchema)
+@blp.response(201, UserSchema)
+@role_required("admin")
+def create_user(body: dict[str, Any]) -> User:
+    """Create an agent or an admin."""
+    return users.create_user(
+        db.session, default_capacity=current_app.config["TICKETS_PER_AGENT"], **body
+    )
+
+
+@blp.route("/", methods=["GET"])
+@blp.arguments(UserQuerySchema, location="query")
+@blp.response(200, UserPageSchema)
+@role_required("admin")
+def list_users(query: dict[str, Any]) -> dict[str, Any]:
+    """List users in creation order, a page at a time."""
+    items, next_cursor = users.list_users(db.session, **query)
+    return {"items": items, "next_cursor": next_cursor}
+
+
+@blp.route("/<int:user_id>/", methods=["GET"])
+@blp.response(200, UserSchema)
+@role_required("admin")
+def get_user(user_id: int) -> User:
+    """Show one user."""
+    return users.get_user(db.session, user_id)
+
+
+@blp.route("/<int:user_id>/", methods=["PATCH"])
+@blp.arguments(UserPatchSchema)
+@blp.response(200, UserSchema)
+@role_required("admin")
+def patch_user(changes: dict[str, Any], user_id: int) -> User:
+    """Change a password, deactivate or reactivate, or set an agent's capacity."""
+    return users.update_user(db.session, ticket_queue(), user_id, changes, actor_id=g.user.id)

@@ -1,0 +1,114 @@
+"""Configuration read from the environment, with explicit coercion.
+
+Every variable is listed in the README. With neither ``DATABASE_URL`` nor
+``REDIS_URL`` set the service runs in *embedded mode*: a SQLite file and an
+in-process Redis, so a laptop can serve the whole API with no services.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+MIN_SECRET_BYTES = 32
+
+
+class ConfigError(RuntimeError):
+    """Raised when the environment cannot produce a working configuration."""
+
+
+def _bool(value: str | None, default: bool = False) -> bool:
+    if value is None or value == "":
+        return default
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"expected a boolean, got {value!r}")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _embedded_secret(instance_path: Path) -> str:
+    """A signing key kept in the instance folder, so embedded tokens survive a restart."""
+    path = instance_path / "jwt-secret"
+    if path.exists():
+        return path.read_text().strip()
+    instance_path.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    path.write_text(key)
+    path.chmod(0o600)
+    return key
+
+
+def load_config(instance_path: Path, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Build the Flask config mapping from ``env`` (``os.environ`` by default)."""
+    env = os.environ if env is None else env
+    database_url = env.get("DATABASE_URL") or None
+    redis_url = env.get("REDIS_URL") or None
+    if (database_url is None) != (redis_url is None):
+        raise ConfigError(
+            "set both DATABASE_URL and REDIS_URL (production) or neither (embedded mode)"
+        )
+    embedded = database_url is None
+
+    secret = env.get("JWT_SECRET_KEY") or None
+    if secret is None:
+        if not embedded:
+            raise ConfigError(
+                "JWT_SECRET_KEY is required outside embedded mode (at least 32 bytes)"
+            )
+        secret = _embedded_secret(instance_path)
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(f"JWT_SECRET_KEY must be at least {MIN_SECRET_BYTES} bytes long")
+
+    if embedded:
+        instance_path.mkdir(parents=True, exist_ok=True)
+        database_url = f"sqlite:///{instance_path / 'tickets.db'}"
+        engine_options: dict[str, Any] = {}
+    else:
+        engine_options = {
+            # A connection that died with a PostgreSQL restart is replaced
+            # before use, so the service recovers without a restart.
+            "pool_pre_ping": True,
+            "pool_size": _int(env, "DB_POOL_SIZE", 5),
+            "max_overflow": _int(env, "DB_MAX_OVERFLOW", 5, minimum=0),
+            "pool_timeout": _int(env, "DB_POOL_TIMEOUT", 5),
+            "connect_args": {
+                "connect_timeout": _int(env, "DB_CONNECT_TIMEOUT", 3),
+                # A query stuck behind a lock or a dead server fails instead of
+                # holding a worker forever.
+                "options": f"-c statement_timeout={_int(env, 'DB_STATEMENT_TIMEOUT_MS', 5000)}",
+            },
+        }
+
+    return {
+        "EMBEDDED": embedded,
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "SQLALCHEMY_ENGINE_OPTIONS": engine_options,
+        "REDIS_URL": redis_url,
+        "REDIS_CLUSTER": _bool(env.get("REDIS_CLUSTER")),
+        "REDIS_KEY_PREFIX": env.get("REDIS_KEY_PREFIX") or "{tq}",
+        "JWT_SECRET_KEY": secret,
+        "JWT_ACCESS_TOKEN_EXPIRES": timedelta(minutes=_int(env, "ACCESS_TOKEN_MINUTES", 60)),
+        "JWT_REFRESH_TOKEN_EXPIRES": timedelta(days=_int(env, "REFRESH_TOKEN_DAYS", 7)),
+        "TICKETS_PER_AGENT": _int(env, "TICKETS_PER_AGENT", 15),
+        "RESERVATION_LEASE_SECONDS": _int(env, "RESERVATION_LEASE_SECONDS", 30),
+        "MAX_CONTENT_LENGTH": _int(env, "MAX_BODY_BYTES", 64 * 1024),
+    }

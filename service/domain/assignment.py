@@ -1,0 +1,205 @@
+"""Assignment: top an agent up to its capacity, oldest tickets first; sell.
+
+The path (DESIGN.md, "The assignment path"):
+
+1. ``reserve.lua`` counts the agent's ``held`` set and pops that many free
+   slots from the queue head, atomically, recording each id as reserved.
+2. One PostgreSQL transaction confirms under the agent's row lock. PostgreSQL,
+   not Redis, enforces I1 and I2: even if Redis handed out a wrong id, the
+   guarded UPDATE cannot give a ticket to two agents or over-fill one.
+3. ``settle.lua`` clears what PostgreSQL answered and gives refused ids back.
+   If the agent is still short and the queue is not empty, repeat (bounded).
+4. The answer is PostgreSQL's list of the agent's unsold tickets.
+
+When ``held`` disagrees with PostgreSQL (Redis lost data, a cleanup failed)
+the agent's set is resynced from PostgreSQL before the next round.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis.exceptions
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from .. import errors
+from ..auth import ensure_active
+from ..models import Ticket, User, utcnow
+from ..queue import TicketQueue
+from . import events
+from .faults import fault_point
+
+log = logging.getLogger(__name__)
+
+# One fetch makes at most this many reserve/confirm rounds. A round only
+# falls short when ids vanished (deleted or taken) between pop and confirm,
+# so a few rounds are plenty; the next fetch continues where this one stopped.
+MAX_ROUNDS = 4
+
+
+@dataclass(frozen=True)
+class Holding:
+    """An agent's unsold tickets (creation order) and its capacity."""
+
+    tickets: list[Ticket]
+    capacity: int
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    confirmed: list[int]
+    returned: list[int]  # still unassigned: refused for capacity
+    vanished: list[int]  # deleted, or taken by someone else
+    tickets: list[Ticket]  # the agent's unsold tickets after the commit
+
+
+def _unsold(agent_id: int) -> Sequence[object]:
+    return (Ticket.agent_id == agent_id, Ticket.status == "assigned")
+
+
+def holding(session: Session, agent_id: int) -> Holding:
+    """The agent's unsold tickets, with its account checked, in one SELECT."""
+    rows = session.execute(
+        select(User, Ticket)
+        .outerjoin(Ticket, (Ticket.agent_id == User.id) & (Ticket.status == "assigned"))
+        .where(User.id == agent_id)
+        .order_by(Ticket.id)
+    ).all()
+    user = ensure_active(rows[0][0] if rows else None)
+    if user.role != "agent" or user.capacity is None:
+        raise errors.Forbidden("only agents hold tickets")
+    return Holding([t for _, t in rows if t is not None], user.capacity)
+
+
+def confirm(session: Session, agent_id: int, ids: Sequence[int]) -> Confirmation:
+    """Assign the reserved ``ids`` the agent has room for, in one short transaction."""
+    session.rollback()  # start from a fresh snapshot
+    # Lock the agent's row so its concurrent fetches confirm one at a time;
+    # the count below then sees every ticket they committed.
+    agent = session.execute(
+        select(User.capacity, User.is_active).where(User.id == agent_id).with_for_update()
+    ).one_or_none()
+    active = agent is not None and agent.is_active and agent.capacity is not None
+    room = 0
+    if active:
+        held = session.scalar(select(func.count()).select_from(Ticket).where(*_unsold(agent_id)))
+        room = max(agent.capacity - (held or 0), 0)
+
+    confirmed: list[int] = []
+    if room and ids:
+        now = utcnow()
+        # The row locks of this guarded UPDATE make a double assignment
+        # impossible, whatever Redis handed out.
+        candidates = (
+            select(Ticket.id)
+            .where(Ticket.id.in_(ids), Ticket.status == "unassigned")
+            .order_by(Ticket.id)
+            .limit(room)
+            .with_for_update()
+            .scalar_subquery()
+        )
+        confirmed = sorted(
+            session.scalars(
+                update(Ticket)
+                .where(Ticket.id.in_(candidates))
+                .values(status="assigned", agent_id=agent_id, assigned_at=now, updated_at=now)
+                .returning(Ticket.id)
+            )
+        )
+        events.record(session, "assigned", confirmed, actor_id=agent_id, agent_id=agent_id, at=now)
+
+    rest = sorted(set(ids) - set(confirmed))
+    returned: list[int] = []
+    if rest:
+        returned = sorted(
+            session.scalars(
+                select(Ticket.id).where(Ticket.id.in_(rest), Ticket.status == "unassigned")
+            )
+        )
+    tickets = list(session.scalars(select(Ticket).where(*_unsold(agent_id)).order_by(Ticket.id)))
+    fault_point("assign.before_commit")
+    session.commit()
+    if not active:
+        raise errors.Unauthorized("the account is inactive or no longer exists")
+    return Confirmation(confirmed, returned, sorted(set(rest) - set(returned)), tickets)
+
+
+def assign(session: Session, queue: TicketQueue, agent_id: int, lease_seconds: int) -> Holding:
+    """Top the agent up to its capacity and return what it holds."""
+    current = holding(session, agent_id)
+    if len(current.tickets) >= current.capacity:
+        return current  # the fast path: one indexed SELECT, no Redis work
+    capacity = current.capacity
+    tickets = current.tickets
+    for _ in range(MAX_ROUNDS):
+        pg_ids = [t.id for t in tickets]
+        reservation = queue.reserve(agent_id, capacity, lease_seconds)
+        if not reservation.ids:
+            if reservation.held_before < capacity:
+                break  # the queue is empty
+            # Redis thinks the agent is full but PostgreSQL says it is not:
+            # stale ids in `held`. Resync, then try again.
+            log.info("resync held for agent %s: redis %s, postgres %s",
+                     agent_id, reservation.held_before, len(pg_ids))
+            queue.resync_held(agent_id, pg_ids)
+            continue
+        fault_point("assign.after_reserve")
+        try:
+            result = confirm(session, agent_id, reservation.ids)
+        except errors.Unauthorized:
+            # Deactivated while fetching: every popped id goes back.
+            queue.settle(agent_id, [], [], reservation.ids)
+            raise
+        fault_point("assign.after_confirm")
+        tickets = result.tickets
+        held_now = {t.id for t in tickets}
+        # A "vanished" id the agent itself holds was queued twice (a relay
+        # race); it is already confirmed, so only its reservation is cleared.
+        settled = set(result.confirmed) | (set(result.vanished) & held_now)
+        held_after = queue.settle(
+            agent_id,
+            sorted(settled),
+            sorted(set(result.vanished) - held_now),
+            result.returned,
+        )
+        if held_after != len(tickets):
+            queue.resync_held(agent_id, sorted(held_now))
+        if len(tickets) >= capacity or reservation.queue_left == 0:
+            break
+    return Holding(tickets, capacity)
+
+
+def sell(session: Session, queue: TicketQueue, agent_id: int, ticket_id: int) -> Ticket:
+    """Close a ticket the agent holds. A sold ticket stays with its seller."""
+    now = utcnow()
+    ticket = session.scalars(
+        update(Ticket)
+        .where(Ticket.id == ticket_id, *_unsold(agent_id))
+        .values(status="sold", sold_at=now, updated_at=now)
+        .returning(Ticket)
+    ).one_or_none()
+    if ticket is None:
+        existing = session.execute(
+            select(Ticket.agent_id, Ticket.status).where(Ticket.id == ticket_id)
+        ).one_or_none()
+        session.rollback()
+        if existing is not None and existing.agent_id == agent_id and existing.status == "sold":
+            raise errors.Conflict(f"ticket {ticket_id} is already sold", code="already_sold")
+        raise errors.NotFound(f"you hold no ticket {ticket_id}")
+    events.record(session, "sold", [ticket_id], actor_id=agent_id, agent_id=agent_id, at=now)
+    session.commit()
+    fault_point("sell.after_commit")
+    forget_held_best_effort(queue, agent_id, [ticket_id])
+    return ticket
+
+
+def forget_held_best_effort(queue: TicketQueue, agent_id: int, ids: Sequence[int]) -> None:
+    """Drop ids from an agent's held set; if Redis is down, the next fetch resyncs it."""
+    try:
+        queue.forget_held(agent_id, ids)
+    except redis.exceptions.RedisError as exc:
+        log.warning("could not update held set of agent %s (%s); it resyncs on its next fetch",
+                    agent_id, exc)

@@ -1,0 +1,36 @@
+-- Settle a reservation after PostgreSQL answered.
+--
+-- KEYS[1]  queue     zset  ticket id -> ticket id
+-- KEYS[2]  held      set   the agent's held ids
+-- KEYS[3]  reserved  zset  ticket id -> lease deadline
+-- ARGV[1]  n_confirmed, then that many confirmed ids (now assigned in PostgreSQL)
+-- then     n_dropped,   then that many ids that vanished (deleted or taken)
+-- then     n_returned,  then that many ids refused for capacity (still unassigned)
+--
+-- Returns the size of `held` afterwards.
+-- A refused id goes back to the queue only if its reservation was still ours:
+-- if the reaper returned it first, it is already queued (or taken again).
+local pos = 1
+local function take()
+  local n = tonumber(ARGV[pos])
+  local out = {}
+  for i = 1, n do out[i] = ARGV[pos + i] end
+  pos = pos + n + 1
+  return out
+end
+local confirmed = take()
+local dropped = take()
+local returned = take()
+
+for _, id in ipairs(confirmed) do redis.call('ZREM', KEYS[3], id) end
+for _, id in ipairs(dropped) do
+  redis.call('ZREM', KEYS[3], id)
+  redis.call('SREM', KEYS[2], id)
+end
+for _, id in ipairs(returned) do
+  redis.call('SREM', KEYS[2], id)
+  if redis.call('ZREM', KEYS[3], id) == 1 then
+    redis.call('ZADD', KEYS[1], id, id)
+  end
+end
+return redis.call('SCARD', KEYS[2])

@@ -1,0 +1,191 @@
+"""Request and response schemas: they validate input and generate the OpenAPI document."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from .models import ROLES, STATUSES
+
+
+class StrictInteger(fields.Integer):
+    """An integer that refuses booleans and numeric strings: JSON has real numbers."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, bool):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class StrictBoolean(fields.Boolean):
+    """Only JSON ``true`` and ``false``."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+class UtcDateTime(fields.DateTime):
+    """ISO 8601 in UTC, also for naive values from SQLite (stored as UTC)."""
+
+    def _serialize(self, value: datetime | None, attr: Any, obj: Any, **kwargs: Any) -> str | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC).isoformat()
+
+
+# -- errors --------------------------------------------------------------
+class ErrorBodySchema(Schema):
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    fields = fields.Dict(keys=fields.String(), values=fields.String())
+
+
+class ErrorSchema(Schema):
+    error = fields.Nested(ErrorBodySchema, required=True)
+
+
+# -- auth ----------------------------------------------------------------
+class LoginSchema(Schema):
+    username = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    password = fields.String(required=True, validate=validate.Length(min=1, max=256))
+
+
+class TokenSchema(Schema):
+    access_token = fields.String(required=True)
+    refresh_token = fields.String(required=True)
+    token_type = fields.String(required=True)
+    expires_in = fields.Integer(required=True)
+
+
+class AccessTokenSchema(Schema):
+    access_token = fields.String(required=True)
+    expires_in = fields.Integer(required=True)
+
+
+# -- users ---------------------------------------------------------------
+USERNAME = validate.And(
+    validate.Length(min=3, max=64),
+    validate.Regexp(r"^[A-Za-z0-9_.-]+$", error="only letters, digits, '_', '.' and '-'"),
+)
+PASSWORD = validate.Length(min=8, max=256)
+CAPACITY = validate.Range(min=1, max=1000)
+
+
+class UserCreateSchema(Schema):
+    username = fields.String(required=True, validate=USERNAME)
+    password = fields.String(required=True, validate=PASSWORD, load_only=True)
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    capacity = StrictInteger(validate=CAPACITY, load_default=None, allow_none=True)
+
+
+class PatchSchema(Schema):
+    """A PATCH body must change something."""
+
+    @validates_schema
+    def _not_empty(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if not data:
+            names = ", ".join(self.fields)
+            raise ValidationError(f"give at least one of: {names}", "_schema")
+
+
+class UserPatchSchema(PatchSchema):
+    password = fields.String(validate=PASSWORD, load_only=True)
+    is_active = StrictBoolean()
+    capacity = StrictInteger(validate=CAPACITY)
+
+
+class UserSchema(Schema):
+    id = fields.Integer(required=True)
+    username = fields.String(required=True)
+    role = fields.String(required=True)
+    is_active = fields.Boolean(required=True)
+    capacity = fields.Integer(required=True, allow_none=True)
+    created_at = UtcDateTime(required=True)
+
+
+class UserPageSchema(Schema):
+    items = fields.List(fields.Nested(UserSchema), required=True)
+    next_cursor = fields.String(required=True, allow_none=True)
+
+
+# StrictInteger refuses query strings ("5"), so query params use plain Integer.
+class UserQuerySchema(Schema):
+    limit = fields.Integer(validate=validate.Range(min=1, max=500), load_default=50)
+    cursor = fields.String(load_default=None)
+
+
+# -- tickets -------------------------------------------------------------
+TITLE = validate.Length(min=1, max=200)
+DESCRIPTION = validate.Length(max=10_000)
+
+
+class TicketCreateSchema(Schema):
+    title = fields.String(required=True, validate=TITLE)
+    description = fields.String(validate=DESCRIPTION, load_default="")
+
+
+class TicketPutSchema(Schema):
+    title = fields.String(required=True, validate=TITLE)
+    description = fields.String(required=True, validate=DESCRIPTION)
+
+
+class TicketPatchSchema(PatchSchema):
+    title = fields.String(validate=TITLE)
+    description = fields.String(validate=DESCRIPTION)
+
+
+class TicketQuerySchema(UserQuerySchema):
+    status = fields.String(validate=validate.OneOf(STATUSES), load_default=None)
+    agent_id = fields.Integer(validate=validate.Range(min=1), load_default=None)
+
+
+class TicketSchema(Schema):
+    id = fields.Integer(required=True)
+    title = fields.String(required=True)
+    description = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+    agent_id = fields.Integer(required=True, allow_none=True)
+    created_at = UtcDateTime(required=True)
+    updated_at = UtcDateTime(required=True)
+    assigned_at = UtcDateTime(required=True, allow_none=True)
+    sold_at = UtcDateTime(required=True, allow_none=True)
+
+
+class TicketPageSchema(Schema):
+    items = fields.List(fields.Nested(TicketSchema), required=True)
+    next_cursor = fields.String(required=True, allow_none=True)
+
+
+class HoldingSchema(Schema):
+    tickets = fields.List(fields.Nested(TicketSchema), required=True)
+    capacity = fields.Integer(required=True)
+
+
+class TicketEventSchema(Schema):
+    id = fields.Integer(required=True)
+    ticket_id = fields.Integer(required=True)
+    kind = fields.String(required=True)
+    actor_id = fields.Integer(required=True, allow_none=True)
+    agent_id = fields.Integer(required=True, allow_none=True)
+    at = UtcDateTime(required=True)
+
+
+class TicketEventListSchema(Schema):
+    items = fields.List(fields.Nested(TicketEventSchema), required=True)
+
+
+class QueueStatsSchema(Schema):
+    queued = fields.Integer(required=True)
+    unassigned = fields.Integer(required=True)
+    assigned = fields.Integer(required=True)
+    sold = fields.Integer(required=True)
+    reserved = fields.Integer(required=True)
