@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine
 
 from .config import load_config
-from .extensions import api, db, jwt, migrate
+from .extensions import db, jwt, migrate, rest_api
 from .queue import TicketQueue, make_redis
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,10 @@ def create_app(env: Mapping[str, str] | None = None, **overrides: Any) -> Flask:
     """Build the app from the environment (or ``env``), then apply ``overrides``."""
     if env is None:
         load_dotenv(Path(__file__).resolve().parent.parent / ".env")
-    app = Flask(__name__, instance_path=str(Path(__file__).resolve().parent.parent / "instance"))
-    app.config.update(load_config(Path(app.instance_path), env))
+    source = os.environ if env is None else env
+    instance = source.get("INSTANCE_PATH") or Path(__file__).resolve().parent.parent / "instance"
+    app = Flask(__name__, instance_path=str(Path(instance).resolve()))
+    app.config.update(load_config(Path(app.instance_path), source))
     app.config.update(
         API_TITLE="Ticket assignment service",
         API_VERSION="1.0.0",
@@ -55,7 +58,7 @@ def register_extensions(app: Flask) -> None:
     migrate.init_app(app, db, directory=str(Path(__file__).resolve().parent.parent / "migrations"))
     jwt.init_app(app)
     register_jwt_callbacks(app)
-    api.init_app(app)
+    rest_api.init_app(app)
     client = make_redis(app.config["REDIS_URL"], app.config["REDIS_CLUSTER"])
     app.extensions["ticket_queue"] = TicketQueue(client, app.config["REDIS_KEY_PREFIX"])
     if app.config["EMBEDDED"]:

@@ -146,7 +146,9 @@ def register_jwt_callbacks(app: Flask) -> None:
         lambda header, payload: errors.error_response(401, "token_revoked", "the token was revoked")
     )
     jwt.needs_fresh_token_loader(
-        lambda header, payload: errors.error_response(401, "fresh_token_required", "a fresh token is required")
+        lambda header, payload: errors.error_response(
+            401, "fresh_token_required", "a fresh token is required"
+        )
     )
 
 

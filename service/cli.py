@@ -24,7 +24,7 @@ def create_user(username: str, role: str, password: str | None, capacity: int | 
     """Create a user; the same rules as POST /api/admin/users/."""
     if password is None:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    body = {"username": username, "password": password, "role": role}
+    body: dict[str, object] = {"username": username, "password": password, "role": role}
     if capacity is not None:
         body["capacity"] = capacity
     try:
@@ -40,5 +40,48 @@ def create_user(username: str, role: str, password: str | None, capacity: int | 
     click.echo(f"created {user.role} {user.username!r} (id {user.id})")
 
 
+DEMO_USERS = (("demo-admin", "admin"), ("demo-agent", "agent"))
+
+
+@click.command("demo-users")
+def demo_users() -> None:
+    """Embedded mode only: create a demo admin and agent and print their credentials."""
+    if not current_app.config["EMBEDDED"]:
+        click.echo("not in embedded mode: no demo users (create users with `users create`)")
+        return
+    from .auth import find_user_by_name
+
+    for username, role in DEMO_USERS:
+        password = f"{username}-password"
+        if find_user_by_name(username) is None:
+            user_domain.create_user(
+                db.session,
+                username=username,
+                password=password,
+                role=role,
+                capacity=None,
+                default_capacity=current_app.config["TICKETS_PER_AGENT"],
+            )
+        click.echo(f"demo {role}: username {username!r} password {password!r}")
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+def serve(host: str, port: int) -> None:
+    """Serve with gunicorn: the production config, or one threaded process when embedded."""
+    import os
+    import sys
+
+    argv = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--no-control-socket"]
+    if current_app.config["EMBEDDED"]:
+        # The in-process Redis cannot be shared between processes.
+        argv += ["--workers", "1", "--threads", "8", "--worker-class", "gthread"]
+    argv += ["wsgi:app"]
+    os.execv(sys.executable, argv)
+
+
 def register_commands(app: Flask) -> None:
     app.cli.add_command(users_cli)
+    app.cli.add_command(demo_users)
+    app.cli.add_command(serve)

@@ -59,7 +59,9 @@ class DependencyUnavailable(ServiceError):
 class RedisUnavailable(DependencyUnavailable):
     code = "redis_unavailable"
 
-    def __init__(self, message: str = "Redis is unreachable; nothing was changed, retry later") -> None:
+    def __init__(
+        self, message: str = "Redis is unreachable; nothing was changed, retry later"
+    ) -> None:
         super().__init__(message)
 
 
@@ -109,7 +111,10 @@ def _flatten(messages: Any, prefix: str = "") -> dict[str, str]:
     fields: dict[str, str] = {}
     if isinstance(messages, dict):
         for key, value in messages.items():
-            if key in {"json", "query", "querystring", "form", "headers", "view_args"} and not prefix:
+            if (
+                key in {"json", "query", "querystring", "form", "headers", "view_args"}
+                and not prefix
+            ):
                 fields.update(_flatten(value, ""))
             else:
                 name = "body" if key == "_schema" else str(key)
@@ -137,15 +142,21 @@ def handle_http_exception(exc: HTTPException) -> Response:
     status = exc.code or 500
     data = getattr(exc, "data", None) or {}
     messages = data.get("messages") if isinstance(data, dict) else None
-    headers = {k: v for k, v in exc.get_headers() if k.lower() not in {"content-type", "content-length"}}
+    headers = {
+        k: v for k, v in exc.get_headers() if k.lower() not in {"content-type", "content-length"}
+    }
     if messages and status in (400, 422):
         fields = _friendly(_flatten(messages))
         if list(fields) == ["body"] and fields["body"] == "malformed JSON":
-            return error_response(400, "malformed_json", "the body is not valid JSON", headers=headers)
+            return error_response(
+                400, "malformed_json", "the body is not valid JSON", headers=headers
+            )
         message = "; ".join(f"{name}: {text}" for name, text in fields.items())
         return error_response(400, "validation_error", message, fields, headers)
     code = _HTTP_CODES.get(status, "http_error" if status < 500 else "internal_error")
-    message = (data.get("message") if isinstance(data, dict) else None) or exc.description or exc.name
+    message = (
+        (data.get("message") if isinstance(data, dict) else None) or exc.description or exc.name
+    )
     return error_response(status, code, message, headers=headers)
 
 
@@ -158,7 +169,9 @@ def handle_service_error(exc: ServiceError) -> Response:
 
 def handle_database_error(exc: DBAPIError | PoolTimeoutError) -> Response:
     db.session.rollback()
-    if isinstance(exc, DBAPIError) and not (exc.connection_invalidated or isinstance(exc, OperationalError)):
+    if isinstance(exc, DBAPIError) and not (
+        exc.connection_invalidated or isinstance(exc, OperationalError)
+    ):
         log.exception("database error")
         return error_response(500, "internal_error", "internal server error")
     log.warning("database unavailable: %s", exc)

@@ -21,11 +21,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class User(db.Model):  # type: ignore[name-defined,misc]
+class User(db.Model):  # type: ignore[name-defined]
     __tablename__ = "users"
     __table_args__ = (
         CheckConstraint("role IN ('admin', 'agent')", name="ck_users_role"),
-        CheckConstraint("capacity IS NULL OR capacity BETWEEN 1 AND 1000", name="ck_users_capacity"),
+        CheckConstraint(
+            "capacity IS NULL OR capacity BETWEEN 1 AND 1000", name="ck_users_capacity"
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -37,18 +39,14 @@ class User(db.Model):  # type: ignore[name-defined,misc]
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-class Ticket(db.Model):  # type: ignore[name-defined,misc]
+class Ticket(db.Model):  # type: ignore[name-defined]
     """A ticket; its id gives creation order, and so queue order."""
 
     __tablename__ = "tickets"
     __table_args__ = (
-        CheckConstraint(
-            "status IN ('unassigned', 'assigned', 'sold')", name="ck_tickets_status"
-        ),
+        CheckConstraint("status IN ('unassigned', 'assigned', 'sold')", name="ck_tickets_status"),
         # An unassigned ticket has no holder; an assigned or sold one has one.
-        CheckConstraint(
-            "(status = 'unassigned') = (agent_id IS NULL)", name="ck_tickets_holder"
-        ),
+        CheckConstraint("(status = 'unassigned') = (agent_id IS NULL)", name="ck_tickets_holder"),
         # The hot query: an agent's unsold tickets, in creation order.
         Index(
             "ix_tickets_agent_unsold",
@@ -79,7 +77,7 @@ class Ticket(db.Model):  # type: ignore[name-defined,misc]
     sold_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class TicketEvent(db.Model):  # type: ignore[name-defined,misc]
+class TicketEvent(db.Model):  # type: ignore[name-defined]
     """Append-only history: who had a ticket, and when.
 
     ``ticket_id`` carries no foreign key on purpose: the history of a deleted
@@ -102,7 +100,7 @@ class TicketEvent(db.Model):  # type: ignore[name-defined,misc]
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-class RevokedToken(db.Model):  # type: ignore[name-defined,misc]
+class RevokedToken(db.Model):  # type: ignore[name-defined]
     """The durable copy of the token blocklist; Redis holds the fast copy."""
 
     __tablename__ = "revoked_tokens"

@@ -84,9 +84,7 @@ class TicketQueue:
 
     def resync_held(self, agent_id: int, ids: Sequence[int]) -> int:
         """Set the agent's held set to PostgreSQL's list, keeping its fetches in flight."""
-        return int(
-            self._resync(keys=[self.held_key(agent_id), self.reserved_key], args=list(ids))
-        )
+        return int(self._resync(keys=[self.held_key(agent_id), self.reserved_key], args=list(ids)))
 
     def held(self, agent_id: int) -> set[int]:
         return {int(i) for i in self.client.smembers(self.held_key(agent_id))}

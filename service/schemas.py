@@ -46,7 +46,8 @@ class UtcDateTime(fields.DateTime):
 class ErrorBodySchema(Schema):
     code = fields.String(required=True)
     message = fields.String(required=True)
-    fields = fields.Dict(keys=fields.String(), values=fields.String())
+    # "fields" would shadow Schema.fields; data_key keeps the wire name.
+    bad_fields = fields.Dict(keys=fields.String(), values=fields.String(), data_key="fields")
 
 
 class ErrorSchema(Schema):

@@ -9,7 +9,7 @@ from flask import Flask
 from webargs.core import is_json
 from webargs.flaskparser import FlaskParser, abort
 
-from ..extensions import api
+from ..extensions import rest_api
 from ..schemas import ErrorSchema
 
 
@@ -31,7 +31,7 @@ class Blueprint(flask_smorest.Blueprint):
 def register_blueprints(app: Flask) -> None:
     from . import admin_tickets, admin_users, agent_tickets, auth, ops
 
-    api.ERROR_SCHEMA = ErrorSchema
+    rest_api.ERROR_SCHEMA = ErrorSchema
     for module in (auth, admin_users, admin_tickets, agent_tickets):
-        api.register_blueprint(module.blp)
+        rest_api.register_blueprint(module.blp)
     app.register_blueprint(ops.bp)

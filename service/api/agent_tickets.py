@@ -13,7 +13,9 @@ from ..schemas import HoldingSchema, TicketSchema
 from ..state import ticket_queue
 from . import Blueprint
 
-blp = Blueprint("agent_tickets", __name__, url_prefix="/api/agent/tickets", description="Tickets (agent)")
+blp = Blueprint(
+    "agent_tickets", __name__, url_prefix="/api/agent/tickets", description="Tickets (agent)"
+)
 
 
 # The agent routes check the account inside the one query they run anyway.

@@ -22,14 +22,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.exceptions
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, func, select, update
 
 from .. import errors
 from ..auth import ensure_active
 from ..models import Ticket, User, utcnow
 from ..queue import TicketQueue
-from . import events
+from . import DbSession, events
 from .faults import fault_point
 
 log = logging.getLogger(__name__)
@@ -56,11 +55,11 @@ class Confirmation:
     tickets: list[Ticket]  # the agent's unsold tickets after the commit
 
 
-def _unsold(agent_id: int) -> Sequence[object]:
+def _unsold(agent_id: int) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
     return (Ticket.agent_id == agent_id, Ticket.status == "assigned")
 
 
-def holding(session: Session, agent_id: int) -> Holding:
+def holding(session: DbSession, agent_id: int) -> Holding:
     """The agent's unsold tickets, with its account checked, in one SELECT."""
     rows = session.execute(
         select(User, Ticket)
@@ -74,7 +73,7 @@ def holding(session: Session, agent_id: int) -> Holding:
     return Holding([t for _, t in rows if t is not None], user.capacity)
 
 
-def confirm(session: Session, agent_id: int, ids: Sequence[int]) -> Confirmation:
+def confirm(session: DbSession, agent_id: int, ids: Sequence[int]) -> Confirmation:
     """Assign the reserved ``ids`` the agent has room for, in one short transaction."""
     session.rollback()  # start from a fresh snapshot
     # Lock the agent's row so its concurrent fetches confirm one at a time;
@@ -84,7 +83,7 @@ def confirm(session: Session, agent_id: int, ids: Sequence[int]) -> Confirmation
     ).one_or_none()
     active = agent is not None and agent.is_active and agent.capacity is not None
     room = 0
-    if active:
+    if agent is not None and active:
         held = session.scalar(select(func.count()).select_from(Ticket).where(*_unsold(agent_id)))
         room = max(agent.capacity - (held or 0), 0)
 
@@ -127,7 +126,7 @@ def confirm(session: Session, agent_id: int, ids: Sequence[int]) -> Confirmation
     return Confirmation(confirmed, returned, sorted(set(rest) - set(returned)), tickets)
 
 
-def assign(session: Session, queue: TicketQueue, agent_id: int, lease_seconds: int) -> Holding:
+def assign(session: DbSession, queue: TicketQueue, agent_id: int, lease_seconds: int) -> Holding:
     """Top the agent up to its capacity and return what it holds."""
     current = holding(session, agent_id)
     if len(current.tickets) >= current.capacity:
@@ -142,8 +141,12 @@ def assign(session: Session, queue: TicketQueue, agent_id: int, lease_seconds: i
                 break  # the queue is empty
             # Redis thinks the agent is full but PostgreSQL says it is not:
             # stale ids in `held`. Resync, then try again.
-            log.info("resync held for agent %s: redis %s, postgres %s",
-                     agent_id, reservation.held_before, len(pg_ids))
+            log.info(
+                "resync held for agent %s: redis %s, postgres %s",
+                agent_id,
+                reservation.held_before,
+                len(pg_ids),
+            )
             queue.resync_held(agent_id, pg_ids)
             continue
         fault_point("assign.after_reserve")
@@ -172,7 +175,7 @@ def assign(session: Session, queue: TicketQueue, agent_id: int, lease_seconds: i
     return Holding(tickets, capacity)
 
 
-def sell(session: Session, queue: TicketQueue, agent_id: int, ticket_id: int) -> Ticket:
+def sell(session: DbSession, queue: TicketQueue, agent_id: int, ticket_id: int) -> Ticket:
     """Close a ticket the agent holds. A sold ticket stays with its seller."""
     now = utcnow()
     ticket = session.scalars(
@@ -201,5 +204,8 @@ def forget_held_best_effort(queue: TicketQueue, agent_id: int, ids: Sequence[int
     try:
         queue.forget_held(agent_id, ids)
     except redis.exceptions.RedisError as exc:
-        log.warning("could not update held set of agent %s (%s); it resyncs on its next fetch",
-                    agent_id, exc)
+        log.warning(
+            "could not update held set of agent %s (%s); it resyncs on its next fetch",
+            agent_id,
+            exc,
+        )

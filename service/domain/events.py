@@ -6,13 +6,13 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import insert, select
-from sqlalchemy.orm import Session
 
 from ..models import TicketEvent, utcnow
+from . import DbSession
 
 
 def record(
-    session: Session,
+    session: DbSession,
     kind: str,
     ticket_ids: Iterable[int],
     *,
@@ -30,7 +30,7 @@ def record(
         session.execute(insert(TicketEvent), rows)
 
 
-def history(session: Session, ticket_id: int) -> list[TicketEvent]:
+def history(session: DbSession, ticket_id: int) -> list[TicketEvent]:
     return list(
         session.scalars(
             select(TicketEvent).where(TicketEvent.ticket_id == ticket_id).order_by(TicketEvent.id)

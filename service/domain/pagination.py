@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import Any
 
 from ..errors import ValidationFailed
 
@@ -27,7 +28,7 @@ def decode_cursor(cursor: str | None) -> int | None:
         ) from None
 
 
-def page(rows: list, limit: int) -> tuple[list, str | None]:  # type: ignore[type-arg]
+def page(rows: list[Any], limit: int) -> tuple[list[Any], str | None]:
     """Split ``limit + 1`` fetched rows into a page and the cursor of the next one."""
     if len(rows) > limit:
         rows = rows[:limit]

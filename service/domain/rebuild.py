@@ -6,10 +6,10 @@ import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from ..models import RevokedToken, Ticket, utcnow
 from ..queue import TicketQueue
+from . import DbSession
 
 BATCH = 10_000
 
@@ -21,12 +21,14 @@ class RebuildSummary:
     revoked: int = 0
 
 
-def rebuild(session: Session, queue: TicketQueue) -> RebuildSummary:
+def rebuild(session: DbSession, queue: TicketQueue) -> RebuildSummary:
     """Write every unassigned ticket, held set and revocation PostgreSQL knows into Redis."""
     summary = RebuildSummary()
     batch: list[int] = []
     for ticket_id in session.scalars(
-        select(Ticket.id).where(Ticket.status == "unassigned").order_by(Ticket.id)
+        select(Ticket.id)
+        .where(Ticket.status == "unassigned")
+        .order_by(Ticket.id)
         .execution_options(yield_per=BATCH)
     ):
         batch.append(ticket_id)
@@ -49,7 +51,11 @@ def rebuild(session: Session, queue: TicketQueue) -> RebuildSummary:
 
     now = utcnow()
     for token in session.scalars(select(RevokedToken).where(RevokedToken.expires_at > now)):
-        expires = token.expires_at if token.expires_at.tzinfo else token.expires_at.replace(tzinfo=now.tzinfo)
+        expires = (
+            token.expires_at
+            if token.expires_at.tzinfo
+            else token.expires_at.replace(tzinfo=now.tzinfo)
+        )
         queue.revoke(token.jti, int((expires - now).total_seconds()) + 1)
         summary.revoked += 1
     queue.mark_built(uuid.uuid4().hex)

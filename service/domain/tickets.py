@@ -7,12 +7,11 @@ from dataclasses import dataclass
 
 import redis.exceptions
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from .. import errors
 from ..models import Ticket, utcnow
 from ..queue import TicketQueue
-from . import events
+from . import DbSession, events
 from .assignment import forget_held_best_effort
 from .faults import fault_point
 from .pagination import decode_cursor, page
@@ -20,7 +19,7 @@ from .pagination import decode_cursor, page
 log = logging.getLogger(__name__)
 
 
-def get_ticket(session: Session, ticket_id: int) -> Ticket:
+def get_ticket(session: DbSession, ticket_id: int) -> Ticket:
     ticket = session.get(Ticket, ticket_id)
     if ticket is None:
         raise errors.NotFound(f"no ticket {ticket_id}")
@@ -28,7 +27,7 @@ def get_ticket(session: Session, ticket_id: int) -> Ticket:
 
 
 def create_ticket(
-    session: Session, queue: TicketQueue, *, title: str, description: str, actor_id: int
+    session: DbSession, queue: TicketQueue, *, title: str, description: str, actor_id: int
 ) -> Ticket:
     """Insert the ticket, then queue it behind every older unassigned ticket.
 
@@ -36,8 +35,9 @@ def create_ticket(
     and the relay worker queues it.
     """
     now = utcnow()
-    ticket = Ticket(title=title, description=description, status="unassigned",
-                    created_at=now, updated_at=now)
+    ticket = Ticket(
+        title=title, description=description, status="unassigned", created_at=now, updated_at=now
+    )
     session.add(ticket)
     session.flush()
     events.record(session, "created", [ticket.id], actor_id=actor_id, at=now)
@@ -50,7 +50,7 @@ def create_ticket(
     return ticket
 
 
-def update_ticket(session: Session, ticket_id: int, changes: dict[str, str]) -> Ticket:
+def update_ticket(session: DbSession, ticket_id: int, changes: dict[str, str]) -> Ticket:
     """Edit title or description. Never changes the holder nor the queue position."""
     ticket = get_ticket(session, ticket_id)
     for name in ("title", "description"):
@@ -61,7 +61,7 @@ def update_ticket(session: Session, ticket_id: int, changes: dict[str, str]) -> 
     return ticket
 
 
-def delete_ticket(session: Session, queue: TicketQueue, ticket_id: int, *, actor_id: int) -> None:
+def delete_ticket(session: DbSession, queue: TicketQueue, ticket_id: int, *, actor_id: int) -> None:
     """Delete a ticket; it is never handed out again, and its holder's slot frees."""
     ticket = session.scalars(
         select(Ticket).where(Ticket.id == ticket_id).with_for_update()
@@ -83,7 +83,7 @@ def delete_ticket(session: Session, queue: TicketQueue, ticket_id: int, *, actor
 
 
 def list_tickets(
-    session: Session,
+    session: DbSession,
     *,
     status: str | None = None,
     agent_id: int | None = None,
@@ -110,7 +110,7 @@ class QueueStats:
     reserved: int
 
 
-def queue_stats(session: Session, queue: TicketQueue) -> QueueStats:
+def queue_stats(session: DbSession, queue: TicketQueue) -> QueueStats:
     """Redis's queue beside PostgreSQL's counts, so drift shows."""
     counts = dict(
         session.execute(select(Ticket.status, func.count()).group_by(Ticket.status)).tuples().all()

@@ -8,19 +8,18 @@ from typing import Any
 import redis.exceptions
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from .. import errors
 from ..auth import hash_password
 from ..models import Ticket, User, utcnow
 from ..queue import TicketQueue
-from . import events
+from . import DbSession, events
 from .pagination import decode_cursor, page
 
 log = logging.getLogger(__name__)
 
 
-def get_user(session: Session, user_id: int) -> User:
+def get_user(session: DbSession, user_id: int) -> User:
     user = session.get(User, user_id)
     if user is None:
         raise errors.NotFound(f"no user {user_id}")
@@ -28,7 +27,7 @@ def get_user(session: Session, user_id: int) -> User:
 
 
 def create_user(
-    session: Session,
+    session: DbSession,
     *,
     username: str,
     password: str,
@@ -37,26 +36,34 @@ def create_user(
     default_capacity: int,
 ) -> User:
     """Create a user. Agents get a capacity (the default unless given); admins none."""
-    if role == "agent":
-        capacity = capacity if capacity is not None else default_capacity
-    else:
+    if role != "agent":
         capacity = None
+    elif capacity is None:
+        capacity = default_capacity
     if session.scalar(select(User.id).where(User.username == username)) is not None:
         raise errors.Conflict(f"username {username!r} is taken", code="duplicate_username")
-    user = User(username=username, password_hash=hash_password(password), role=role,
-                capacity=capacity, is_active=True, created_at=utcnow())
+    user = User(
+        username=username,
+        password_hash=hash_password(password),
+        role=role,
+        capacity=capacity,
+        is_active=True,
+        created_at=utcnow(),
+    )
     session.add(user)
     try:
         session.commit()
     except IntegrityError:
         # Two admins raced for the same name; the unique index decided.
         session.rollback()
-        raise errors.Conflict(f"username {username!r} is taken", code="duplicate_username") from None
+        raise errors.Conflict(
+            f"username {username!r} is taken", code="duplicate_username"
+        ) from None
     return user
 
 
 def update_user(
-    session: Session, queue: TicketQueue, user_id: int, changes: dict[str, Any], *, actor_id: int
+    session: DbSession, queue: TicketQueue, user_id: int, changes: dict[str, Any], *, actor_id: int
 ) -> User:
     """Change password, activity or capacity.
 
@@ -73,7 +80,8 @@ def update_user(
     if "capacity" in changes and changes["capacity"] is not None and user.role != "agent":
         session.rollback()
         raise errors.ValidationFailed(
-            "capacity: only agents have a capacity", fields={"capacity": "only agents have a capacity"}
+            "capacity: only agents have a capacity",
+            fields={"capacity": "only agents have a capacity"},
         )
     if "password" in changes:
         user.password_hash = hash_password(changes["password"])
@@ -84,14 +92,17 @@ def update_user(
 
     released: list[int] = []
     if user.role == "agent":
-        held = list(session.scalars(
-            select(Ticket.id).where(Ticket.agent_id == user.id, Ticket.status == "assigned")
-            .order_by(Ticket.id)
-        ))
+        held = list(
+            session.scalars(
+                select(Ticket.id)
+                .where(Ticket.agent_id == user.id, Ticket.status == "assigned")
+                .order_by(Ticket.id)
+            )
+        )
         if not user.is_active:
             released = held
         elif user.capacity is not None and len(held) > user.capacity:
-            released = held[user.capacity:]  # the youngest go back
+            released = held[user.capacity :]  # the youngest go back
         release(session, user.id, released, actor_id=actor_id)
     session.commit()
     if released:
@@ -99,7 +110,7 @@ def update_user(
     return user
 
 
-def release(session: Session, agent_id: int, ticket_ids: list[int], *, actor_id: int) -> None:
+def release(session: DbSession, agent_id: int, ticket_ids: list[int], *, actor_id: int) -> None:
     """Return held tickets to the pool in PostgreSQL (the caller commits)."""
     if not ticket_ids:
         return
@@ -122,7 +133,7 @@ def requeue_best_effort(queue: TicketQueue, agent_id: int, ticket_ids: list[int]
 
 
 def list_users(
-    session: Session, *, limit: int = 50, cursor: str | None = None
+    session: DbSession, *, limit: int = 50, cursor: str | None = None
 ) -> tuple[list[User], str | None]:
     query = select(User).order_by(User.id).limit(limit + 1)
     after = decode_cursor(cursor)

@@ -1,0 +1,213 @@
+"""Fixtures: an app on real PostgreSQL and Redis, clean for every test.
+
+The database and the Redis database come from TEST_DATABASE_URL and
+TEST_REDIS_URL (defaults: a ``tq_test`` database on the local PostgreSQL and
+Redis database 15), so several checkouts can test side by side.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+from flask_jwt_extended import create_access_token
+
+from service import create_app
+from service.auth import hash_password
+from service.extensions import db
+from service.models import Ticket, User
+from service.state import ticket_queue
+
+TEST_DATABASE_URL = os.environ.get(
+    "TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/tq_test"
+)
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+JWT_SECRET = "test-secret-key-that-is-long-enough-0123456789"
+# Hashing with argon2 takes tens of milliseconds; tests that need many users
+# share one precomputed hash of PASSWORD.
+PASSWORD = "correct-horse-battery"
+_PASSWORD_HASH = hash_password(PASSWORD)
+
+
+def service_env(**extra: str) -> dict[str, str]:
+    """The environment a test app or a test subprocess runs with."""
+    env = {
+        "DATABASE_URL": TEST_DATABASE_URL,
+        "REDIS_URL": TEST_REDIS_URL,
+        "JWT_SECRET_KEY": JWT_SECRET,
+    }
+    env.update(extra)
+    return env
+
+
+def _ensure_database(url: str) -> None:
+    target = sa.engine.make_url(url)
+    admin = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        exists = conn.scalar(
+            sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": target.database}
+        )
+        if not exists:
+            conn.execute(sa.text(f'CREATE DATABASE "{target.database}"'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def _schema() -> None:
+    """Create the test database and migrate it from scratch with Alembic."""
+    from flask_migrate import downgrade, upgrade
+
+    _ensure_database(TEST_DATABASE_URL)
+    app = create_app(env=service_env())
+    with app.app_context():
+        db.session.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
+        db.session.commit()
+        db.drop_all()
+        upgrade()
+        downgrade(revision="base")  # the downgrade path works too
+        upgrade()
+        db.engine.dispose()
+
+
+def reset_state(app: Flask) -> None:
+    with app.app_context():
+        db.session.execute(
+            sa.text(
+                "TRUNCATE users, tickets, ticket_events, revoked_tokens RESTART IDENTITY CASCADE"
+            )
+        )
+        db.session.commit()
+        ticket_queue().client.flushdb()
+
+
+@pytest.fixture
+def app(_schema: None) -> Iterator[Flask]:
+    app = create_app(env=service_env())
+    app.config["TESTING"] = True
+    reset_state(app)
+    yield app
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+    ticket_queue_client = app.extensions["ticket_queue"].client
+    ticket_queue_client.close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> Any:
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(TEST_REDIS_URL, decode_responses=True)
+    yield client
+    client.close()
+
+
+class Factory:
+    """Makes users, tickets and tokens straight through the models."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+
+    def user(
+        self, username: str, role: str = "agent", capacity: int | None = None, active: bool = True
+    ) -> User:
+        if role == "agent" and capacity is None:
+            capacity = self.app.config["TICKETS_PER_AGENT"]
+        with self.app.app_context():
+            user = User(
+                username=username,
+                password_hash=_PASSWORD_HASH,
+                role=role,
+                capacity=capacity,
+                is_active=active,
+            )
+            db.session.add(user)
+            db.session.commit()
+            return user
+
+    def agents(self, count: int, prefix: str = "agent", capacity: int | None = None) -> list[int]:
+        """Insert ``count`` agents in one statement; return their ids."""
+        capacity = capacity or self.app.config["TICKETS_PER_AGENT"]
+        rows = [
+            {
+                "username": f"{prefix}{i}",
+                "password_hash": _PASSWORD_HASH,
+                "role": "agent",
+                "capacity": capacity,
+                "is_active": True,
+            }
+            for i in range(count)
+        ]
+        with self.app.app_context():
+            ids = list(db.session.scalars(sa.insert(User).returning(User.id), rows))
+            db.session.commit()
+            return ids
+
+    def tickets(self, count: int, title: str = "ticket") -> list[int]:
+        """Create ``count`` tickets through the domain (PostgreSQL, then the queue)."""
+        from service.domain.tickets import create_ticket
+
+        with self.app.app_context():
+            return [
+                create_ticket(
+                    db.session, ticket_queue(), title=f"{title} {i}", description="", actor_id=None
+                ).id  # type: ignore[arg-type]
+                for i in range(count)
+            ]
+
+    def bulk_tickets(self, count: int) -> list[int]:
+        """Insert ``count`` tickets in one statement and queue them."""
+        with self.app.app_context():
+            ids = list(
+                db.session.scalars(
+                    sa.insert(Ticket).returning(Ticket.id),
+                    [
+                        {"title": f"bulk {i}", "description": "", "status": "unassigned"}
+                        for i in range(count)
+                    ],
+                )
+            )
+            db.session.commit()
+            ticket_queue().push(ids)
+            return sorted(ids)
+
+    def token(self, user: User | int, role: str | None = None) -> str:
+        with self.app.app_context():
+            if isinstance(user, User):
+                user_id, role = user.id, role or user.role
+            else:
+                user_id = user
+                role = role or "agent"
+            return create_access_token(identity=str(user_id), additional_claims={"role": role})
+
+    def headers(self, user: User | int, role: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(user, role)}"}
+
+
+@pytest.fixture
+def factory(app: Flask) -> Factory:
+    return Factory(app)
+
+
+@pytest.fixture
+def admin(factory: Factory) -> User:
+    return factory.user("admin", role="admin")
+
+
+@pytest.fixture
+def admin_headers(factory: Factory, admin: User) -> dict[str, str]:
+    return factory.headers(admin)

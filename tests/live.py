@@ -1,0 +1,76 @@
+"""Real processes for concurrency and crash tests: a gunicorn server on a free port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_serving(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before serving")
+        try:
+            if requests.get(f"{url}/healthz", timeout=0.5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"server at {url} did not come up in {timeout}s")
+
+
+@contextmanager
+def live_server(env: dict[str, str], workers: int = 2, threads: int = 1) -> Iterator[str]:
+    """Run ``wsgi:app`` under gunicorn with ``env``; yield its base URL; stop it after."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "wsgi:app",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+        "--worker-class",
+        "gthread" if threads > 1 else "sync",
+        "--no-control-socket",
+        "--graceful-timeout",
+        "5",
+        "--log-level",
+        "warning",
+    ]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=full_env)
+    try:
+        wait_until_serving(url, proc)
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
