@@ -135,8 +135,10 @@ class TicketCreateSchema(Schema):
 
 
 class TicketPutSchema(Schema):
+    """A full replacement: a missing description becomes empty, as on create."""
+
     title = fields.String(required=True, validate=TITLE)
-    description = fields.String(required=True, validate=DESCRIPTION)
+    description = fields.String(validate=DESCRIPTION, load_default="")
 
 
 class TicketPatchSchema(PatchSchema):
