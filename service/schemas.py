@@ -130,12 +130,7 @@ DESCRIPTION = validate.Length(max=10_000)
 
 
 class TicketCreateSchema(Schema):
-    title = fields.String(required=True, validate=TITLE)
-    description = fields.String(validate=DESCRIPTION, load_default="")
-
-
-class TicketPutSchema(Schema):
-    """A full replacement: a missing description becomes empty, as on create."""
+    """Create, or replace (PUT): a missing description is empty."""
 
     title = fields.String(required=True, validate=TITLE)
     description = fields.String(validate=DESCRIPTION, load_default="")

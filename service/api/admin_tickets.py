@@ -17,7 +17,6 @@ from ..schemas import (
     TicketEventListSchema,
     TicketPageSchema,
     TicketPatchSchema,
-    TicketPutSchema,
     TicketQuerySchema,
     TicketSchema,
 )
@@ -55,7 +54,7 @@ def get_ticket(ticket_id: int) -> Ticket:
 
 
 @blp.route("/tickets/<int:ticket_id>/", methods=["PUT"])
-@blp.arguments(TicketPutSchema)
+@blp.arguments(TicketCreateSchema)
 @blp.response(200, TicketSchema)
 @role_required("admin")
 def put_ticket(body: dict[str, str], ticket_id: int) -> Ticket:
