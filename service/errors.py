@@ -148,8 +148,9 @@ def handle_http_exception(exc: HTTPException) -> Response:
     if messages and status in (400, 422):
         fields = _friendly(_flatten(messages))
         if list(fields) == ["body"] and fields["body"] == "malformed JSON":
+            # `fields` names the body, like every other 400, so clients need one code path.
             return error_response(
-                400, "malformed_json", "the body is not valid JSON", headers=headers
+                400, "malformed_json", "the body is not valid JSON", fields, headers
             )
         message = "; ".join(f"{name}: {text}" for name, text in fields.items())
         return error_response(400, "validation_error", message, fields, headers)

@@ -26,19 +26,21 @@ from . import Blueprint
 blp = Blueprint("admin_tickets", __name__, url_prefix="/api/admin", description="Tickets (admin)")
 
 
+# role_required sits above @blp.arguments so the token is checked before the body:
+# an anonymous or wrong-role caller gets 401/403, never a 400/415 describing the body.
 @blp.route("/tickets/", methods=["POST"])
+@role_required("admin")
 @blp.arguments(TicketCreateSchema)
 @blp.response(201, TicketSchema)
-@role_required("admin")
 def create_ticket(body: dict[str, str]) -> Ticket:
     """Create a ticket; it joins the queue behind every older unassigned ticket."""
     return tickets.create_ticket(db.session, ticket_queue(), actor_id=g.user.id, **body)
 
 
 @blp.route("/tickets/", methods=["GET"])
+@role_required("admin")
 @blp.arguments(TicketQuerySchema, location="query")
 @blp.response(200, TicketPageSchema)
-@role_required("admin")
 def list_tickets(query: dict[str, Any]) -> dict[str, Any]:
     """List tickets in creation order, filtered by status or agent, a page at a time."""
     items, next_cursor = tickets.list_tickets(db.session, **query)
@@ -54,18 +56,18 @@ def get_ticket(ticket_id: int) -> Ticket:
 
 
 @blp.route("/tickets/<int:ticket_id>/", methods=["PUT"])
+@role_required("admin")
 @blp.arguments(TicketCreateSchema)
 @blp.response(200, TicketSchema)
-@role_required("admin")
 def put_ticket(body: dict[str, str], ticket_id: int) -> Ticket:
     """Replace title and description; the holder and queue place stay."""
     return tickets.update_ticket(db.session, ticket_id, body)
 
 
 @blp.route("/tickets/<int:ticket_id>/", methods=["PATCH"])
+@role_required("admin")
 @blp.arguments(TicketPatchSchema)
 @blp.response(200, TicketSchema)
-@role_required("admin")
 def patch_ticket(body: dict[str, str], ticket_id: int) -> Ticket:
     """Change the title or the description; the holder and queue place stay."""
     return tickets.update_ticket(db.session, ticket_id, body)

@@ -17,10 +17,12 @@ from . import Blueprint
 blp = Blueprint("admin_users", __name__, url_prefix="/api/admin/users", description="Users (admin)")
 
 
+# role_required sits above @blp.arguments so the token is checked before the body:
+# an anonymous or wrong-role caller gets 401/403, never a 400/415 describing the body.
 @blp.route("/", methods=["POST"])
+@role_required("admin")
 @blp.arguments(UserCreateSchema)
 @blp.response(201, UserSchema)
-@role_required("admin")
 def create_user(body: dict[str, Any]) -> User:
     """Create an agent or an admin."""
     return users.create_user(
@@ -29,9 +31,9 @@ def create_user(body: dict[str, Any]) -> User:
 
 
 @blp.route("/", methods=["GET"])
+@role_required("admin")
 @blp.arguments(UserQuerySchema, location="query")
 @blp.response(200, UserPageSchema)
-@role_required("admin")
 def list_users(query: dict[str, Any]) -> dict[str, Any]:
     """List users in creation order, a page at a time."""
     items, next_cursor = users.list_users(db.session, **query)
@@ -47,9 +49,9 @@ def get_user(user_id: int) -> User:
 
 
 @blp.route("/<int:user_id>/", methods=["PATCH"])
+@role_required("admin")
 @blp.arguments(UserPatchSchema)
 @blp.response(200, UserSchema)
-@role_required("admin")
 def patch_user(changes: dict[str, Any], user_id: int) -> User:
     """Change a password, deactivate or reactivate, or set an agent's capacity."""
     return users.update_user(db.session, ticket_queue(), user_id, changes, actor_id=g.user.id)

@@ -38,7 +38,7 @@ def refresh() -> dict[str, Any]:
 
 @blp.route("/logout/", methods=["POST"])
 @blp.response(204)
-@auth.role_required("any", token="any", load_user=False)
+@auth.role_required("any", token="any")
 def logout() -> None:
     """Revoke the presented token (access or refresh) at once, in every process."""
     auth.revoke_current_token()
