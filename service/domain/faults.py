@@ -3,6 +3,11 @@
 Off unless the test-only environment enables them: ``TQ_FAULT_INJECTION=1``
 and ``TQ_FAULT_KILL_AT=<point>`` make the process SIGKILL itself at that point,
 so a test can prove that a crash between any two steps loses nothing.
+
+``TQ_FAULT_ONCE_FILE=<path>`` makes each kill a one-off: a point fires only
+while that file exists, and deletes it before killing. A server's respawned
+worker inherits the same environment, so without it every later request that
+reaches the point would die too.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import signal
 
 _ENABLED = os.environ.get("TQ_FAULT_INJECTION") == "1"
 _KILL_AT = frozenset(filter(None, os.environ.get("TQ_FAULT_KILL_AT", "").split(",")))
+_ONCE_FILE = os.environ.get("TQ_FAULT_ONCE_FILE") or None
 
 POINTS = (
     "ticket.after_insert",  # the INSERT committed, the push to Redis not yet made
@@ -23,5 +29,13 @@ POINTS = (
 
 
 def fault_point(name: str) -> None:
-    if _ENABLED and name in _KILL_AT:
-        os.kill(os.getpid(), signal.SIGKILL)
+    if not (_ENABLED and name in _KILL_AT):
+        return
+    if _ONCE_FILE is not None:
+        try:
+            # Deleting the file claims the one kill: of processes racing here,
+            # exactly one succeeds.
+            os.remove(_ONCE_FILE)
+        except FileNotFoundError:
+            return
+    os.kill(os.getpid(), signal.SIGKILL)
