@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import redis.exceptions
 from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from .. import errors
 from ..auth import ensure_active
@@ -133,45 +134,61 @@ def assign(session: DbSession, queue: TicketQueue, agent_id: int, lease_seconds:
         return current  # the fast path: one indexed SELECT, no Redis work
     capacity = current.capacity
     tickets = current.tickets
-    for _ in range(MAX_ROUNDS):
-        pg_ids = [t.id for t in tickets]
-        reservation = queue.reserve(agent_id, capacity, lease_seconds)
-        if not reservation.ids:
-            if reservation.held_before < capacity:
-                break  # the queue is empty
-            # Redis thinks the agent is full but PostgreSQL says it is not:
-            # stale ids in `held`. Resync, then try again.
-            log.info(
-                "resync held for agent %s: redis %s, postgres %s",
+    committed = False
+    try:
+        for _ in range(MAX_ROUNDS):
+            pg_ids = [t.id for t in tickets]
+            reservation = queue.reserve(agent_id, capacity, lease_seconds)
+            if not reservation.ids:
+                if reservation.held_before < capacity:
+                    break  # the queue is empty
+                # Redis thinks the agent is full but PostgreSQL says it is not:
+                # stale ids in `held`. Resync, then try again.
+                log.info(
+                    "resync held for agent %s: redis %s, postgres %s",
+                    agent_id,
+                    reservation.held_before,
+                    len(pg_ids),
+                )
+                queue.resync_held(agent_id, pg_ids)
+                continue
+            fault_point("assign.after_reserve")
+            try:
+                result = confirm(session, agent_id, reservation.ids)
+            except errors.Unauthorized:
+                # Deactivated while fetching: every popped id goes back.
+                queue.settle(agent_id, [], [], reservation.ids)
+                raise
+            except SQLAlchemyError:
+                # PostgreSQL failed: the fetch answers 503, so its ids go back
+                # now rather than when their lease ends. Safe even if the
+                # commit went through unseen: the next confirm refuses an id
+                # that is already assigned.
+                give_back_best_effort(queue, agent_id, reservation.ids)
+                raise
+            committed = True
+            fault_point("assign.after_confirm")
+            tickets = result.tickets
+            held_now = {t.id for t in tickets}
+            # A "vanished" id the agent itself holds was queued twice (a relay
+            # race); it is already confirmed, so only its reservation is cleared.
+            settled = set(result.confirmed) | (set(result.vanished) & held_now)
+            held_after = queue.settle(
                 agent_id,
-                reservation.held_before,
-                len(pg_ids),
+                sorted(settled),
+                sorted(set(result.vanished) - held_now),
+                result.returned,
             )
-            queue.resync_held(agent_id, pg_ids)
-            continue
-        fault_point("assign.after_reserve")
-        try:
-            result = confirm(session, agent_id, reservation.ids)
-        except errors.Unauthorized:
-            # Deactivated while fetching: every popped id goes back.
-            queue.settle(agent_id, [], [], reservation.ids)
-            raise
-        fault_point("assign.after_confirm")
-        tickets = result.tickets
-        held_now = {t.id for t in tickets}
-        # A "vanished" id the agent itself holds was queued twice (a relay
-        # race); it is already confirmed, so only its reservation is cleared.
-        settled = set(result.confirmed) | (set(result.vanished) & held_now)
-        held_after = queue.settle(
-            agent_id,
-            sorted(settled),
-            sorted(set(result.vanished) - held_now),
-            result.returned,
-        )
-        if held_after != len(tickets):
-            queue.resync_held(agent_id, sorted(held_now))
-        if len(tickets) >= capacity or reservation.queue_left == 0:
-            break
+            if held_after != len(tickets):
+                queue.resync_held(agent_id, sorted(held_now))
+            if len(tickets) >= capacity or reservation.queue_left == 0:
+                break
+    except redis.exceptions.RedisError as exc:
+        if not committed:
+            raise  # nothing changed: 503
+        # PostgreSQL committed this fetch, so its answer stands: the reaper
+        # clears the reservations left behind and `held` resyncs later.
+        log.warning("redis failed after the fetch of agent %s committed (%s)", agent_id, exc)
     return Holding(tickets, capacity)
 
 
@@ -197,6 +214,14 @@ def sell(session: DbSession, queue: TicketQueue, agent_id: int, ticket_id: int) 
     fault_point("sell.after_commit")
     forget_held_best_effort(queue, agent_id, [ticket_id])
     return ticket
+
+
+def give_back_best_effort(queue: TicketQueue, agent_id: int, ids: Sequence[int]) -> None:
+    """Return reserved ids to the queue; if Redis is down, the reaper does it."""
+    try:
+        queue.settle(agent_id, [], [], ids)
+    except redis.exceptions.RedisError as exc:
+        log.warning("reserved ids %s not given back (%s); the reaper returns them", ids, exc)
 
 
 def forget_held_best_effort(queue: TicketQueue, agent_id: int, ids: Sequence[int]) -> None:

@@ -1,0 +1,333 @@
+"""Outages: Redis down, Redis back empty, PostgreSQL down and back (I4, I6).
+
+Redis is a private redis-server this module starts, stops and wipes; PostgreSQL
+is "taken down" for the app by cutting a TCP proxy in front of the shared
+server. The app is never rebuilt between the outage and the recovery: it must
+come back by itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conftest import PASSWORD, TEST_DATABASE_URL, Factory, reset_state, service_env
+from flask import Flask
+from flask.testing import FlaskClient
+from proxy import TcpProxy
+from redis_server import RedisServer
+
+from service import create_app
+from service.domain import assignment
+from service.domain.rebuild import rebuild
+from service.extensions import db
+from service.models import User
+from service.state import ticket_queue
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
+
+ASSIGN = "/api/agent/tickets/assign/"
+HELD = "/api/agent/tickets/"
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def pg_proxy() -> Iterator[TcpProxy]:
+    url = sa.engine.make_url(TEST_DATABASE_URL)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    yield proxy
+    proxy.close()
+
+
+@dataclass
+class World:
+    """An app on the private Redis and behind the PostgreSQL proxy, with its users."""
+
+    app: Flask
+    client: FlaskClient
+    factory: Factory
+    redis: RedisServer
+    proxy: TcpProxy
+    admin: dict[str, str]
+    alice: User
+    bob: User
+
+    def headers(self, user: User) -> dict[str, str]:
+        return self.factory.headers(user)
+
+    def rebuild(self) -> None:
+        with self.app.app_context():
+            rebuild(db.session, ticket_queue())
+
+    def redis_state(self) -> dict[str, Any]:
+        with self.redis.client() as r:
+            return {
+                key: r.zrange(key, 0, -1, withscores=True)
+                if r.type(key) == "zset"
+                else sorted(r.smembers(key))
+                for key in sorted(r.keys("{tq}:*"))
+                if r.type(key) in ("zset", "set")
+            }
+
+    def db_state(self) -> tuple[list[Any], int, list[Any]]:
+        """Every ticket, the event count and every user, read past the proxy."""
+        engine = sa.create_engine(TEST_DATABASE_URL)
+        try:
+            with engine.connect() as conn:
+                tickets = conn.execute(
+                    sa.text(
+                        "SELECT id, status, agent_id, title, updated_at FROM tickets ORDER BY id"
+                    )
+                ).all()
+                events = conn.scalar(sa.text("SELECT count(*) FROM ticket_events"))
+                users = conn.execute(
+                    sa.text("SELECT id, is_active, capacity, password_hash FROM users ORDER BY id")
+                ).all()
+                return list(tickets), int(events or 0), list(users)
+        finally:
+            engine.dispose()
+
+
+@pytest.fixture
+def world(_schema: None, redis_server: RedisServer, pg_proxy: TcpProxy) -> Iterator[World]:
+    redis_server.start()
+    pg_proxy.restore()
+    proxied = sa.engine.make_url(TEST_DATABASE_URL).set(host="127.0.0.1", port=pg_proxy.port)
+    app = create_app(
+        env=service_env(
+            DATABASE_URL=proxied.render_as_string(hide_password=False),
+            REDIS_URL=redis_server.url,
+        )
+    )
+    app.config["TESTING"] = True
+    reset_state(app)
+    factory = Factory(app)
+    admin = factory.user("admin", role="admin")
+    w = World(
+        app=app,
+        client=app.test_client(),
+        factory=factory,
+        redis=redis_server,
+        proxy=pg_proxy,
+        admin=factory.headers(admin),
+        alice=factory.user("alice", capacity=3),
+        bob=factory.user("bob", capacity=3),
+    )
+    w.rebuild()  # what the workers do first: mark Redis as built from PostgreSQL
+    yield w
+    pg_proxy.restore()
+    redis_server.start()
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+    ticket_queue_client = app.extensions["ticket_queue"].client
+    ticket_queue_client.close()
+
+
+def assert_error(response: Any, status: int, code: str) -> None:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.is_json, response.get_data(as_text=True)
+    assert response.json["error"]["code"] == code
+    assert response.json["error"]["message"]
+
+
+def ids(response: Any) -> list[int]:
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return [t["id"] for t in response.json["tickets"]]
+
+
+# -- Redis down ----------------------------------------------------------------
+
+
+def test_redis_down_assign_503_while_postgres_writes_go_on(world: World) -> None:
+    c, alice, bob = world.client, world.headers(world.alice), world.headers(world.bob)
+    first = world.factory.tickets(4)
+    assert ids(c.get(ASSIGN, headers=alice)) == first[:3]
+    revoked = world.headers(world.bob)
+    assert c.post("/api/auth/logout/", headers=revoked).status_code == 204
+
+    world.redis.stop()
+    before = world.db_state()
+    for method in (c.get, c.post):
+        assert_error(method(ASSIGN, headers=bob), 503, "redis_unavailable")
+        assert_error(method(ASSIGN, headers=alice), 503, "redis_unavailable")
+    assert world.db_state() == before, "a refused fetch changed PostgreSQL"
+
+    # Reads, sales and admin writes go on from PostgreSQL alone.
+    assert ids(c.get(HELD, headers=alice)) == first[:3]
+    sold = c.post(f"/api/agent/tickets/sell/{first[0]}/", headers=alice)
+    assert sold.status_code == 200 and sold.json["status"] == "sold"
+    created = c.post("/api/admin/tickets/", json={"title": "during"}, headers=world.admin)
+    assert created.status_code == 201, created.get_data(as_text=True)
+    during = created.json["id"]
+    edited = c.patch(f"/api/admin/tickets/{during}/", json={"title": "x"}, headers=world.admin)
+    assert edited.status_code == 200 and edited.json["title"] == "x"
+    put = c.put(f"/api/admin/tickets/{during}/", json={"title": "y"}, headers=world.admin)
+    assert put.status_code == 200 and put.json["title"] == "y"
+    assert c.delete(f"/api/admin/tickets/{first[1]}/", headers=world.admin).status_code == 204
+    patched = c.patch(
+        f"/api/admin/users/{world.bob.id}/", json={"capacity": 2}, headers=world.admin
+    )
+    assert patched.status_code == 200 and patched.json["capacity"] == 2
+    login = c.post("/api/auth/token/", json={"username": "bob", "password": PASSWORD})
+    assert login.status_code == 200, login.get_data(as_text=True)
+    # Revocation holds, from PostgreSQL's copy.
+    assert_error(c.get(HELD, headers=revoked), 401, "token_revoked")
+    # Logout needs Redis (every process checks it first): refused, nothing revoked.
+    fresh = {"Authorization": f"Bearer {login.json['access_token']}"}
+    assert_error(c.post("/api/auth/logout/", headers=fresh), 503, "redis_unavailable")
+    assert c.get(HELD, headers=fresh).status_code == 200
+    assert_error(c.get("/readyz"), 503, "not_ready")
+    assert_error(c.get("/api/admin/queue/", headers=world.admin), 503, "redis_unavailable")
+
+    # Redis comes back empty; the same app serves again at once.
+    world.redis.start()
+    assert c.get("/readyz").status_code == 200
+    assert_error(c.get(HELD, headers=revoked), 401, "token_revoked")
+    assert ids(c.get(ASSIGN, headers=alice)) == [first[2]]  # what PostgreSQL says she holds
+    world.rebuild()
+    # The ticket created during the outage is handed out, oldest first.
+    assert ids(c.get(ASSIGN, headers=bob)) == [first[3], during]
+    assert ids(c.get(ASSIGN, headers=alice)) == [first[2]]
+    assert_error(c.get(HELD, headers=revoked), 401, "token_revoked")
+    stats = c.get("/api/admin/queue/", headers=world.admin).json
+    assert stats == {"queued": 0, "unassigned": 0, "assigned": 3, "sold": 1, "reserved": 0}
+
+
+def test_redis_lost_after_the_confirm_commits_answers_what_postgres_says(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis dies between the committed confirm and the cleanup: the fetch stands."""
+    c, alice = world.client, world.headers(world.alice)
+    tickets = world.factory.tickets(4)
+
+    def redis_dies(name: str) -> None:
+        if name == "assign.after_confirm":
+            world.redis.stop()
+
+    monkeypatch.setattr(assignment, "fault_point", redis_dies)
+    got = c.get(ASSIGN, headers=alice)
+    assert ids(got) == tickets[:3]  # PostgreSQL committed them: not a 503
+    monkeypatch.undo()
+
+    world.redis.start()
+    world.rebuild()
+    assert ids(c.get(ASSIGN, headers=alice)) == tickets[:3]
+    assert ids(c.get(ASSIGN, headers=world.headers(world.bob))) == [tickets[3]]
+
+
+# -- PostgreSQL down -----------------------------------------------------------
+
+
+def every_db_route(world: World, agent_id: int, ticket_id: int) -> list[tuple[str, str, Any]]:
+    """(method, path, json) for every route that reads or writes PostgreSQL."""
+    return [
+        ("POST", "/api/auth/token/", {"username": "alice", "password": PASSWORD}),
+        ("POST", "/api/auth/refresh/", None),
+        ("POST", "/api/auth/logout/", None),
+        ("GET", "/api/admin/users/", None),
+        ("POST", "/api/admin/users/", {"username": "carol", "password": PASSWORD, "role": "agent"}),
+        ("GET", f"/api/admin/users/{agent_id}/", None),
+        ("PATCH", f"/api/admin/users/{agent_id}/", {"is_active": False}),
+        ("GET", "/api/admin/tickets/", None),
+        ("POST", "/api/admin/tickets/", {"title": "new"}),
+        ("GET", f"/api/admin/tickets/{ticket_id}/", None),
+        ("PUT", f"/api/admin/tickets/{ticket_id}/", {"title": "t", "description": "d"}),
+        ("PATCH", f"/api/admin/tickets/{ticket_id}/", {"title": "t"}),
+        ("DELETE", f"/api/admin/tickets/{ticket_id}/", None),
+        ("GET", f"/api/admin/tickets/{ticket_id}/events/", None),
+        ("GET", "/api/admin/queue/", None),
+        ("GET", ASSIGN, None),
+        ("POST", ASSIGN, None),
+        ("GET", HELD, None),
+        ("POST", f"/api/agent/tickets/sell/{ticket_id}/", None),
+    ]
+
+
+def test_postgres_down_every_route_503_then_recovers(world: World) -> None:
+    c, alice = world.client, world.headers(world.alice)
+    tickets = world.factory.tickets(5)
+    assert ids(c.get(ASSIGN, headers=alice)) == tickets[:3]
+    login = c.post("/api/auth/token/", json={"username": "alice", "password": PASSWORD}).json
+    tokens = {
+        "alice": alice,
+        "admin": world.admin,
+        "refresh": {"Authorization": f"Bearer {login['refresh_token']}"},
+    }
+    redis_before = world.redis_state()
+    db_before = world.db_state()
+
+    world.proxy.cut()
+    for method, path, body in every_db_route(world, world.alice.id, tickets[0]):
+        who = "alice" if "/agent/" in path else "admin"
+        if path.startswith("/api/auth/"):
+            who = "refresh" if "refresh" in path else "alice"
+        response = c.open(path, method=method, json=body, headers=tokens[who])
+        assert_error(response, 503, "database_unavailable")
+    assert_error(c.get("/readyz"), 503, "not_ready")
+    assert c.get("/healthz").status_code == 200
+    assert world.redis_state() == redis_before, "a refused request changed Redis"
+    assert world.db_state() == db_before
+
+    world.proxy.restore()
+    # The same app, no restart: the first request after the outage succeeds.
+    assert ids(c.get(ASSIGN, headers=alice)) == tickets[:3]
+    assert c.get("/readyz").status_code == 200
+    assert ids(c.get(ASSIGN, headers=world.headers(world.bob))) == tickets[3:]
+    created = c.post("/api/admin/tickets/", json={"title": "after"}, headers=world.admin)
+    assert created.status_code == 201
+    sold = c.post(f"/api/agent/tickets/sell/{tickets[0]}/", headers=alice)
+    assert sold.status_code == 200
+    assert ids(c.get(ASSIGN, headers=alice)) == [*tickets[1:3], created.json["id"]]
+
+
+def test_connections_pooled_before_the_cut_are_replaced(world: World) -> None:
+    """Connections idle in the pool when PostgreSQL went away are not handed to requests."""
+    c, alice = world.client, world.headers(world.alice)
+    world.factory.tickets(2)
+    with world.app.app_context():
+        engine = db.engine
+        held = [engine.connect() for _ in range(4)]
+        for conn in held:
+            conn.execute(sa.text("SELECT 1"))
+        for conn in held:
+            conn.close()
+        assert engine.pool.checkedin() == 4  # type: ignore[attr-defined]
+
+    world.proxy.cut()
+    world.proxy.restore()  # nothing ran in between: every pooled connection is dead
+    for _ in range(6):  # the pool hands connections out in turn: each stale one is met
+        assert c.get(HELD, headers=alice).status_code == 200
+    assert len(ids(c.get(ASSIGN, headers=alice))) == 2
+
+
+def test_postgres_lost_between_pop_and_confirm_gives_the_tickets_back(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fetch answers 503 and the popped ids are queued again at once, not after a lease."""
+    c, alice = world.client, world.headers(world.alice)
+    tickets = world.factory.tickets(4)
+    redis_before = world.redis_state()
+
+    def postgres_dies(name: str) -> None:
+        if name == "assign.after_reserve":
+            world.proxy.cut()
+
+    monkeypatch.setattr(assignment, "fault_point", postgres_dies)
+    assert_error(c.get(ASSIGN, headers=alice), 503, "database_unavailable")
+    monkeypatch.undo()
+    assert world.redis_state() == redis_before, "the popped tickets were not given back"
+
+    world.proxy.restore()
+    assert ids(c.get(ASSIGN, headers=world.headers(world.bob))) == tickets[:3]
+    assert ids(c.get(ASSIGN, headers=alice)) == [tickets[3]]
