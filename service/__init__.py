@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
+from logging import getLogger
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +13,14 @@ from flask import Flask
 from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine
 
+from . import metrics
 from .config import load_config
-from .extensions import db, jwt, migrate, rest_api
+from .extensions import db, jwt, limiter, migrate
+from .logging import init_app as init_request_logging
 from .queue import TicketQueue, make_redis
 
-log = logging.getLogger(__name__)
+# `logging` here would name service.logging, the package's own module.
+log = getLogger(__name__)
 
 
 def create_app(env: Mapping[str, str] | None = None, **overrides: Any) -> Flask:
@@ -58,7 +61,9 @@ def register_extensions(app: Flask) -> None:
     migrate.init_app(app, db, directory=str(Path(__file__).resolve().parent.parent / "migrations"))
     jwt.init_app(app)
     register_jwt_callbacks(app)
-    rest_api.init_app(app)
+    limiter.init_app(app)
+    metrics.init_app(app)
+    init_request_logging(app)
     client = make_redis(app.config["REDIS_URL"], app.config["REDIS_CLUSTER"])
     app.extensions["ticket_queue"] = TicketQueue(client, app.config["REDIS_KEY_PREFIX"])
     if app.config["EMBEDDED"]:

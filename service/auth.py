@@ -130,6 +130,8 @@ def role_required(
                 g.user = load_current_user()
             return view(*args, **kwargs)
 
+        # Read by the API blueprint to document the bearer scheme and the 401/403.
+        wrapper.auth_required = {"role": role, "token": token}  # type: ignore[attr-defined]
         return wrapper
 
     return decorator

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 MIN_SECRET_BYTES = 32
 
@@ -111,4 +112,56 @@ def load_config(instance_path: Path, env: Mapping[str, str] | None = None) -> di
         "TICKETS_PER_AGENT": _int(env, "TICKETS_PER_AGENT", 15),
         "RESERVATION_LEASE_SECONDS": _int(env, "RESERVATION_LEASE_SECONDS", 30),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_BODY_BYTES", 64 * 1024),
+        "READINESS_TIMEOUT_SECONDS": _float(env, "READINESS_TIMEOUT_SECONDS", 1.0),
+        **_rate_limit_config(env, redis_url, _bool(env.get("REDIS_CLUSTER"))),
+    }
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+def _rate_limit_config(
+    env: Mapping[str, str], redis_url: str | None, cluster: bool
+) -> dict[str, Any]:
+    """Flask-Limiter's settings: login attempts counted in the service's Redis."""
+    from limits import parse_many
+
+    login_limit = env.get("LOGIN_RATE_LIMIT") or "10 per minute"
+    try:
+        parse_many(login_limit)
+    except ValueError:
+        raise ConfigError(
+            f"LOGIN_RATE_LIMIT must read like '10 per minute', got {login_limit!r}"
+        ) from None
+    options: dict[str, Any] = {}
+    if redis_url is None:
+        storage = "memory://"  # embedded mode: one process, nothing to share
+    elif cluster:
+        # limits names a cluster by its nodes, without a database number.
+        url = urlsplit(redis_url)
+        storage = f"redis+cluster://{url.netloc}"
+        if url.scheme == "rediss":
+            options["ssl"] = True
+    else:
+        storage = redis_url
+    return {
+        "LOGIN_RATE_LIMIT": login_limit,
+        "RATELIMIT_STORAGE_URI": storage,
+        "RATELIMIT_STORAGE_OPTIONS": options,
+        # Limiter keys carry the service's hash tag, like every other key.
+        "RATELIMIT_KEY_PREFIX": f"{env.get('REDIS_KEY_PREFIX') or '{tq}'}:limits",
+        "RATELIMIT_HEADERS_ENABLED": True,
+        # Logging in needs only PostgreSQL: with Redis down the limit is not
+        # enforced rather than every login failing.
+        "RATELIMIT_SWALLOW_ERRORS": True,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flask_smorest
@@ -11,6 +12,40 @@ from webargs.flaskparser import FlaskParser, abort
 
 from ..extensions import rest_api
 from ..schemas import ErrorSchema
+
+SECURITY_SCHEME = "bearerAuth"
+
+# What each error status means on this API (API.md, "Errors"); every operation
+# documents the ones it can answer with, all with the one error shape.
+ERROR_DESCRIPTIONS = {
+    400: "Malformed JSON, a body that is not an object, or a missing, wrong-typed or "
+    "out-of-range field or query parameter (`fields` names each one)",
+    401: "No token, a bad signature, an expired or revoked token, or a deactivated account",
+    403: "A valid token of the wrong role",
+    404: "No such resource",
+    409: "The request conflicts with the current state",
+    413: "The body is over the configured limit",
+    415: "The body is not application/json",
+    429: "Too many attempts; retry after `Retry-After` seconds",
+    503: "PostgreSQL or Redis is unreachable; nothing was changed, the client may retry",
+}
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before the next attempt",
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
+
+
+def error_doc(status: int, description: str | None = None) -> dict[str, Any]:
+    """An OpenAPI response object for an error ``status`` in the ``ErrorSchema`` shape."""
+    doc: dict[str, Any] = {
+        "description": description or ERROR_DESCRIPTIONS[status],
+        "content": {"application/json": {"schema": ErrorSchema}},
+    }
+    if status == 429:
+        doc["headers"] = RETRY_AFTER
+    return doc
 
 
 class Parser(FlaskParser):
@@ -25,13 +60,87 @@ class Parser(FlaskParser):
 
 
 class Blueprint(flask_smorest.Blueprint):
+    """flask-smorest's blueprint, documenting every error an operation can answer with.
+
+    The errors follow from how a view is declared, so the document cannot drift
+    from the code: a JSON body can get 400, 413 and 415; query parameters 400; a
+    path parameter 404; ``role_required`` adds the bearer scheme, 401 and (for
+    one role) 403; every operation touches PostgreSQL or Redis, so 503. Errors
+    particular to a view (409, 429) are declared on it with ``alt_response``.
+    """
+
     ARGUMENTS_PARSER = Parser()
+
+    def __init__(self, *args: Any, uses_backends: bool = True, **kwargs: Any) -> None:
+        """``uses_backends=False``: the views answer without PostgreSQL or Redis (no 503)."""
+        super().__init__(*args, **kwargs)
+        self.uses_backends = uses_backends
+        self._prepare_doc_cbks.append(self._prepare_error_doc)
+
+    def route(self, rule: str, *, parameters: Any = None, tags: Any = None, **options: Any) -> Any:
+        register = super().route(rule, parameters=parameters, tags=tags, **options)
+
+        def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
+            # `_apidoc` is where flask-smorest's decorators leave what they
+            # document; the views' own decorators have all run by now.
+            apidoc = dict(getattr(func, "_apidoc", {}))
+            apidoc["errors"] = {
+                "auth": getattr(func, "auth_required", None),
+                "path_params": "<" in rule,
+            }
+            func._apidoc = apidoc  # type: ignore[attr-defined]
+            return register(func)
+
+        return decorator
+
+    def _prepare_error_doc(self, doc: dict[str, Any], doc_info: dict[str, Any], **_: Any) -> Any:
+        info = doc_info.get("errors") or {}
+        statuses = {503} if self.uses_backends else set()
+        # flask-smorest has turned the body argument into requestBody by now.
+        if "requestBody" in doc:
+            statuses |= {400, 413, 415}
+        if any(p.get("in") == "query" for p in doc.get("parameters", []) if isinstance(p, dict)):
+            statuses.add(400)
+        if info.get("path_params"):
+            statuses.add(404)
+        auth = info.get("auth")
+        if auth is not None:
+            doc["security"] = [{SECURITY_SCHEME: []}]
+            statuses.add(401)
+            if auth["role"] != "any":
+                statuses.add(403)
+        responses = doc.setdefault("responses", {})
+        for status in sorted(statuses):
+            # A view's own alt_response (a dict) wins; flask-smorest's generic
+            # references (strings) give way to the contract's wording.
+            if not isinstance(responses.get(status, responses.get(str(status))), dict):
+                responses.pop(str(status), None)
+                responses[status] = error_doc(status)
+        return doc
+
+
+def init_api(app: Flask) -> None:
+    """Bind flask-smorest to the app, with the error shape and the bearer scheme."""
+    rest_api.ERROR_SCHEMA = ErrorSchema
+    # Every status an operation answers with is listed on it; no catch-all
+    # "default" response that would make any status look documented.
+    rest_api.DEFAULT_ERROR_RESPONSE_NAME = None
+    rest_api.init_app(app)
+    rest_api.spec.components.security_scheme(
+        SECURITY_SCHEME,
+        {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "An access token from POST /api/auth/token/ (a refresh token "
+            "for POST /api/auth/refresh/)",
+        },
+    )
 
 
 def register_blueprints(app: Flask) -> None:
     from . import admin_tickets, admin_users, agent_tickets, auth, ops
 
-    rest_api.ERROR_SCHEMA = ErrorSchema
-    for module in (auth, admin_users, admin_tickets, agent_tickets):
+    init_api(app)
+    for module in (auth, admin_users, admin_tickets, agent_tickets, ops):
         rest_api.register_blueprint(module.blp)
-    app.register_blueprint(ops.bp)

@@ -1,0 +1,200 @@
+"""Prometheus metrics: request counts and latency, assignment counters, backlog gauges.
+
+Counters and histograms live in this module, one place each; the domain layer,
+the workers and the request hooks call the small functions below.
+
+Under gunicorn every worker is its own process, so the counters use
+prometheus_client's multiprocess mode: with ``PROMETHEUS_MULTIPROC_DIR`` set
+(gunicorn.conf.py sets it) each process writes its values to files there and
+``/metrics`` sums them; ``gunicorn.conf.py``'s ``child_exit`` hook marks a dead
+worker's files. The backlog gauges (queue depth, unassigned tickets, drift) are
+not counted by anyone: they are computed with two cheap queries at scrape time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Flask, Response, current_app, g, request
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+log = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# The `_created` timestamp series double the output and no alert needs them.
+disable_created_metrics()
+
+# Latency buckets for an API whose fast paths take a few milliseconds.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+HTTP_REQUESTS = Counter(
+    "tq_http_requests_total",
+    "HTTP requests answered, by route (the URL rule, not the raw path), method and status.",
+    ["route", "method", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "tq_http_request_duration_seconds",
+    "Time to answer an HTTP request, by route, method and status.",
+    ["route", "method", "status"],
+    buckets=LATENCY_BUCKETS,
+)
+ASSIGNMENTS = Counter("tq_assignments_total", "Tickets assigned to agents (committed).")
+SELLS = Counter("tq_sells_total", "Tickets sold by agents (committed).")
+RESERVATIONS_RETURNED = Counter(
+    "tq_reservations_returned_total",
+    "Expired reservations the reaper returned to the queue head.",
+)
+
+# The route label of a request that matched no URL rule (a 404).
+UNMATCHED_ROUTE = "<unmatched>"
+
+
+# -- the calls the rest of the service makes ---------------------------------
+def tickets_assigned(count: int) -> None:
+    """Count tickets whose assignment PostgreSQL committed."""
+    if count > 0:
+        ASSIGNMENTS.inc(count)
+
+
+def ticket_sold() -> None:
+    """Count a sale PostgreSQL committed."""
+    SELLS.inc()
+
+
+def reservations_returned(count: int) -> None:
+    """Count expired reservations the reaper gave back to the queue."""
+    if count > 0:
+        RESERVATIONS_RETURNED.inc(count)
+
+
+# -- per-request hooks --------------------------------------------------------
+def route_label() -> str:
+    """The URL rule that matched (``/api/admin/tickets/<int:ticket_id>/``), never the raw path."""
+    rule = request.url_rule
+    return rule.rule if rule is not None else UNMATCHED_ROUTE
+
+
+def _start_timer() -> None:
+    g.metrics_started = time.perf_counter()
+
+
+def _observe(response: Response) -> Response:
+    started = g.pop("metrics_started", None)
+    if started is not None:
+        labels = (route_label(), request.method, str(response.status_code))
+        HTTP_REQUESTS.labels(*labels).inc()
+        HTTP_LATENCY.labels(*labels).observe(time.perf_counter() - started)
+    return response
+
+
+# -- scrape-time gauges -------------------------------------------------------
+class BacklogCollector(Collector):
+    """Queue depth, reservations, unassigned tickets and their drift, read at scrape time.
+
+    One ZCARD pair in Redis and one indexed COUNT in PostgreSQL. A dependency
+    that does not answer leaves its gauges out and sets ``tq_scrape_error``, so
+    a scrape never fails because the thing it watches is down.
+    """
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Any]:
+        from .extensions import db
+        from .models import Ticket
+        from .state import ticket_queue
+
+        errors = GaugeMetricFamily(
+            "tq_scrape_error",
+            "1 when the dependency could not be read during this scrape.",
+            labels=["dependency"],
+        )
+        queued = reserved = unassigned = None
+        with self.app.app_context():
+            try:
+                queued, reserved = ticket_queue().depth()
+            except Exception as exc:  # noqa: BLE001 - any failure: report it, do not fail
+                log.warning("metrics: redis unreadable: %s", exc)
+            try:
+                unassigned = db.session.scalar(
+                    select(func.count()).select_from(Ticket).where(Ticket.status == "unassigned")
+                )
+            except Exception as exc:  # noqa: BLE001
+                log.warning("metrics: database unreadable: %s", exc)
+            finally:
+                db.session.remove()
+        errors.add_metric(["redis"], 1.0 if queued is None else 0.0)
+        errors.add_metric(["database"], 1.0 if unassigned is None else 0.0)
+        yield errors
+        if queued is not None and reserved is not None:
+            yield GaugeMetricFamily(
+                "tq_queue_depth", "Ticket ids waiting in the Redis queue.", value=queued
+            )
+            yield GaugeMetricFamily(
+                "tq_reserved", "Ticket ids popped but not yet confirmed.", value=reserved
+            )
+        if unassigned is not None:
+            yield GaugeMetricFamily(
+                "tq_unassigned_tickets", "Unassigned tickets in PostgreSQL.", value=unassigned
+            )
+        if queued is not None and reserved is not None and unassigned is not None:
+            # Every unassigned ticket should be queued or reserved. A lasting
+            # non-zero value is drift the relay and reaper did not repair:
+            # positive means tickets missing from Redis, negative stale ids.
+            yield GaugeMetricFamily(
+                "tq_queue_drift",
+                "Unassigned tickets in PostgreSQL minus ids queued or reserved in Redis.",
+                value=unassigned - queued - reserved,
+            )
+
+
+def render() -> Response:
+    """The Prometheus exposition the scraper asked for, summed over every worker process."""
+    registry = current_app.extensions["metrics_registry"]
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return Response(encoder(registry), headers={"Content-Type": content_type})
+
+
+def _registry(app: Flask) -> CollectorRegistry:
+    if os.environ.get(MULTIPROC_ENV):
+        # Sum the counters every process wrote, read fresh at each scrape.
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        from prometheus_client import REGISTRY
+
+        registry = CollectorRegistry()
+        registry.register(_Forward(REGISTRY))
+    registry.register(BacklogCollector(app))
+    return registry
+
+
+class _Forward(Collector):
+    """The process's own metrics (single-process mode), beside the per-app collector."""
+
+    def __init__(self, source: CollectorRegistry) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Any]:
+        return iter(self.source.collect())
+
+
+def init_app(app: Flask) -> None:
+    app.extensions["metrics_registry"] = _registry(app)
+    app.before_request(_start_timer)
+    app.after_request(_observe)
