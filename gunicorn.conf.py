@@ -1,0 +1,103 @@
+"""gunicorn settings for production: ``gunicorn -c gunicorn.conf.py wsgi:app``.
+
+Every value can be changed from the environment (listed in the README); a flag
+on the command line overrides both.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        sys.exit(f"configuration error: {name} must be an integer, got {raw!r}")
+
+
+# Embedded mode (no DATABASE_URL, no REDIS_URL) keeps Redis inside the process,
+# so it is served by one process with threads.
+EMBEDDED = not os.environ.get("DATABASE_URL") and not os.environ.get("REDIS_URL")
+
+bind = os.environ.get("BIND") or f"0.0.0.0:{_env_int('PORT', 8000)}"
+# The requests are short and I/O-bound: the usual 2 x cores + 1 sync workers.
+workers = 1 if EMBEDDED else _env_int("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1)
+threads = 8 if EMBEDDED else _env_int("GUNICORN_THREADS", 1)
+worker_class = "gthread" if threads > 1 else "sync"
+# A request that takes longer than this is stuck (statement timeouts are 5 s);
+# the worker is killed and replaced.
+timeout = _env_int("GUNICORN_TIMEOUT", 30)
+# On SIGTERM, requests in flight get this long to finish.
+graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 20)
+keepalive = _env_int("GUNICORN_KEEPALIVE", 5)
+# Recycle workers now and then (bounds any slow leak); the jitter keeps them
+# from all restarting at once.
+max_requests = _env_int("GUNICORN_MAX_REQUESTS", 5000)
+max_requests_jitter = _env_int("GUNICORN_MAX_REQUESTS_JITTER", 500)
+# The heartbeat file lives in memory, not on a container's overlay disk.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+# The access log goes to stdout ("" turns it off: the app's own request line,
+# JSON on stderr, carries the request id, user and route too).
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None
+errorlog = "-"
+loglevel = (os.environ.get("LOG_LEVEL") or "info").lower()
+# gunicorn 23+ opens a control socket by default; nothing here uses it.
+control_socket_disable = True
+
+# Metrics: each worker writes its counters under PROMETHEUS_MULTIPROC_DIR and
+# /metrics sums them. Set before any worker imports prometheus_client.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tq-metrics-")
+
+
+def on_starting(server: Any) -> None:
+    """Refuse to start on a broken configuration, with a message naming the variable,
+    before any worker is forked (a worker that fails to boot says it far less clearly)."""
+    from service.config import ConfigError, load_config
+
+    try:
+        load_config(Path(os.environ.get("INSTANCE_PATH") or ROOT / "instance"), os.environ)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    # Counters of an earlier run would be summed with this one's.
+    metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    if metrics_dir.is_dir():
+        for child in metrics_dir.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    else:
+        metrics_dir.mkdir(parents=True)
+
+    from service.logging import configure_logging
+
+    configure_logging()
+    # gunicorn's own messages go through the same handler (JSON or text) as the
+    # app's; the workers inherit all of it when they are forked.
+    error_log = server.log.error_log
+    for handler in list(error_log.handlers):
+        error_log.removeHandler(handler)
+    error_log.propagate = True
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A dead worker's live gauges stop counting; its counters stay in the sums."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
