@@ -10,6 +10,9 @@
 -- Returns the size of `held` afterwards.
 -- A refused id goes back to the queue only if its reservation was still ours:
 -- if the reaper returned it first, it is already queued (or taken again).
+-- `reserved` does not say whose a lease is, so "ours" also needs the id in this
+-- agent's `held`: the reaper takes it out of there when it requeues it, and
+-- another agent that pops it again afterwards holds a fresh lease we must keep.
 local pos = 1
 local function take()
   local n = tonumber(ARGV[pos])
@@ -28,8 +31,7 @@ for _, id in ipairs(dropped) do
   redis.call('SREM', KEYS[2], id)
 end
 for _, id in ipairs(returned) do
-  redis.call('SREM', KEYS[2], id)
-  if redis.call('ZREM', KEYS[3], id) == 1 then
+  if redis.call('SREM', KEYS[2], id) == 1 and redis.call('ZREM', KEYS[3], id) == 1 then
     redis.call('ZADD', KEYS[1], id, id)
   end
 end
