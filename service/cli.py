@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 from marshmallow import ValidationError
 
 from . import errors
@@ -44,6 +44,7 @@ DEMO_USERS = (("demo-admin", "admin"), ("demo-agent", "agent"))
 
 
 @click.command("demo-users")
+@with_appcontext
 def demo_users() -> None:
     """Embedded mode only: create a demo admin and agent and print their credentials."""
     if not current_app.config["EMBEDDED"]:
@@ -68,6 +69,7 @@ def demo_users() -> None:
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)
+@with_appcontext
 def serve(host: str, port: int) -> None:
     """Serve with gunicorn: the production config, or one threaded process when embedded."""
     import os
