@@ -199,3 +199,15 @@ def test_unknown_paths_are_json_404(client, factory, alice):
     for path in ("/api/agent/nothing/", "/api/agent/tickets/sell/", "/api/agent/tickets/sell/x/"):
         assert_error(client.post(path, headers=factory.headers(alice)), 404, "not_found")
     assert_error(client.get("/no/such/page"), 404, "not_found")
+
+
+def test_a_new_agent_holds_nothing_and_has_the_default_capacity(client, factory, admin_headers):
+    agent = factory.user("dora")
+    assert client.get("/api/agent/tickets/", headers=factory.headers(agent)).get_json() == {
+        "tickets": [],
+        "capacity": 15,
+    }
+    created = client.post("/api/admin/tickets/", json={"title": "first"}, headers=admin_headers)
+    got = client.get("/api/agent/tickets/assign/", headers=factory.headers(agent)).get_json()
+    assert [t["id"] for t in got["tickets"]] == [created.get_json()["id"]]
+    assert got["capacity"] == 15
