@@ -127,6 +127,26 @@ def confirm(session: DbSession, agent_id: int, ids: Sequence[int]) -> Confirmati
     return Confirmation(confirmed, returned, sorted(set(rest) - set(returned)), tickets)
 
 
+def resync_held(session: DbSession, queue: TicketQueue, agent_id: int) -> list[Ticket]:
+    """Make the agent's held set agree with PostgreSQL; return its unsold tickets.
+
+    The list is read under the agent's row lock, right before the resync: a
+    concurrent fetch of the same agent clears its reservations only after its
+    confirm commits, so every id it confirmed is then either in this list or
+    still reserved (and resync.lua keeps reserved ids). A list read earlier,
+    without the lock, makes the resync drop tickets the agent holds, and its
+    next fetch pops more than it has room for.
+    """
+    session.rollback()  # a fresh snapshot
+    session.execute(select(User.id).where(User.id == agent_id).with_for_update())
+    tickets = list(session.scalars(select(Ticket).where(*_unsold(agent_id)).order_by(Ticket.id)))
+    try:
+        queue.resync_held(agent_id, [t.id for t in tickets])
+    finally:
+        session.commit()  # releases the lock; expire_on_commit is off, tickets stay loaded
+    return tickets
+
+
 def assign(session: DbSession, queue: TicketQueue, agent_id: int, lease_seconds: int) -> Holding:
     """Top the agent up to its capacity and return what it holds."""
     current = holding(session, agent_id)
@@ -137,20 +157,20 @@ def assign(session: DbSession, queue: TicketQueue, agent_id: int, lease_seconds:
     committed = False
     try:
         for _ in range(MAX_ROUNDS):
-            pg_ids = [t.id for t in tickets]
             reservation = queue.reserve(agent_id, capacity, lease_seconds)
             if not reservation.ids:
                 if reservation.held_before < capacity:
                     break  # the queue is empty
                 # Redis thinks the agent is full but PostgreSQL says it is not:
-                # stale ids in `held`. Resync, then try again.
+                # stale ids in `held`, or a concurrent fetch in flight. Resync,
+                # then try again.
                 log.info(
                     "resync held for agent %s: redis %s, postgres %s",
                     agent_id,
                     reservation.held_before,
-                    len(pg_ids),
+                    len(tickets),
                 )
-                queue.resync_held(agent_id, pg_ids)
+                tickets = resync_held(session, queue, agent_id)
                 continue
             fault_point("assign.after_reserve")
             try:
@@ -180,7 +200,13 @@ def assign(session: DbSession, queue: TicketQueue, agent_id: int, lease_seconds:
                 result.returned,
             )
             if held_after != len(tickets):
-                queue.resync_held(agent_id, sorted(held_now))
+                try:
+                    tickets = resync_held(session, queue, agent_id)
+                except SQLAlchemyError as exc:
+                    # The confirm committed, so its answer stands; the next
+                    # fetch resyncs.
+                    session.rollback()
+                    log.warning("could not resync held of agent %s (%s)", agent_id, exc)
             if len(tickets) >= capacity or reservation.queue_left == 0:
                 break
     except redis.exceptions.RedisError as exc:
