@@ -245,6 +245,21 @@ def test_show_unknown_ticket_is_404(client, admin_headers):
     assert_error(client.get("/api/admin/tickets/12345", headers=admin_headers), 404, "not_found")
 
 
+def test_unsupported_methods_are_405(client, admin_headers, app):
+    ticket = create(client, admin_headers)
+    before = state(app)
+    for method, path in (
+        ("POST", f"/api/admin/tickets/{ticket['id']}/"),
+        ("DELETE", "/api/admin/tickets/"),
+        ("POST", "/api/admin/queue/"),
+        ("DELETE", f"/api/admin/tickets/{ticket['id']}/events/"),
+    ):
+        response = client.open(path, method=method, json={}, headers=admin_headers)
+        assert_error(response, 405, "method_not_allowed")
+        assert response.headers["Allow"]
+    assert state(app) == before
+
+
 # -- edit ----------------------------------------------------------------------
 def test_put_replaces_title_and_description(client, admin_headers, app):
     ticket = create(client, admin_headers, "old", description="old text")

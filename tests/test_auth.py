@@ -168,6 +168,14 @@ def test_login_validation(client, factory, body, field):
     assert field in error["fields"]
 
 
+def test_login_with_a_body_over_64_kib_is_413(client, factory):
+    factory.user("alice")
+    response = client.post(
+        "/api/auth/token/", json={"username": "alice", "password": "p" * (65 * 1024)}
+    )
+    assert_error(response, 413, "payload_too_large")
+
+
 def test_login_with_malformed_or_non_json_body(client, factory):
     factory.user("alice")
     broken = client.post("/api/auth/token/", data='{"username": ', content_type="application/json")
@@ -399,3 +407,24 @@ def test_wrong_role_is_403_before_the_body_is_looked_at(client, app, factory, wo
     )
     assert_error(response, 403, "forbidden")
     assert snapshot(app) == before
+
+
+# -- login throttling and open probes ------------------------------------------
+def test_too_many_login_attempts_are_429_with_retry_after(client, factory, app):
+    factory.user("alice")
+    factory.user("bob")
+    limit = int(str(app.config["LOGIN_RATE_LIMIT"]).split()[0])
+    for _ in range(limit):
+        assert_error(login(client, "alice", "wrong-password"), 401, "invalid_credentials")
+    throttled = login(client, "alice")  # even the right password waits now
+    assert_error(throttled, 429, "rate_limited")
+    assert int(throttled.headers["Retry-After"]) > 0
+    # Another account from the same address is not slowed by alice's guesser.
+    assert login(client, "bob").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/healthz/", "/readyz", "/readyz/"])
+def test_probes_need_no_token(client, path):
+    response = client.get(path)
+    assert response.status_code == 200
+    assert response.is_json
