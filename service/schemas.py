@@ -22,6 +22,35 @@ class StrictInteger(fields.Integer):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
+class Text(fields.String):
+    """A string PostgreSQL can store: no NUL character, no lone surrogate (from a
+    JSON escape like "\\ud800"). Either would otherwise fail deep in the driver."""
+
+    default_error_messages = {
+        "nul": "must not contain NUL characters",
+        "unicode": "must be valid Unicode",
+    }
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if "\x00" in text:
+            raise self.make_error("nul")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise self.make_error("unicode") from None
+        return text
+
+
+class WholeMatch(validate.Regexp):
+    """Regexp over the whole value: ``$`` alone also matches before a final newline."""
+
+    def __call__(self, value: str) -> str:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
 class StrictBoolean(fields.Boolean):
     """Only JSON ``true`` and ``false``."""
 
@@ -56,8 +85,8 @@ class ErrorSchema(Schema):
 
 # -- auth ----------------------------------------------------------------
 class LoginSchema(Schema):
-    username = fields.String(required=True, validate=validate.Length(min=1, max=64))
-    password = fields.String(required=True, validate=validate.Length(min=1, max=256))
+    username = Text(required=True, validate=validate.Length(min=1, max=64))
+    password = Text(required=True, validate=validate.Length(min=1, max=256))
 
 
 class TokenSchema(Schema):
@@ -75,15 +104,15 @@ class AccessTokenSchema(Schema):
 # -- users ---------------------------------------------------------------
 USERNAME = validate.And(
     validate.Length(min=3, max=64),
-    validate.Regexp(r"^[A-Za-z0-9_.-]+$", error="only letters, digits, '_', '.' and '-'"),
+    WholeMatch(r"^[A-Za-z0-9_.-]+$", error="only letters, digits, '_', '.' and '-'"),
 )
 PASSWORD = validate.Length(min=8, max=256)
 CAPACITY = validate.Range(min=1, max=1000)
 
 
 class UserCreateSchema(Schema):
-    username = fields.String(required=True, validate=USERNAME)
-    password = fields.String(required=True, validate=PASSWORD, load_only=True)
+    username = Text(required=True, validate=USERNAME)
+    password = Text(required=True, validate=PASSWORD, load_only=True)
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     capacity = StrictInteger(validate=CAPACITY, load_default=None, allow_none=True)
 
@@ -99,7 +128,7 @@ class PatchSchema(Schema):
 
 
 class UserPatchSchema(PatchSchema):
-    password = fields.String(validate=PASSWORD, load_only=True)
+    password = Text(validate=PASSWORD, load_only=True)
     is_active = StrictBoolean()
     capacity = StrictInteger(validate=CAPACITY)
 
@@ -121,7 +150,7 @@ class UserPageSchema(Schema):
 # StrictInteger refuses query strings ("5"), so query params use plain Integer.
 class UserQuerySchema(Schema):
     limit = fields.Integer(validate=validate.Range(min=1, max=500), load_default=50)
-    cursor = fields.String(load_default=None)
+    cursor = Text(load_default=None)
 
 
 # -- tickets -------------------------------------------------------------
@@ -132,13 +161,13 @@ DESCRIPTION = validate.Length(max=10_000)
 class TicketCreateSchema(Schema):
     """Create, or replace (PUT): a missing description is empty."""
 
-    title = fields.String(required=True, validate=TITLE)
-    description = fields.String(validate=DESCRIPTION, load_default="")
+    title = Text(required=True, validate=TITLE)
+    description = Text(validate=DESCRIPTION, load_default="")
 
 
 class TicketPatchSchema(PatchSchema):
-    title = fields.String(validate=TITLE)
-    description = fields.String(validate=DESCRIPTION)
+    title = Text(validate=TITLE)
+    description = Text(validate=DESCRIPTION)
 
 
 class TicketQuerySchema(UserQuerySchema):

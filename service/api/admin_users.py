@@ -10,7 +10,14 @@ from ..auth import role_required
 from ..domain import users
 from ..extensions import db
 from ..models import User
-from ..schemas import UserCreateSchema, UserPageSchema, UserPatchSchema, UserQuerySchema, UserSchema
+from ..schemas import (
+    ErrorSchema,
+    UserCreateSchema,
+    UserPageSchema,
+    UserPatchSchema,
+    UserQuerySchema,
+    UserSchema,
+)
 from ..state import ticket_queue
 from . import Blueprint
 
@@ -23,6 +30,7 @@ blp = Blueprint("admin_users", __name__, url_prefix="/api/admin/users", descript
 @role_required("admin")
 @blp.arguments(UserCreateSchema)
 @blp.response(201, UserSchema)
+@blp.alt_response(409, schema=ErrorSchema, description="The username is taken")
 def create_user(body: dict[str, Any]) -> User:
     """Create an agent or an admin."""
     return users.create_user(

@@ -9,7 +9,7 @@ from ..auth import current_user_id, role_required
 from ..domain import assignment
 from ..extensions import db
 from ..models import Ticket
-from ..schemas import HoldingSchema, TicketSchema
+from ..schemas import ErrorSchema, HoldingSchema, TicketSchema
 from ..state import ticket_queue
 from . import Blueprint
 
@@ -44,6 +44,7 @@ def held() -> assignment.Holding:
 
 @blp.route("/sell/<int:ticket_id>/", methods=["POST"])
 @blp.response(200, TicketSchema)
+@blp.alt_response(409, schema=ErrorSchema, description="You already sold this ticket")
 @role_required("agent")
 def sell(ticket_id: int) -> Ticket:
     """Sell (close) a ticket you hold."""

@@ -1,0 +1,223 @@
+"""The OpenAPI document is complete and true, checked against a live server.
+
+schemathesis reads /api/openapi.json from a gunicorn server on real PostgreSQL
+and Redis, generates requests for every operation (valid and invalid ones),
+sends them with the right role's token, and checks that no answer is a 5xx and
+that every status code, content type, header and body is one the document
+declares. Bounded: a few examples per operation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+import schemathesis
+import sqlalchemy as sa
+from flask_jwt_extended import create_access_token, create_refresh_token
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.config import SchemathesisConfig
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from service import create_app
+from service.extensions import db
+from service.models import User
+from tests.conftest import Factory, reset_state, service_env
+from tests.live import live_server
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
+
+
+class Seeded:
+    """The live server's URL, plus its seeded admin and agent and a way to mint their tokens."""
+
+    def __init__(self, url: str, app: Any, admin_id: int, agent_id: int) -> None:
+        self.url = url
+        self.app = app
+        self.admin_id = admin_id
+        self.agent_id = agent_id
+
+    def token(self, user_id: int, role: str, refresh: bool = False) -> str:
+        # A fresh token per request: a generated logout revokes only its own.
+        make = create_refresh_token if refresh else create_access_token
+        with self.app.app_context():
+            return make(identity=str(user_id), additional_claims={"role": role})
+
+    def authorization(self, path: str) -> str:
+        if path.startswith("/api/agent/"):
+            token = self.token(self.agent_id, "agent")
+        elif path == "/api/auth/refresh/":
+            token = self.token(self.admin_id, "admin", refresh=True)
+        else:
+            token = self.token(self.admin_id, "admin")
+        return f"Bearer {token}"
+
+    def restore_accounts(self) -> None:
+        """Generated PATCHes may deactivate the seeded users; undo it so the next
+        requests get past authentication instead of all ending in 401."""
+        with self.app.app_context():
+            db.session.execute(
+                sa.update(User)
+                .where(User.id.in_([self.admin_id, self.agent_id]))
+                .values(is_active=True)
+            )
+            db.session.commit()
+
+
+@pytest.fixture(scope="module")
+def seeded(_schema: None) -> Iterator[Seeded]:
+    app = create_app(env=service_env())
+    reset_state(app)
+    factory = Factory(app)
+    admin = factory.user("admin", role="admin")
+    agent = factory.user("agent", role="agent", capacity=3)
+    factory.tickets(5)
+    with live_server(service_env(), workers=2) as url:
+        yield Seeded(url, app, admin.id, agent.id)
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+    app.extensions["ticket_queue"].client.close()
+
+
+def _document() -> dict[str, Any]:
+    """The document the app serves, read at collection time to make one test per operation.
+
+    The live server serves the same one (test_live_server_serves_this_document).
+    """
+    app = create_app(env=service_env())
+    document: dict[str, Any] = app.test_client().get("/api/openapi.json").json
+    app.extensions["ticket_queue"].client.close()
+    return document
+
+
+DOCUMENT = _document()
+schema = schemathesis.openapi.from_dict(
+    DOCUMENT,
+    # Per operation: the examples, the coverage phase (every boundary and
+    # missing or wrong-typed field the document implies), then a few fuzzed
+    # cases. No stateful phase: the operations are checked one by one.
+    config=SchemathesisConfig.from_dict({"phases": {"stateful": {"enabled": False}}}),
+)
+
+
+def test_live_server_serves_this_document(seeded: Seeded) -> None:
+    assert requests.get(f"{seeded.url}/api/openapi.json", timeout=5).json() == DOCUMENT
+
+
+@schema.parametrize()
+@settings(
+    max_examples=15,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+def test_every_operation_answers_as_documented(case: Any, seeded: Seeded) -> None:
+    seeded.restore_accounts()
+    if case.headers and "Authorization" in case.headers:
+        # The case means to be authenticated: give it a real token of the
+        # route's role. Cases generated without the header stay without it.
+        case.headers["Authorization"] = seeded.authorization(case.operation.path)
+    response = case.call(base_url=seeded.url, timeout=10)
+    case.validate_response(response, checks=CHECKS)
+
+
+def test_document_and_docs_are_served_with_and_without_trailing_slash(seeded: Seeded) -> None:
+    for path in ("/api/openapi.json", "/api/openapi.json/"):
+        response = requests.get(seeded.url + path, timeout=5)
+        assert response.status_code == 200
+        assert response.json()["openapi"].startswith("3.")
+    for path in ("/api/docs", "/api/docs/"):
+        response = requests.get(seeded.url + path, timeout=5)
+        assert response.status_code == 200
+        assert "swagger-ui" in response.text
+
+
+def test_document_declares_auth_errors_and_no_catch_all(seeded: Seeded) -> None:
+    document = requests.get(seeded.url + "/api/openapi.json", timeout=5).json()
+    assert document["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": document["components"]["securitySchemes"]["bearerAuth"]["description"],
+    }
+    error = document["components"]["schemas"]["Error"]
+    assert error["required"] == ["error"]
+    body = document["components"]["schemas"]["ErrorBody"]
+    assert set(body["properties"]) == {"code", "message", "fields"}
+
+    operations = {
+        (method.upper(), path): operation
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if method != "parameters"
+    }
+    for (method, path), operation in operations.items():
+        assert "default" not in operation["responses"], (method, path)
+        protected = not path.startswith("/api/auth/token") and path.startswith("/api/")
+        assert ("security" in operation) == protected, (method, path)
+        if protected:
+            assert "401" in operation["responses"], (method, path)
+        if "{" in path:
+            assert "404" in operation["responses"], (method, path)
+        if "requestBody" in operation:
+            assert {"400", "413", "415"} <= set(operation["responses"]), (method, path)
+
+    assert "403" in operations[("GET", "/api/admin/tickets/")]["responses"]
+    assert "403" in operations[("POST", "/api/agent/tickets/sell/{ticket_id}/")]["responses"]
+    assert "409" in operations[("POST", "/api/agent/tickets/sell/{ticket_id}/")]["responses"]
+    assert "409" in operations[("POST", "/api/admin/users/")]["responses"]
+    login = operations[("POST", "/api/auth/token/")]["responses"]
+    assert "Retry-After" in login["429"]["headers"]
+    assert "204" in operations[("DELETE", "/api/admin/tickets/{ticket_id}/")]["responses"]
+    assert "204" in operations[("POST", "/api/auth/logout/")]["responses"]
+    query = {p["name"] for p in operations[("GET", "/api/admin/tickets/")]["parameters"]}
+    assert query == {"status", "agent_id", "limit", "cursor"}
+    assert set(operations[("GET", "/readyz")]["responses"]) == {"200", "503"}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/api/admin/tickets/", '{"title": "a\\u0000b"}', "title"),
+        ("/api/admin/tickets/", '{"title": "\\ud800"}', "title"),
+        (
+            "/api/admin/users/",
+            '{"username": "abc\\n", "password": "p4ssw0rd!", "role": "agent"}',
+            "username",
+        ),
+        ("/api/auth/token/", '{"username": "a\\u0000", "password": "x"}', "username"),
+    ],
+)
+def test_strings_postgresql_cannot_store_are_refused(
+    seeded: Seeded, path: str, body: str, field: str
+) -> None:
+    """A NUL, a lone surrogate or a name with a trailing newline is a 400 naming the
+    field, not a 500 from the database driver nor a stored name that matches no rule."""
+    response = requests.post(
+        seeded.url + path,
+        data=body,
+        headers={
+            "Content-Type": "application/json",
+            "Authorization": seeded.authorization(path),
+        },
+        timeout=5,
+    )
+    assert response.status_code == 400, response.text
+    assert list(response.json()["error"]["fields"]) == [field]
