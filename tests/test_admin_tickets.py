@@ -272,7 +272,7 @@ def test_put_replaces_title_and_description(client, admin_headers, app):
     body = response.get_json()
     assert (body["title"], body["description"]) == ("new", "new text")
     assert body["created_at"] == ticket["created_at"]
-    assert body["updated_at"] > ticket["updated_at"]
+    assert datetime.fromisoformat(body["updated_at"]) > datetime.fromisoformat(ticket["updated_at"])
     assert body["status"] == "unassigned"
     # A replacement without a description clears it, as a create would default it.
     cleared = client.put(

@@ -3,6 +3,8 @@ Redis as a cache that can be wiped or go stale without PostgreSQL being wrong (I
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 import sqlalchemy as sa
 from flask import Flask
@@ -372,7 +374,8 @@ def test_ticket_history_shows_who_had_it(client, factory, admin, admin_headers):
         ("deleted", admin.id, alice.id),
     ]
     assert all(e["ticket_id"] == ticket_id for e in items)
-    assert [e["at"] for e in items] == sorted(e["at"] for e in items)
+    times = [datetime.fromisoformat(e["at"]) for e in items]
+    assert times == sorted(times)
 
 
 def test_history_of_a_released_ticket(client, factory, admin, admin_headers):
