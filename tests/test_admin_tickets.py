@@ -440,3 +440,18 @@ def test_queue_stats_show_drift_between_redis_and_postgres(client, admin_headers
         ticket_queue().client.delete(ticket_queue().queue_key)
     stats = client.get("/api/admin/queue/", headers=admin_headers).get_json()
     assert (stats["queued"], stats["unassigned"]) == (0, 3)
+
+
+def test_ticket_routes_answer_without_the_trailing_slash(client, admin_headers):
+    ticket = create(client, admin_headers)
+    path = f"/api/admin/tickets/{ticket['id']}"
+    assert client.get(path, headers=admin_headers).get_json()["id"] == ticket["id"]
+    patched = client.patch(path, json={"title": "no slash"}, headers=admin_headers)
+    assert patched.status_code == 200
+    assert patched.get_json()["title"] == "no slash"
+    replaced = client.put(path, json={"title": "still none"}, headers=admin_headers)
+    assert replaced.get_json()["title"] == "still none"
+    events = client.get(f"{path}/events", headers=admin_headers)
+    assert [e["kind"] for e in events.get_json()["items"]] == ["created"]
+    assert client.delete(path, headers=admin_headers).status_code == 204
+    assert client.get(f"{path}/", headers=admin_headers).status_code == 404
