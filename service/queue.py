@@ -7,6 +7,7 @@ passed through KEYS; no script builds a key name itself.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -16,6 +17,11 @@ import redis
 
 # redis.Redis and redis.RedisCluster share the command API used here.
 RedisClient = Any
+
+# Ids per ZMSCORE, and keys per pipeline, in the maintenance scans: large enough
+# to amortise round trips, small enough to keep each reply quick to parse.
+ZMSCORE_CHUNK = 10_000
+HELD_CHUNK = 1_000
 
 
 def _script(client: RedisClient, name: str) -> Any:
@@ -47,6 +53,11 @@ class TicketQueue:
         self._reserve = _script(client, "reserve.lua")
         self._settle = _script(client, "settle.lua")
         self._resync = _script(client, "resync.lua")
+        self._enqueue = _script(client, "enqueue.lua")
+        self._reap = _script(client, "reap.lua")
+        self._unlock = _script(client, "unlock.lua")
+        self._mark_built = _script(client, "mark_built.lua")
+        self._queue_range = _script(client, "queue_range.lua")
 
     # -- key names -------------------------------------------------------
     def held_key(self, agent_id: int) -> str:
@@ -133,6 +144,162 @@ class TicketQueue:
 
     def ping(self) -> bool:
         return bool(self.client.ping())
+
+    # -- maintenance: relay, reaper, reconcile, rebuild, audit -------------
+    def now(self) -> float:
+        """Redis's clock (TIME), the clock reservation leases are written in."""
+        seconds, micros = self.client.time()
+        return int(seconds) + int(micros) / 1_000_000
+
+    def is_built(self) -> bool:
+        """Whether Redis holds state built from PostgreSQL (False after a wipe)."""
+        return bool(self.client.exists(self.epoch_key))
+
+    def absent(self, ids: Sequence[int]) -> list[int]:
+        """The ids that are neither queued nor reserved."""
+        queued, reserved = self._zmscores(ids)
+        return [i for i, q, r in zip(ids, queued, reserved, strict=True) if q is None and r is None]
+
+    def _zmscores(self, ids: Sequence[int | str]) -> tuple[list[Any], list[Any]]:
+        queued: list[Any] = []
+        reserved: list[Any] = []
+        for start in range(0, len(ids), ZMSCORE_CHUNK):
+            chunk = list(ids[start : start + ZMSCORE_CHUNK])
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zmscore(self.queue_key, chunk)
+            pipe.zmscore(self.reserved_key, chunk)
+            q, r = pipe.execute()
+            queued.extend(q)
+            reserved.extend(r)
+        return queued, reserved
+
+    def queue_scores(self, ids: Sequence[int | str]) -> list[float | None]:
+        """Each id's queue score, None where it is not queued."""
+        return self._zmscores(ids)[0]
+
+    def enqueue(self, ids: Sequence[int]) -> list[int]:
+        """Queue ids that no fetch has reserved; return those that were not queued before."""
+        if not ids:
+            return []
+        added = self._enqueue(keys=[self.queue_key, self.reserved_key], args=list(ids))
+        return [int(i) for i in added.split(",")] if added else []
+
+    def queued_between(
+        self, after: float | None, upto: float | None
+    ) -> tuple[list[int], list[tuple[str, float]]]:
+        """Queue members scored in (after, upto]: (ids whose score is the id, ascending;
+        (member, score) of every other member). ``None`` leaves that end open."""
+        low = "-inf" if after is None else f"({after!r}"
+        high = "+inf" if upto is None else repr(upto)
+        ok, odd = self._queue_range(keys=[self.queue_key], args=[low, high])
+        ids = [int(i) for i in ok.split(",")] if ok else []
+        return ids, [(str(m), float(s)) for m, s in zip(odd[0::2], odd[1::2], strict=True)]
+
+    def dequeue(self, ids: Iterable[str | int]) -> int:
+        """Take ids out of the queue (not out of reservations)."""
+        ids = list(ids)
+        return int(self.client.zrem(self.queue_key, *ids)) if ids else 0
+
+    def fix_order(self, ids: Iterable[int]) -> int:
+        """Reset each still-queued id's score to its id (ZADD XX: never queues a new id)."""
+        mapping = {str(i): int(i) for i in ids}
+        if not mapping:
+            return 0
+        return int(self.client.zadd(self.queue_key, mapping, xx=True, ch=True))
+
+    def reservations(
+        self, max_deadline: float | None = None, limit: int | None = None
+    ) -> list[tuple[int, float]]:
+        """(id, lease deadline) of reservations ending by ``max_deadline`` (all when None)."""
+        top = "+inf" if max_deadline is None else max_deadline
+        page = {} if limit is None else {"start": 0, "num": limit}
+        rows = self.client.zrangebyscore(self.reserved_key, "-inf", top, withscores=True, **page)
+        return [(int(member), float(score)) for member, score in rows]
+
+    def reap(
+        self, ids: Sequence[int], *, requeue: bool, cutoff: float, held_agents: Iterable[int] = ()
+    ) -> list[int]:
+        """End reservations whose deadline is at most ``cutoff``: requeue or just drop them.
+
+        ``held_agents`` name held sets the ids are also taken out of.
+        """
+        if not ids:
+            return []
+        keys = [self.queue_key, self.reserved_key, *(self.held_key(a) for a in held_agents)]
+        # Lua's tonumber() does not read "inf": a far-future number stands for "any lease".
+        args: list[Any] = ["requeue" if requeue else "drop", repr(min(cutoff, 1e15)), *ids]
+        return [int(i) for i in self._reap(keys=keys, args=args)]
+
+    def held_sets(self, agent_ids: Sequence[int]) -> dict[int, set[int]]:
+        """Every named agent's held set, in one round trip per chunk."""
+        out: dict[int, set[int]] = {}
+        for start in range(0, len(agent_ids), HELD_CHUNK):
+            chunk = agent_ids[start : start + HELD_CHUNK]
+            pipe = self.client.pipeline(transaction=False)
+            for agent_id in chunk:
+                pipe.smembers(self.held_key(agent_id))
+            for agent_id, members in zip(chunk, pipe.execute(), strict=True):
+                out[agent_id] = {int(m) for m in members}
+        return out
+
+    def held_agent_ids(self) -> set[int]:
+        """Agents that have a held set in Redis (SCAN: never blocks the server)."""
+        prefix = f"{self.prefix}:held:"
+        pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in prefix) + "*"
+        found: set[int] = set()
+        for key in self.client.scan_iter(match=pattern, count=1000):
+            suffix = str(key)[len(prefix) :]
+            if suffix.isdigit():
+                found.add(int(suffix))
+        return found
+
+    def reserved_among(self, ids: Sequence[int]) -> set[int]:
+        """The ids that are reserved right now."""
+        return {i for i, r in zip(ids, self._zmscores(ids)[1], strict=True) if r is not None}
+
+    def restore_revocations(self, entries: Iterable[tuple[str, int]], dry_run: bool = False) -> int:
+        """Write missing blocklist entries (jti, ttl seconds); return how many were missing."""
+        entries = list(entries)
+        restored = 0
+        for start in range(0, len(entries), HELD_CHUNK):
+            chunk = entries[start : start + HELD_CHUNK]
+            pipe = self.client.pipeline(transaction=False)
+            for jti, ttl in chunk:
+                if dry_run:
+                    pipe.exists(self.revoked_key(jti))
+                else:
+                    pipe.set(self.revoked_key(jti), "1", ex=max(int(ttl), 1), nx=True)
+            replies = pipe.execute()
+            restored += sum(1 for r in replies if (not r if dry_run else r))
+        return restored
+
+    # -- build marker and worker locks -------------------------------------
+    def begin_build(self, ttl_seconds: int = 3600) -> str:
+        """Note that a rebuild started; a wipe meanwhile deletes the note."""
+        token = uuid.uuid4().hex
+        self.client.set(self.build_key(token), "1", ex=ttl_seconds)
+        return token
+
+    def finish_build(self, token: str, epoch: str) -> bool:
+        """Set the epoch unless Redis was wiped since ``begin_build``."""
+        return bool(self._mark_built(keys=[self.build_key(token), self.epoch_key], args=[epoch]))
+
+    def build_key(self, token: str) -> str:
+        return f"{self.prefix}:building:{token}"
+
+    def lock_key(self, name: str) -> str:
+        return f"{self.prefix}:lock:{name}"
+
+    def acquire_lock(self, name: str, ttl_ms: int) -> str | None:
+        """SET NX PX: a token if the lock was free, else None."""
+        token = uuid.uuid4().hex
+        if self.client.set(self.lock_key(name), token, nx=True, px=max(int(ttl_ms), 1)):
+            return token
+        return None
+
+    def release_lock(self, name: str, token: str) -> bool:
+        """Compare-and-delete: never releases a lock that expired and passed to another holder."""
+        return bool(self._unlock(keys=[self.lock_key(name)], args=[token]))
 
 
 def make_redis(url: str | None, cluster: bool) -> RedisClient:
