@@ -83,7 +83,39 @@ def serve(host: str, port: int) -> None:
     os.execv(sys.executable, argv)
 
 
+queue_cli = AppGroup("queue", help="Check and rebuild the Redis queue from PostgreSQL.")
+
+
+@queue_cli.command("audit")
+@click.option("--recheck-after", default=0.5, show_default=True, help="Seconds before a re-check.")
+def queue_audit(recheck_after: float) -> None:
+    """Check invariants I1-I5 on live data; exit 1 on any violation."""
+    from .domain.audit import audit
+    from .state import ticket_queue
+
+    violations = audit(db.session, ticket_queue(), recheck_after=recheck_after)
+    for violation in violations:
+        click.echo(str(violation))
+    if violations:
+        raise click.exceptions.Exit(1)
+    click.echo("no violations")
+
+
+@queue_cli.command("rebuild")
+@click.option("--dry-run", is_flag=True, help="Report what differs; change nothing.")
+def queue_rebuild(dry_run: bool) -> None:
+    """Merge PostgreSQL's truth into Redis; safe while the API takes traffic."""
+    from .domain.rebuild import rebuild
+    from .state import ticket_queue
+
+    summary = rebuild(db.session, ticket_queue(), dry_run=dry_run)
+    click.echo(summary.describe())
+    if not dry_run and not summary.completed:
+        raise click.ClickException("Redis lost its data while rebuilding; run it again")
+
+
 def register_commands(app: Flask) -> None:
     app.cli.add_command(users_cli)
     app.cli.add_command(demo_users)
     app.cli.add_command(serve)
+    app.cli.add_command(queue_cli)

@@ -1,63 +1,193 @@
-"""Rebuild Redis from PostgreSQL: the queue, every agent's held set, the blocklist."""
+"""Rebuild Redis from PostgreSQL: the queue, every agent's held set, the blocklist.
+
+Safe while the API takes traffic: nothing is replaced, everything is merged.
+Ids PostgreSQL holds as unassigned are added if missing, queue members it no
+longer holds as unassigned are removed after a re-check under their row lock,
+wrong scores are reset, and each held set is resynced under its agent's lock
+(see ``maintenance``). A ticket created, fetched or sold meanwhile is neither
+lost nor queued twice. Redis counts as built again (the epoch) only if it was
+not wiped while the rebuild ran.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from ..models import RevokedToken, Ticket, utcnow
 from ..queue import TicketQueue
 from . import DbSession
+from .maintenance import (
+    BATCH,
+    Progress,
+    compare_queue,
+    end_reservations,
+    fix_held,
+    push_missing,
+    shorten,
+    unassigned_among,
+)
 
-BATCH = 10_000
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class RebuildSummary:
-    queued: int = 0
-    held_agents: int = 0
-    revoked: int = 0
+    """What a rebuild found wrong (and, unless a dry run, put right)."""
 
+    unassigned: int = 0  # unassigned tickets PostgreSQL had during the scan
+    missing: int = 0  # unassigned, neither queued nor reserved: queued
+    extra: int = 0  # queued, but not unassigned in PostgreSQL: taken out of the queue
+    out_of_order: int = 0  # queued with a score other than the id: score reset
+    held_fixed: int = 0  # agents whose held set disagreed with PostgreSQL: resynced
+    reservations_cleared: int = 0  # expired, or of taken or deleted tickets: ended
+    revoked: int = 0  # revoked tokens missing from the Redis blocklist: restored
+    dry_run: bool = False
+    completed: bool = False  # the epoch was set (False on a dry run, or after a wipe meanwhile)
+    seconds: float = 0.0
 
-def rebuild(session: DbSession, queue: TicketQueue) -> RebuildSummary:
-    """Write every unassigned ticket, held set and revocation PostgreSQL knows into Redis."""
-    summary = RebuildSummary()
-    batch: list[int] = []
-    for ticket_id in session.scalars(
-        select(Ticket.id)
-        .where(Ticket.status == "unassigned")
-        .order_by(Ticket.id)
-        .execution_options(yield_per=BATCH)
-    ):
-        batch.append(ticket_id)
-        if len(batch) >= BATCH:
-            summary.queued += len(batch)
-            queue.push(batch)
-            batch = []
-    if batch:
-        summary.queued += len(batch)
-        queue.push(batch)
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
 
-    held: dict[int, list[int]] = {}
-    for agent_id, ticket_id in session.execute(
-        select(Ticket.agent_id, Ticket.id).where(Ticket.status == "assigned")
-    ):
-        held.setdefault(agent_id, []).append(ticket_id)
-    for agent_id, ids in held.items():
-        queue.resync_held(agent_id, ids)
-    summary.held_agents = len(held)
-
-    now = utcnow()
-    for token in session.scalars(select(RevokedToken).where(RevokedToken.expires_at > now)):
-        expires = (
-            token.expires_at
-            if token.expires_at.tzinfo
-            else token.expires_at.replace(tzinfo=now.tzinfo)
+    def describe(self) -> str:
+        verb = "would fix" if self.dry_run else "fixed"
+        return (
+            f"{verb}: missing {self.missing}, extra {self.extra}, "
+            f"out of order {self.out_of_order}, held sets {self.held_fixed}, "
+            f"reservations {self.reservations_cleared}, revocations {self.revoked} "
+            f"({self.unassigned} unassigned tickets, {self.seconds:.1f}s)"
         )
-        queue.revoke(token.jti, int((expires - now).total_seconds()) + 1)
-        summary.revoked += 1
-    queue.mark_built(uuid.uuid4().hex)
-    session.rollback()
+
+
+def _noop(phase: str, done: int, total: int) -> None:
+    return None
+
+
+def rebuild(
+    session: DbSession,
+    queue: TicketQueue,
+    *,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    batch: int = BATCH,
+) -> RebuildSummary:
+    """Merge PostgreSQL's truth into Redis; with ``dry_run``, only report what differs."""
+    started = time.monotonic()
+    report = progress or _noop
+    summary = RebuildSummary(dry_run=dry_run)
+    # A wipe while we run deletes this marker, and then the epoch stays unset.
+    token = None if dry_run else queue.begin_build()
+
+    _merge_queue(session, queue, summary, report, dry_run, batch)
+    _clear_reservations(session, queue, summary, dry_run)
+    report("held sets", 0, 1)
+    summary.held_fixed = len(fix_held(session, queue, dry_run=dry_run))
+    report("held sets", 1, 1)
+    summary.revoked = _restore_revocations(session, queue, dry_run)
+
+    if token is not None:
+        summary.completed = queue.finish_build(token, uuid.uuid4().hex)
+        if not summary.completed:
+            log.warning("rebuild: Redis lost its data while rebuilding; run the rebuild again")
+    summary.seconds = time.monotonic() - started
+    log.info("rebuild %s", summary.describe())
     return summary
+
+
+def _merge_queue(
+    session: DbSession,
+    queue: TicketQueue,
+    summary: RebuildSummary,
+    report: Progress,
+    dry_run: bool,
+    batch: int,
+) -> None:
+    """Queue missing ids, take out extra ones, reset wrong scores: one pass in id order."""
+    total = session.scalar(select(func.count()).where(Ticket.status == "unassigned")) or 0
+    session.rollback()
+    report("queue", 0, total)
+    for part in compare_queue(session, queue, batch):
+        summary.unassigned += len(part.unassigned)
+        added = push_missing(session, queue, part.unqueued, dry_run=dry_run)
+        summary.missing += len(added)
+        if added and not dry_run:
+            log.info("rebuild: queued %d missing ticket(s): %s", len(added), shorten(added))
+        if part.disordered:
+            fixed = queue.fix_order(part.disordered) if not dry_run else len(part.disordered)
+            summary.out_of_order += fixed
+            if not dry_run:
+                log.info("rebuild: reset the queue score of %s", shorten(part.disordered))
+        if part.garbage:
+            summary.extra += len(part.garbage) if dry_run else queue.dequeue(part.garbage)
+        # A disordered id may also be one PostgreSQL no longer has as unassigned.
+        suspects = part.extra + part.disordered
+        if suspects:
+            summary.extra += len(_dequeue_taken(session, queue, suspects, dry_run))
+        report("queue", summary.unassigned, max(total, summary.unassigned))
+
+
+def _dequeue_taken(
+    session: DbSession, queue: TicketQueue, ids: list[int], dry_run: bool
+) -> list[int]:
+    """Take out of the queue those of ``ids`` that are assigned, sold or deleted."""
+    try:
+        # Re-check under the row locks: a release that makes one of them
+        # unassigned again waits, then queues it itself after we are done.
+        still = set(unassigned_among(session, ids, lock=not dry_run))
+        taken = sorted(i for i in set(ids) if i not in still)
+        if taken and not dry_run:
+            queue.dequeue(taken)
+            log.info(
+                "rebuild: took %d extra id(s) out of the queue: %s", len(taken), shorten(taken)
+            )
+        return taken
+    finally:
+        session.rollback()
+
+
+def _clear_reservations(
+    session: DbSession, queue: TicketQueue, summary: RebuildSummary, dry_run: bool
+) -> None:
+    """Return expired reservations; drop those of tickets taken or deleted.
+
+    A reservation with a live lease on an unassigned ticket is a fetch in
+    flight: it stays, and the fetch settles it.
+    """
+    now = queue.now()
+    entries = queue.reservations()
+    expired = [i for i, deadline in entries if deadline <= now]
+    live = [i for i, deadline in entries if deadline > now]
+    cleared = 0
+    if expired:
+        result = end_reservations(
+            session, queue, expired, cutoff=now, requeue=True, dry_run=dry_run
+        )
+        cleared += len(result)
+    if live:
+        result = end_reservations(
+            session, queue, live, cutoff=float("inf"), requeue=False, dry_run=dry_run
+        )
+        cleared += len(result)
+    if cleared:
+        log.info("rebuild: ended %d stale reservation(s)", cleared)
+    summary.reservations_cleared = cleared
+
+
+def _restore_revocations(session: DbSession, queue: TicketQueue, dry_run: bool) -> int:
+    now = utcnow()
+    entries: list[tuple[str, int]] = []
+    for token in session.scalars(select(RevokedToken).where(RevokedToken.expires_at > now)):
+        # SQLite (embedded mode) hands back naive datetimes; they are UTC.
+        expires = token.expires_at
+        if expires.tzinfo is None:
+            expires = expires.replace(tzinfo=now.tzinfo)
+        entries.append((token.jti, int((expires - now).total_seconds()) + 1))
+    session.rollback()
+    restored = queue.restore_revocations(entries, dry_run=dry_run)
+    if restored:
+        log.info("rebuild: restored %d revoked token(s) to the blocklist", restored)
+    return restored

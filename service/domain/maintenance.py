@@ -1,0 +1,346 @@
+"""Keeping Redis in step with PostgreSQL: the relay, the reaper and reconcile.
+
+Each function is safe to run at any moment, in any number of processes at
+once, while the API takes traffic:
+
+* Before Redis is changed on PostgreSQL's word, the ticket rows concerned are
+  locked (``FOR UPDATE``), the lock a confirm, a delete or a release takes too,
+  so the state read cannot change until Redis agrees with it.
+* The Redis side of each change is one Lua script that re-checks what it
+  relies on (a reservation still there, an id not reserved), so a fetch that
+  ran in between is never undone.
+
+Running a step twice, or in two workers at once, therefore changes nothing the
+first run did not; the workers' locks only save duplicated work.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import BigInteger, ColumnElement, any_, literal, select
+from sqlalchemy.dialects.postgresql import ARRAY
+
+from ..models import Ticket, User
+from ..queue import TicketQueue
+from . import DbSession
+
+log = logging.getLogger(__name__)
+
+# Unassigned ids read from PostgreSQL per round trip. Large enough that a
+# million tickets take a hundred rounds; small enough that the row locks a
+# batch takes are held for milliseconds.
+BATCH = 10_000
+# Agents whose held sets are locked and resynced in one transaction.
+AGENT_BATCH = 500
+
+# (phase, done, total): called as a long scan advances.
+Progress = Callable[[str, int, int], None]
+
+
+def ids_in(session: DbSession, column: Any, ids: Sequence[int]) -> ColumnElement[bool]:
+    """``column IN ids``; one array parameter on PostgreSQL instead of thousands."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(literal(list(ids), ARRAY(BigInteger)))
+    return column.in_(list(ids))
+
+
+def shorten(ids: Sequence[int], limit: int = 20) -> str:
+    """Ids for a log line: all of them when few, else the first ones and a count."""
+    if len(ids) <= limit:
+        return ", ".join(map(str, ids))
+    return ", ".join(map(str, ids[:limit])) + f", ... ({len(ids)} in all)"
+
+
+@dataclass
+class QueueSlice:
+    """PostgreSQL's unassigned ids in one id range beside the queue members scored in it."""
+
+    unassigned: list[int]  # unassigned in PostgreSQL, ascending
+    unqueued: list[int]  # of those, not queued (maybe reserved: in flight)
+    extra: list[int]  # queued with score == id, but not unassigned in PostgreSQL's read
+    disordered: list[int]  # queued with a score other than the id
+    garbage: list[str]  # queue members that are no ticket id
+
+
+def compare_queue(
+    session: DbSession, queue: TicketQueue, batch: int = BATCH
+) -> Iterator[QueueSlice]:
+    """Walk PostgreSQL's unassigned ids and the queue side by side, one id range at a time.
+
+    Both are read in id (= score) order: a keyset page of unassigned ids,
+    then the queue members scored in the same range, so neither side is
+    ever held in memory whole and PostgreSQL is only read by index range.
+    Each slice is a snapshot: callers re-check before acting on it.
+    """
+    after: int | None = None
+    while True:
+        query = select(Ticket.id).where(Ticket.status == "unassigned")
+        if after is not None:
+            query = query.where(Ticket.id > after)
+        # Core, not ORM, rows: plain ids, without the ORM's per-row work.
+        ids = list(session.connection().execute(query.order_by(Ticket.id).limit(batch)).scalars())
+        # End the read transaction between pages: a long scan must not hold
+        # one snapshot open (vacuum) nor leave a connection idle in transaction.
+        session.rollback()
+        last = len(ids) < batch
+        queued, odd = queue.queued_between(after, None if last else ids[-1])
+        yield _slice(ids, queued, odd)
+        if last:
+            return
+        after = ids[-1]
+
+
+def _slice(ids: list[int], queued: list[int], odd: list[tuple[str, float]]) -> QueueSlice:
+    unassigned = set(ids)
+    in_queue = set(queued)
+    disordered: list[int] = []
+    garbage: list[str] = []
+    for member, _score in odd:
+        if member.isdigit():
+            disordered.append(int(member))
+        else:
+            garbage.append(member)
+    return QueueSlice(
+        unassigned=ids,
+        unqueued=[i for i in ids if i not in in_queue],
+        extra=[i for i in queued if i not in unassigned],
+        disordered=disordered,
+        garbage=garbage,
+    )
+
+
+def unassigned_among(session: DbSession, ids: Sequence[int], *, lock: bool = False) -> list[int]:
+    """Those of ``ids`` that are unassigned, ascending; with ``lock``, row-locked.
+
+    Locked rows stay locked until the caller ends the transaction: a
+    confirm, a delete or a release of one of them waits until then. Many
+    close ids are read through their id range (an index range scan), far
+    cheaper than a list of thousands of ids.
+    """
+    if not ids:
+        return []
+    query = select(Ticket.id).where(Ticket.status == "unassigned")
+    low, high = min(ids), max(ids)
+    if len(ids) > 64 and high - low < 8 * len(ids):
+        query = query.where(Ticket.id.between(low, high))
+    else:
+        query = query.where(ids_in(session, Ticket.id, ids))
+    query = query.order_by(Ticket.id)
+    if lock:
+        query = query.with_for_update()  # id order, as confirm locks: no deadlock
+    wanted = set(ids)
+    return [i for i in session.connection().execute(query).scalars() if i in wanted]
+
+
+def push_missing(
+    session: DbSession, queue: TicketQueue, ids: Sequence[int], *, dry_run: bool = False
+) -> list[int]:
+    """Queue those of ``ids`` (seen unqueued) that are still unassigned and not reserved.
+
+    Returns the ids queued (or, on a dry run, that would be).
+    """
+    if not ids:
+        return []
+    try:
+        if dry_run:
+            return queue.absent(unassigned_among(session, ids))
+        # Locked while Redis is written: no ticket is queued after a fetch took it.
+        return queue.enqueue(unassigned_among(session, ids, lock=True))
+    finally:
+        session.rollback()  # nothing was written in PostgreSQL; this frees the locks
+
+
+def relay(session: DbSession, queue: TicketQueue, *, batch: int = BATCH) -> int:
+    """Queue every ticket PostgreSQL holds as unassigned that is neither queued nor reserved.
+
+    The safety net behind every push that can fail: a crash after a ticket's
+    INSERT, a release or a refused id while Redis was down. Returns the count.
+    """
+    pushed = 0
+    for part in compare_queue(session, queue, batch):
+        added = push_missing(session, queue, part.unqueued)
+        if added:
+            log.info("relay: queued %d missing ticket(s): %s", len(added), shorten(added))
+            pushed += len(added)
+    return pushed
+
+
+@dataclass(frozen=True)
+class ReapResult:
+    """What one reaper pass did with the reservations whose lease ended."""
+
+    returned: list[int] = field(default_factory=list)  # still unassigned: back to the queue
+    dropped: list[int] = field(default_factory=list)  # assigned, sold or deleted: forgotten
+
+    def __len__(self) -> int:
+        return len(self.returned) + len(self.dropped)
+
+
+def reap(session: DbSession, queue: TicketQueue, limit: int = 1000) -> ReapResult:
+    """End up to ``limit`` reservations whose lease passed (by Redis's clock).
+
+    A lease ends when the process that popped the ids died, or hung, before
+    settling them. Still unassigned: the id goes back to the queue (by its
+    score, so ahead of younger ones) and out of the popper's held set.
+    Assigned, sold or deleted: only the reservation is dropped.
+    """
+    now = queue.now()
+    expired = [ticket_id for ticket_id, _ in queue.reservations(max_deadline=now, limit=limit)]
+    if not expired:
+        return ReapResult()
+    result = end_reservations(session, queue, expired, cutoff=now, requeue=True)
+    if result.returned:
+        log.info(
+            "reaper: returned %d expired reservation(s) to the queue: %s",
+            len(result.returned),
+            shorten(result.returned),
+        )
+    if result.dropped:
+        log.info(
+            "reaper: dropped %d expired reservation(s) of taken or deleted tickets: %s",
+            len(result.dropped),
+            shorten(result.dropped),
+        )
+    return result
+
+
+def end_reservations(
+    session: DbSession,
+    queue: TicketQueue,
+    ids: Sequence[int],
+    *,
+    cutoff: float,
+    requeue: bool,
+    dry_run: bool = False,
+) -> ReapResult:
+    """End the reservations of ``ids`` whose deadline is at most ``cutoff``.
+
+    Ids still unassigned go back to the queue when ``requeue`` (else they stay
+    reserved: a fetch in flight); the others are dropped.
+    """
+    query = select(Ticket.id, Ticket.status).where(ids_in(session, Ticket.id, ids))
+    if not dry_run:
+        # A confirm in progress holds these rows: wait for it, so its outcome,
+        # not the state before it, decides between requeue and drop.
+        query = query.order_by(Ticket.id).with_for_update()
+    try:
+        status = dict(session.execute(query).tuples().all())
+        unassigned = sorted(i for i in ids if status.get(i) == "unassigned")
+        taken = sorted(i for i in ids if i in status and status[i] != "unassigned")
+        deleted = sorted(i for i in ids if i not in status)
+        if dry_run:
+            return ReapResult(returned=unassigned if requeue else [], dropped=taken + deleted)
+        returned: list[int] = []
+        dropped = queue.reap(taken, requeue=False, cutoff=cutoff)
+        # Nobody may keep an unassigned or deleted ticket in its held set: the
+        # agent whose fetch died still lists it there.
+        stale = (unassigned if requeue else []) + deleted
+        holders = _holders(session, queue, stale) if stale else {}
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for ticket_id in stale:
+            groups[holders.get(ticket_id, ())].append(ticket_id)
+        gone = set(deleted)
+        for agents, group in groups.items():
+            back = [i for i in group if i not in gone]
+            returned += queue.reap(back, requeue=True, cutoff=cutoff, held_agents=agents)
+            dropped += queue.reap(
+                [i for i in group if i in gone], requeue=False, cutoff=cutoff, held_agents=agents
+            )
+        return ReapResult(returned=sorted(returned), dropped=sorted(dropped))
+    finally:
+        session.rollback()
+
+
+def all_agent_ids(session: DbSession, queue: TicketQueue) -> list[int]:
+    """Every agent PostgreSQL knows, plus any id that has a held set in Redis."""
+    known = set(session.scalars(select(User.id).where(User.role == "agent")))
+    return sorted(known | queue.held_agent_ids())
+
+
+def _holders(
+    session: DbSession, queue: TicketQueue, ticket_ids: Iterable[int]
+) -> dict[int, tuple[int, ...]]:
+    """ticket id -> the agents whose held set lists it."""
+    wanted = set(ticket_ids)
+    found: dict[int, list[int]] = defaultdict(list)
+    for agent_id, members in queue.held_sets(all_agent_ids(session, queue)).items():
+        for ticket_id in members & wanted:
+            found[ticket_id].append(agent_id)
+    return {ticket_id: tuple(sorted(agents)) for ticket_id, agents in found.items()}
+
+
+def _assigned_by_agent(
+    session: DbSession, agent_ids: Sequence[int] | None, *, lock: bool = False
+) -> dict[int, set[int]]:
+    query = select(Ticket.agent_id, Ticket.id).where(Ticket.status == "assigned")
+    if agent_ids is not None:
+        query = query.where(ids_in(session, Ticket.agent_id, agent_ids))
+    if lock:
+        query = query.order_by(Ticket.id).with_for_update()
+    truth: dict[int, set[int]] = defaultdict(set)
+    for agent_id, ticket_id in session.execute(query).tuples():
+        if agent_id is not None:
+            truth[agent_id].add(ticket_id)
+    return truth
+
+
+def _disagreeing(
+    queue: TicketQueue, agent_ids: Sequence[int], truth: dict[int, set[int]]
+) -> list[int]:
+    """Agents whose held set differs from PostgreSQL beyond their fetches in flight."""
+    held = queue.held_sets(agent_ids)
+    extra = sorted({i for a in agent_ids for i in held[a] - truth.get(a, set())})
+    in_flight = queue.reserved_among(extra) if extra else set()
+    return [
+        a
+        for a in agent_ids
+        if truth.get(a, set()) - held[a] or (held[a] - truth.get(a, set())) - in_flight
+    ]
+
+
+def fix_held(session: DbSession, queue: TicketQueue, *, dry_run: bool = False) -> list[int]:
+    """Resync every agent's held set that disagrees with PostgreSQL; return those agents.
+
+    Ids still reserved are kept (``resync.lua``): they belong to fetches in flight.
+    """
+    agents = all_agent_ids(session, queue)
+    suspects = _disagreeing(queue, agents, _assigned_by_agent(session, None))
+    session.rollback()
+    if dry_run or not suspects:
+        return suspects
+    fixed: list[int] = []
+    for start in range(0, len(suspects), AGENT_BATCH):
+        batch = suspects[start : start + AGENT_BATCH]
+        try:
+            # The agent rows first, as confirm and deactivation lock them: the
+            # agents' fetches wait; then their tickets, so a sale waits too.
+            session.execute(
+                select(User.id)
+                .where(ids_in(session, User.id, batch))
+                .order_by(User.id)
+                .with_for_update()
+            ).all()
+            truth = _assigned_by_agent(session, batch, lock=True)
+            for agent_id in _disagreeing(queue, batch, truth):
+                before = queue.held(agent_id)
+                queue.resync_held(agent_id, sorted(truth.get(agent_id, set())))
+                log.info(
+                    "reconcile: resynced held set of agent %s (redis had %s, postgres has %s)",
+                    agent_id,
+                    shorten(sorted(before)),
+                    shorten(sorted(truth.get(agent_id, set()))),
+                )
+                fixed.append(agent_id)
+        finally:
+            session.rollback()
+    return fixed
+
+
+def reconcile(session: DbSession, queue: TicketQueue) -> int:
+    """Resync every agent's held set that disagrees with PostgreSQL; return how many."""
+    return len(fix_held(session, queue))
