@@ -8,6 +8,8 @@ come back by itself.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +23,7 @@ from proxy import TcpProxy
 from redis_server import RedisServer
 
 from service import create_app
-from service.domain import assignment
+from service.domain import assignment, events
 from service.domain.rebuild import rebuild
 from service.extensions import db
 from service.models import User
@@ -331,3 +333,63 @@ def test_postgres_lost_between_pop_and_confirm_gives_the_tickets_back(
     world.proxy.restore()
     assert ids(c.get(ASSIGN, headers=world.headers(world.bob))) == tickets[:3]
     assert ids(c.get(ASSIGN, headers=alice)) == [tickets[3]]
+
+
+# -- lock order ------------------------------------------------------------------
+
+
+def test_a_sale_and_a_deactivation_of_the_same_agent_do_not_deadlock(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sale holds its ticket's row and then checks the agent's row (the event's foreign key);
+    a deactivation holds the agent's row and then releases its tickets. Neither may be
+    turned into a 503 by a deadlock."""
+    c, alice = world.client, world.headers(world.alice)
+    tickets = world.factory.tickets(3)
+    assert ids(c.get(ASSIGN, headers=alice)) == tickets
+    engine = sa.create_engine(TEST_DATABASE_URL)
+    sale_holds_ticket = threading.Event()
+    real_record = events.record
+
+    def lock_waiters() -> int:
+        with engine.connect() as probe:
+            return int(
+                probe.scalar(
+                    sa.text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                )
+                or 0
+            )
+
+    def record_once_the_deactivation_waits(*args: Any, **kwargs: Any) -> None:
+        if args[1] == "sold":  # the ticket row is locked, the event not yet written
+            sale_holds_ticket.set()
+            deadline = time.monotonic() + 10
+            while lock_waiters() == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        real_record(*args, **kwargs)
+
+    monkeypatch.setattr(assignment.events, "record", record_once_the_deactivation_waits)
+    results: dict[str, Any] = {}
+
+    def sell() -> None:
+        with world.app.test_client() as own:
+            results["sell"] = own.post(f"/api/agent/tickets/sell/{tickets[0]}/", headers=alice)
+
+    seller = threading.Thread(target=sell)
+    seller.start()
+    try:
+        assert sale_holds_ticket.wait(10)
+        results["deactivate"] = c.patch(
+            f"/api/admin/users/{world.alice.id}/", json={"is_active": False}, headers=world.admin
+        )
+    finally:
+        seller.join(timeout=20)
+        engine.dispose()
+    assert results["sell"].status_code == 200, results["sell"].get_data(as_text=True)
+    assert results["deactivate"].status_code == 200, results["deactivate"].get_data(as_text=True)
+    rows = {row[0]: row[1:] for row in world.db_state()[0]}
+    assert rows[tickets[0]][:2] == ("sold", world.alice.id)
+    assert [rows[t][:2] for t in tickets[1:]] == [("unassigned", None)] * 2

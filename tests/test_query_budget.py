@@ -62,15 +62,16 @@ class Budget:
 
 
 def _kind(sql: str) -> str:
-    """A short name for a statement: its verb, its first table, FOR UPDATE."""
+    """A short name for a statement: its verb, its first table, its row lock."""
     flat = " ".join(sql.split())
     verb = flat.split(" ", 1)[0].upper()
     table = re.search(r"\b(?:FROM|INTO|UPDATE)\s+(\w+)", flat, re.IGNORECASE)
     name = f"{verb} {table.group(1) if table else '?'}"
     if re.search(r"count\(", flat, re.IGNORECASE):
         name += " count"
-    if verb == "SELECT" and "FOR UPDATE" in flat.upper():
-        name += " FOR UPDATE"
+    lock = re.search(r"\bFOR (?:NO KEY )?UPDATE\b", flat, re.IGNORECASE)
+    if verb == "SELECT" and lock:
+        name += f" {lock.group(0).upper()}"
     return name
 
 
@@ -183,7 +184,7 @@ def test_top_up_budget(app, agent, monkeypatch):
         "SELECT users",
         # The confirm transaction: lock the agent, count what it holds,
         # assign the reserved ids, log the events, read back its tickets.
-        "SELECT users FOR UPDATE",
+        "SELECT users FOR NO KEY UPDATE",
         "SELECT tickets count",
         "UPDATE tickets",
         "INSERT ticket_events",

@@ -78,9 +78,13 @@ def confirm(session: DbSession, agent_id: int, ids: Sequence[int]) -> Confirmati
     """Assign the reserved ``ids`` the agent has room for, in one short transaction."""
     session.rollback()  # start from a fresh snapshot
     # Lock the agent's row so its concurrent fetches confirm one at a time;
-    # the count below then sees every ticket they committed.
+    # the count below then sees every ticket they committed. FOR NO KEY UPDATE:
+    # a sale, which holds its ticket's row, must still pass the foreign-key
+    # check on this row when it writes its event, or the two deadlock.
     agent = session.execute(
-        select(User.capacity, User.is_active).where(User.id == agent_id).with_for_update()
+        select(User.capacity, User.is_active)
+        .where(User.id == agent_id)
+        .with_for_update(key_share=True)
     ).one_or_none()
     active = agent is not None and agent.is_active and agent.capacity is not None
     room = 0
@@ -138,7 +142,7 @@ def resync_held(session: DbSession, queue: TicketQueue, agent_id: int) -> list[T
     next fetch pops more than it has room for.
     """
     session.rollback()  # a fresh snapshot
-    session.execute(select(User.id).where(User.id == agent_id).with_for_update())
+    session.execute(select(User.id).where(User.id == agent_id).with_for_update(key_share=True))
     tickets = list(session.scalars(select(Ticket).where(*_unsold(agent_id)).order_by(Ticket.id)))
     try:
         queue.resync_held(agent_id, [t.id for t in tickets])

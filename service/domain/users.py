@@ -72,8 +72,12 @@ def update_user(
     excess tickets, so no agent ever holds more than its capacity (I2).
     """
     # Lock the row: the same lock assignment's confirm takes, so a release
-    # and a concurrent fetch by the agent cannot interleave.
-    user = session.scalars(select(User).where(User.id == user_id).with_for_update()).one_or_none()
+    # and a concurrent fetch by the agent cannot interleave. FOR NO KEY UPDATE
+    # lets a sale in progress (it holds a ticket row the release needs) pass
+    # its foreign-key check on this row instead of deadlocking with us.
+    user = session.scalars(
+        select(User).where(User.id == user_id).with_for_update(key_share=True)
+    ).one_or_none()
     if user is None:
         session.rollback()
         raise errors.NotFound(f"no user {user_id}")
