@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -37,9 +38,23 @@ def wait_until_serving(url: str, proc: subprocess.Popen[bytes], timeout: float =
     raise RuntimeError(f"server at {url} did not come up in {timeout}s")
 
 
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen[bytes]
+
+
 @contextmanager
-def live_server(env: dict[str, str], workers: int = 2, threads: int = 1) -> Iterator[str]:
-    """Run ``wsgi:app`` under gunicorn with ``env``; yield its base URL; stop it after."""
+def gunicorn(
+    env: dict[str, str],
+    workers: int = 2,
+    threads: int = 1,
+    graceful_timeout: int | None = 5,
+) -> Iterator[Server]:
+    """Run ``wsgi:app`` under gunicorn with ``env``; yield its URL and process; stop it after.
+
+    ``graceful_timeout=None`` leaves it to gunicorn.conf.py.
+    """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
@@ -57,15 +72,15 @@ def live_server(env: dict[str, str], workers: int = 2, threads: int = 1) -> Iter
         "--worker-class",
         "gthread" if threads > 1 else "sync",
         "--no-control-socket",
-        "--graceful-timeout",
-        "5",
         "--log-level",
         "warning",
     ]
+    if graceful_timeout is not None:
+        argv += ["--graceful-timeout", str(graceful_timeout)]
     proc = subprocess.Popen(argv, cwd=ROOT, env=full_env)
     try:
         wait_until_serving(url, proc)
-        yield url
+        yield Server(url, proc)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -74,3 +89,10 @@ def live_server(env: dict[str, str], workers: int = 2, threads: int = 1) -> Iter
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@contextmanager
+def live_server(env: dict[str, str], workers: int = 2, threads: int = 1) -> Iterator[str]:
+    """Run ``wsgi:app`` under gunicorn with ``env``; yield its base URL; stop it after."""
+    with gunicorn(env, workers=workers, threads=threads) as server:
+        yield server.url
