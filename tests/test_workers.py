@@ -1,0 +1,257 @@
+"""``python -m workers`` as a real process against real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import redis
+import sqlalchemy as sa
+from conftest import Factory, service_env
+from flask import Flask
+from live import ROOT, free_port
+
+from service.domain.rebuild import rebuild
+from service.extensions import db
+from service.models import Ticket
+from service.queue import TicketQueue
+from service.state import ticket_queue
+
+pytestmark = pytest.mark.slow
+
+FAST = {
+    "RELAY_INTERVAL_SECONDS": "0.2",
+    "REAPER_INTERVAL_SECONDS": "0.2",
+    "RECONCILE_INTERVAL_SECONDS": "0.5",
+    "WORKER_MAX_BACKOFF_SECONDS": "0.5",
+    "LOG_FORMAT": "text",
+    "LOG_LEVEL": "INFO",
+}
+
+
+class Workers:
+    """One ``python -m workers`` process with its log in a file."""
+
+    def __init__(self, log_path: Path, env: dict[str, str]) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "workers"],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._log.close()
+
+
+@contextmanager
+def workers(tmp_path: Path, name: str = "workers", **env: str) -> Iterator[Workers]:
+    proc = Workers(tmp_path / f"{name}.log", service_env(**{**FAST, **env}))
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def wait_for(check: Callable[[], object], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def queue(app: Flask) -> Iterator[TicketQueue]:
+    with app.app_context():
+        queue = ticket_queue()
+        rebuild(db.session, queue)  # Redis counts as built: no rebuild at start
+        yield queue
+        db.session.rollback()
+
+
+def insert_unqueued(count: int) -> list[int]:
+    ids = list(
+        db.session.scalars(
+            sa.insert(Ticket).returning(Ticket.id),
+            [{"title": f"t{i}", "description": "", "status": "unassigned"} for i in range(count)],
+        )
+    )
+    db.session.commit()
+    return sorted(ids)
+
+
+def queued_ids(queue: TicketQueue) -> list[int]:
+    return [int(m) for m in queue.client.zrange(queue.queue_key, 0, -1)]
+
+
+def test_a_ticket_never_pushed_gets_queued(tmp_path, queue):
+    with workers(tmp_path) as proc:
+        wait_for(lambda: "workers started" in proc.log, "the workers to start")
+        ids = insert_unqueued(2)  # as if the API died right after the INSERT
+        wait_for(lambda: queued_ids(queue) == ids, "the relay to queue the tickets", 10)
+        assert f"relay: queued 2 missing ticket(s): {ids[0]}, {ids[1]}" in proc.log
+        assert proc.proc.poll() is None
+
+
+def test_an_expired_reservation_returns_to_the_queue(tmp_path, queue, factory: Factory):
+    agent = factory.agents(1)[0]
+    ids = factory.bulk_tickets(3)
+    popped = queue.reserve(agent, 2, 30).ids  # the fetch dies before confirming
+    assert popped == ids[:2]
+    with workers(tmp_path) as proc:
+        wait_for(lambda: "workers started" in proc.log, "the workers to start")
+        time.sleep(0.5)
+        assert queue.depth() == (1, 2)  # the leases have not ended: nothing moves
+        for member in popped:
+            queue.client.zadd(queue.reserved_key, {str(member): 0})
+        wait_for(lambda: queue.depth() == (3, 0), "the reaper to return the ids", 10)
+        assert queued_ids(queue) == ids
+        assert queue.held(agent) == set()
+        assert f"reaper: returned 2 expired reservation(s) to the queue: {ids[0]}, {ids[1]}" in (
+            proc.log
+        )
+
+
+def test_a_wiped_redis_is_rebuilt(tmp_path, queue, factory: Factory):
+    ids = factory.bulk_tickets(5)
+    with workers(tmp_path) as proc:
+        wait_for(lambda: "workers started" in proc.log, "the workers to start")
+        queue.client.flushdb()
+        wait_for(queue.is_built, "the epoch to come back", 10)
+        assert queued_ids(queue) == ids
+        assert "Redis has no epoch" in proc.log
+        assert "rebuild: done, fixed:" in proc.log
+
+
+def test_a_drifted_held_set_is_resynced(tmp_path, queue, factory: Factory):
+    agent = factory.agents(1)[0]
+    factory.bulk_tickets(1)
+    queue.client.sadd(queue.held_key(agent), 424242)  # an id the agent never got
+    with workers(tmp_path) as proc:
+        wait_for(lambda: queue.held(agent) == set(), "reconcile to fix the held set", 10)
+        assert f"resynced held set of agent {agent}" in proc.log
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_exits_zero_promptly(tmp_path, queue, sig):
+    proc = Workers(tmp_path / "w.log", service_env(**FAST))
+    try:
+        wait_for(lambda: "workers started" in proc.log, "the workers to start")
+        started = time.monotonic()
+        assert proc.stop(sig, timeout=5) == 0
+        assert time.monotonic() - started < 3
+        assert "workers stopped" in proc.log
+        assert "Traceback" not in proc.log
+    finally:
+        proc.stop(signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"REDIS_URL": ""},  # PostgreSQL without Redis
+        {"JWT_SECRET_KEY": "short"},
+        {"RELAY_INTERVAL_SECONDS": "soon"},
+        {"REAPER_INTERVAL_SECONDS": "0"},
+        {"DATABASE_URL": "", "REDIS_URL": ""},  # embedded mode: nothing to share
+    ],
+)
+def test_a_bad_configuration_exits_non_zero(tmp_path, env):
+    result = subprocess.run(
+        [sys.executable, "-m", "workers"],
+        cwd=ROOT,
+        env={**os.environ, **service_env(**{**FAST, **env}), "INSTANCE_PATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "configuration error" in result.stderr + result.stdout
+
+
+def test_outages_are_retried_never_fatal(tmp_path, queue):
+    """Redis unreachable at start: the workers log, back off, and rebuild once it is up."""
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    ids = insert_unqueued(3)
+    server: subprocess.Popen[bytes] | None = None
+    with workers(tmp_path, REDIS_URL=url) as proc:
+        try:
+            wait_for(lambda: proc.log.count("failed (") >= 3, "retries to be logged", 15)
+            assert proc.proc.poll() is None
+            server = subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+                + ["--appendonly", "no", "--dir", str(tmp_path)],
+                stdout=subprocess.DEVNULL,
+            )
+            private = redis.Redis.from_url(url, decode_responses=True)
+            key = queue.queue_key
+
+            def rebuilt() -> bool:
+                try:
+                    return [int(m) for m in private.zrange(key, 0, -1)] == ids
+                except redis.ConnectionError:
+                    return False
+
+            wait_for(rebuilt, "the workers to rebuild the new Redis", 20)
+            assert "working again" in proc.log
+            assert "Traceback" not in proc.log
+            private.close()
+        finally:
+            assert proc.stop() == 0
+            if server is not None:
+                server.terminate()
+                server.wait(timeout=10)
+
+
+def test_postgres_unreachable_is_retried_never_fatal(tmp_path, queue):
+    dead = f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/nothing"
+    with workers(tmp_path, DATABASE_URL=dead) as proc:
+        wait_for(lambda: proc.log.count("failed (") >= 3, "retries to be logged", 15)
+        assert proc.proc.poll() is None
+        assert "OperationalError" in proc.log
+        assert proc.stop() == 0
+
+
+def test_two_worker_processes_push_each_ticket_once(tmp_path, queue):
+    with workers(tmp_path, name="one") as one, workers(tmp_path, name="two") as two:
+        wait_for(
+            lambda: "workers started" in one.log and "workers started" in two.log,
+            "both to start",
+        )
+        ids = insert_unqueued(40)
+        wait_for(lambda: queued_ids(queue) == ids, "the tickets to be queued", 10)
+        time.sleep(0.5)
+
+        def pushed(log: str) -> int:
+            return sum(
+                int(line.split("relay: queued ")[1].split()[0])
+                for line in log.splitlines()
+                if "relay: queued " in line
+            )
+
+        assert pushed(one.log) + pushed(two.log) == 40

@@ -1,0 +1,79 @@
+"""``python -m workers``: relay, reaper, reconcile and rebuild-after-wipe in one process.
+
+Exits 0 after SIGTERM or SIGINT (the step in progress finishes first) and 2 on
+a bad configuration. An outage of PostgreSQL or Redis is logged and retried
+with backoff; it never ends the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+from service.config import ConfigError
+
+log = logging.getLogger("workers")
+
+EXIT_CONFIG = 2
+
+
+def main() -> int:
+    from service.logging import configure_logging
+
+    try:
+        configure_logging()
+    except ValueError as exc:  # a bad LOG_FORMAT
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return run()
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return EXIT_CONFIG
+
+
+def run() -> int:
+    from service import create_app
+    from service.extensions import db
+
+    from .config import WorkerConfig
+    from .jobs import build_jobs
+    from .runner import Runner
+
+    config = WorkerConfig.from_env()
+    app = create_app()
+    if app.config["EMBEDDED"]:
+        raise ConfigError(
+            "the workers need DATABASE_URL and REDIS_URL: an in-process Redis "
+            "cannot be shared with the API processes"
+        )
+    queue = app.extensions["ticket_queue"]
+
+    def end_session() -> None:
+        # Return the connection after every step; a dead one is replaced on
+        # next use (pool_pre_ping), so an outage never wedges the loop.
+        try:
+            db.session.remove()
+        except Exception as exc:  # noqa: BLE001
+            log.debug("could not close the session cleanly: %s", exc)
+
+    runner = Runner(queue, [], max_backoff=config.max_backoff, after_step=end_session)
+    with app.app_context():
+        runner.jobs = build_jobs(db.session, queue, config, runner.check_stop)
+        signal.signal(signal.SIGTERM, runner.stop)
+        signal.signal(signal.SIGINT, runner.stop)
+        log.info(
+            "workers started: relay every %ss, reaper every %ss, reconcile every %ss",
+            config.relay_interval,
+            config.reaper_interval,
+            config.reconcile_interval,
+        )
+        runner.run()
+        end_session()
+    log.info("workers stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
