@@ -319,11 +319,13 @@ def fix_held(session: DbSession, queue: TicketQueue, *, dry_run: bool = False) -
         try:
             # The agent rows first, as confirm and deactivation lock them: the
             # agents' fetches wait; then their tickets, so a sale waits too.
+            # FOR NO KEY UPDATE, as they do: a sale that holds one of those
+            # tickets must still pass its foreign-key check on the agent's row.
             session.execute(
                 select(User.id)
                 .where(ids_in(session, User.id, batch))
                 .order_by(User.id)
-                .with_for_update()
+                .with_for_update(key_share=True)
             ).all()
             truth = _assigned_by_agent(session, batch, lock=True)
             for agent_id in _disagreeing(queue, batch, truth):
