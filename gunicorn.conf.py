@@ -87,7 +87,7 @@ def on_starting(server: Any) -> None:
 
     from service.logging import configure_logging
 
-    configure_logging()
+    configure_logging(level=server.cfg.loglevel)
     # gunicorn's own messages go through the same handler (JSON or text) as the
     # app's; the workers inherit all of it when they are forked.
     error_log = server.log.error_log

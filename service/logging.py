@@ -82,12 +82,16 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def configure_logging(env: Mapping[str, str] | None = None, stream: IO[str] | None = None) -> None:
+def configure_logging(
+    env: Mapping[str, str] | None = None,
+    stream: IO[str] | None = None,
+    level: str | None = None,
+) -> None:
     """Send every logger's records to ``stream`` (stderr) as JSON, or text on a terminal.
 
-    ``LOG_LEVEL`` (default INFO) and ``LOG_FORMAT`` (``json``, ``text`` or
-    ``auto``, the default) tune it. Safe to call more than once: it replaces
-    only the handler it installed itself.
+    ``LOG_LEVEL`` (default INFO; ``level`` overrides it) and ``LOG_FORMAT``
+    (``json``, ``text`` or ``auto``, the default) tune it. Safe to call more
+    than once: it replaces only the handler it installed itself.
     """
     env = os.environ if env is None else env
     stream = sys.stderr if stream is None else stream
@@ -96,7 +100,7 @@ def configure_logging(env: Mapping[str, str] | None = None, stream: IO[str] | No
         raise ValueError(f"LOG_FORMAT must be json, text or auto, got {kind!r}")
     if kind == "auto":
         kind = "text" if stream.isatty() else "json"
-    level = (env.get("LOG_LEVEL") or "INFO").strip().upper()
+    level = (level or env.get("LOG_LEVEL") or "INFO").strip().upper()
 
     handler = logging.StreamHandler(stream)
     handler.set_name(_HANDLER_NAME)

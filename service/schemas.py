@@ -45,7 +45,7 @@ class Text(fields.String):
 class WholeMatch(validate.Regexp):
     """Regexp over the whole value: ``$`` alone also matches before a final newline."""
 
-    def __call__(self, value: str) -> str:
+    def __call__(self, value: Any) -> Any:
         if self.regex.fullmatch(value) is None:
             raise ValidationError(self._format_error(value))
         return value

@@ -16,8 +16,10 @@ import pytest
 import requests
 import schemathesis
 import sqlalchemy as sa
+from conftest import Factory, reset_state, service_env
 from flask_jwt_extended import create_access_token, create_refresh_token
 from hypothesis import HealthCheck, settings
+from live import live_server
 from schemathesis.checks import not_a_server_error
 from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import (
@@ -31,8 +33,6 @@ from schemathesis.specs.openapi.checks import (
 from service import create_app
 from service.extensions import db
 from service.models import User
-from tests.conftest import Factory, reset_state, service_env
-from tests.live import live_server
 
 CHECKS = [
     not_a_server_error,

@@ -25,7 +25,7 @@ import redis.exceptions
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from .. import errors
+from .. import errors, metrics
 from ..auth import ensure_active
 from ..models import Ticket, User, utcnow
 from ..queue import TicketQueue
@@ -126,6 +126,7 @@ def confirm(session: DbSession, agent_id: int, ids: Sequence[int]) -> Confirmati
     tickets = list(session.scalars(select(Ticket).where(*_unsold(agent_id)).order_by(Ticket.id)))
     fault_point("assign.before_commit")
     session.commit()
+    metrics.tickets_assigned(len(confirmed))
     if not active:
         raise errors.Unauthorized("the account is inactive or no longer exists")
     return Confirmation(confirmed, returned, sorted(set(rest) - set(returned)), tickets)
@@ -241,6 +242,7 @@ def sell(session: DbSession, queue: TicketQueue, agent_id: int, ticket_id: int) 
         raise errors.NotFound(f"you hold no ticket {ticket_id}")
     events.record(session, "sold", [ticket_id], actor_id=agent_id, agent_id=agent_id, at=now)
     session.commit()
+    metrics.ticket_sold()
     fault_point("sell.after_commit")
     forget_held_best_effort(queue, agent_id, [ticket_id])
     return ticket

@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import BigInteger, ColumnElement, any_, literal, select
 from sqlalchemy.dialects.postgresql import ARRAY
 
+from .. import metrics
 from ..models import Ticket, User
 from ..queue import TicketQueue
 from . import DbSession
@@ -194,6 +195,7 @@ def reap(session: DbSession, queue: TicketQueue, limit: int = 1000) -> ReapResul
     if not expired:
         return ReapResult()
     result = end_reservations(session, queue, expired, cutoff=now, requeue=True)
+    metrics.reservations_returned(len(result.returned))
     if result.returned:
         log.info(
             "reaper: returned %d expired reservation(s) to the queue: %s",
