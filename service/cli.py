@@ -71,14 +71,14 @@ def demo_users() -> None:
 @click.option("--port", default=8000, show_default=True)
 @with_appcontext
 def serve(host: str, port: int) -> None:
-    """Serve with gunicorn: the production config, or one threaded process when embedded."""
+    """Serve with gunicorn and gunicorn.conf.py: its production settings, or one
+    threaded process when embedded (the in-process Redis cannot be shared)."""
     import os
     import sys
+    from pathlib import Path
 
-    argv = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--no-control-socket"]
-    if current_app.config["EMBEDDED"]:
-        # The in-process Redis cannot be shared between processes.
-        argv += ["--workers", "1", "--threads", "8", "--worker-class", "gthread"]
+    conf = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
+    argv = [sys.executable, "-m", "gunicorn", "-c", str(conf), "--bind", f"{host}:{port}"]
     argv += ["wsgi:app"]
     os.execv(sys.executable, argv)
 
