@@ -62,6 +62,10 @@ def gunicorn(
         sys.executable,
         "-m",
         "gunicorn",
+        # The production settings (metrics directory, startup checks, logging);
+        # the flags below override what a test needs smaller.
+        "-c",
+        str(ROOT / "gunicorn.conf.py"),
         "wsgi:app",
         "--bind",
         f"127.0.0.1:{port}",
