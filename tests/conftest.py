@@ -211,3 +211,13 @@ def admin(factory: Factory) -> User:
 @pytest.fixture
 def admin_headers(factory: Factory, admin: User) -> dict[str, str]:
     return factory.headers(admin)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[Any]:
+    """A private three-node Redis Cluster (tests/redis_cluster.py), started once per run
+    by the first test that asks for it and stopped at the end."""
+    from redis_cluster import running_cluster
+
+    with running_cluster() as cluster:
+        yield cluster
