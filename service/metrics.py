@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from flask import Flask, Response, current_app, g, request
@@ -26,11 +26,14 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
     multiprocess,
+    start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
+
+from .config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +195,25 @@ class _Forward(Collector):
 
     def collect(self) -> Iterator[Any]:
         return iter(self.source.collect())
+
+
+WORKER_METRICS_PORT_ENV = "WORKER_METRICS_PORT"
+
+
+def start_worker_exporter(env: Mapping[str, str] | None = None) -> int | None:
+    """Serve this process's metrics (the reaper's counter among them) on
+    ``WORKER_METRICS_PORT``, for ``python -m workers``; nothing when it is unset."""
+    env = os.environ if env is None else env
+    raw = env.get(WORKER_METRICS_PORT_ENV) or ""
+    if not raw:
+        return None
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ConfigError(f"{WORKER_METRICS_PORT_ENV} must be a port number, got {raw!r}") from None
+    start_http_server(port)
+    log.info("worker metrics on :%d/metrics", port)
+    return port
 
 
 def init_app(app: Flask) -> None:

@@ -379,3 +379,42 @@ def test_reservations_the_reaper_returns_are_counted(app: Flask, factory: Factor
         before = RESERVATIONS_RETURNED._value.get()
         assert len(reap(db.session, queue).returned) == 2
         assert RESERVATIONS_RETURNED._value.get() - before == 2
+
+
+def test_workers_serve_their_metrics_when_asked(_schema: None) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workers"],
+        cwd=ROOT,
+        env={**os.environ, **service_env(WORKER_METRICS_PORT=str(port), LOG_FORMAT="json")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        text = ""
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=1).text
+                break
+            except requests.RequestException:
+                time.sleep(0.1)
+        assert "tq_reservations_returned_total" in text
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+
+
+def test_workers_refuse_a_bad_metrics_port() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "workers"],
+        cwd=ROOT,
+        env={**os.environ, **service_env(WORKER_METRICS_PORT="ninety", LOG_FORMAT="text")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "WORKER_METRICS_PORT must be a port number" in result.stderr

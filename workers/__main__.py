@@ -34,7 +34,7 @@ def main() -> int:
 
 
 def run() -> int:
-    from service import create_app
+    from service import create_app, metrics
     from service.extensions import db
 
     from .config import WorkerConfig
@@ -49,6 +49,8 @@ def run() -> int:
             "cannot be shared with the API processes"
         )
     queue = app.extensions["ticket_queue"]
+    # The reaper's counter and the rest of this process's metrics, when asked for.
+    metrics.start_worker_exporter()
 
     def end_session() -> None:
         # Return the connection after every step; a dead one is replaced on
