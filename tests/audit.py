@@ -1,0 +1,168 @@
+"""Check the invariants straight from PostgreSQL (and Redis), after a load.
+
+The audit trusts nothing the service says about itself: it reads the tables,
+replays the ticket event log, and compares Redis with PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import redis
+import sqlalchemy as sa
+
+
+@dataclass
+class AuditReport:
+    created: int = 0
+    unassigned: int = 0
+    assigned: int = 0
+    sold: int = 0
+    queued: int = 0
+    reserved: int = 0
+    # agent id -> its unsold ticket ids, ascending
+    holdings: dict[int, list[int]] = field(default_factory=dict)
+    capacities: dict[int, int] = field(default_factory=dict)
+    # ticket id -> agent id, for every sold ticket
+    sold_by: dict[int, int] = field(default_factory=dict)
+    unassigned_ids: list[int] = field(default_factory=list)
+    queue: list[tuple[int, float]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"created={self.created} unassigned={self.unassigned} assigned={self.assigned} "
+            f"sold={self.sold} queued={self.queued} reserved={self.reserved}"
+        )
+
+
+def _replay_events(conn: sa.Connection, tickets: dict[int, tuple[str, int | None]]) -> list[str]:
+    """Replay each ticket's history; a second holder or a foreign sale is a problem (I1)."""
+    problems: list[str] = []
+    # Within one ticket the ids follow causality: an event is written by a
+    # transaction that saw the one before it committed.
+    rows = conn.execute(
+        sa.text("SELECT ticket_id, kind, agent_id FROM ticket_events ORDER BY ticket_id, id")
+    ).all()
+    history: dict[int, list[tuple[str, int | None]]] = defaultdict(list)
+    for ticket_id, kind, agent_id in rows:
+        history[ticket_id].append((kind, agent_id))
+    for ticket_id, (status, holder) in tickets.items():
+        state, owner = "unassigned", None
+        for kind, agent_id in history.get(ticket_id, []):
+            if kind == "assigned":
+                if state != "unassigned":
+                    problems.append(
+                        f"ticket {ticket_id} assigned to {agent_id} while {state} by {owner}"
+                    )
+                state, owner = "assigned", agent_id
+            elif kind == "released":
+                if state != "assigned":
+                    problems.append(f"ticket {ticket_id} released while {state}")
+                state, owner = "unassigned", None
+            elif kind == "sold":
+                if state != "assigned" or owner != agent_id:
+                    problems.append(
+                        f"ticket {ticket_id} sold by {agent_id} while {state} by {owner}"
+                    )
+                state, owner = "sold", agent_id
+        if (state, owner) != (status, holder):
+            problems.append(
+                f"ticket {ticket_id} is {status} by {holder} but its events say {state} by {owner}"
+            )
+    return problems
+
+
+def audit(
+    engine: sa.Engine,
+    client: redis.Redis,
+    *,
+    created: set[int] | None = None,
+    settled: bool = False,
+    prefix: str = "{tq}",
+) -> AuditReport:
+    """Read PostgreSQL and Redis and list every broken invariant in ``problems``.
+
+    ``created`` is the set of ticket ids the test made: nothing may be lost or
+    appear from nowhere. ``settled`` means no request is in flight: then Redis
+    must agree with PostgreSQL exactly (queue == unassigned, oldest first,
+    nothing reserved, every held set == the agent's unsold tickets).
+    """
+    report = AuditReport()
+    problems = report.problems
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT id, status, agent_id FROM tickets ORDER BY id")).all()
+        tickets = {row.id: (row.status, row.agent_id) for row in rows}
+        report.capacities = {
+            row.id: row.capacity
+            for row in conn.execute(
+                sa.text("SELECT id, capacity FROM users WHERE role = 'agent'")
+            ).all()
+        }
+        problems.extend(_replay_events(conn, tickets))
+
+    report.created = len(tickets)
+    holdings: dict[int, list[int]] = defaultdict(list)
+    for ticket_id, (status, holder) in tickets.items():
+        if status == "unassigned":
+            report.unassigned_ids.append(ticket_id)
+        elif status == "assigned":
+            assert holder is not None
+            holdings[holder].append(ticket_id)
+        elif status == "sold":
+            assert holder is not None
+            report.sold_by[ticket_id] = holder
+    report.holdings = dict(holdings)
+    report.unassigned = len(report.unassigned_ids)
+    report.assigned = sum(len(ids) for ids in holdings.values())
+    report.sold = len(report.sold_by)
+
+    if created is not None and set(tickets) != created:
+        lost = sorted(created - set(tickets))
+        extra = sorted(set(tickets) - created)
+        problems.append(f"tickets lost {lost[:20]} or appeared {extra[:20]}")
+    if report.unassigned + report.assigned + report.sold != report.created:
+        problems.append(f"counts do not add up: {report.summary()}")
+
+    # I2: nobody over capacity.
+    for agent_id, ids in holdings.items():
+        capacity = report.capacities.get(agent_id)
+        if capacity is None or len(ids) > capacity:
+            problems.append(f"agent {agent_id} holds {len(ids)} > capacity {capacity}")
+
+    # I4: every unassigned ticket can still be handed out.
+    report.queue = [
+        (int(member), score)
+        for member, score in client.zrange(f"{prefix}:queue", 0, -1, withscores=True)
+    ]
+    reserved = {int(member) for member in client.zrange(f"{prefix}:reserved", 0, -1)}
+    queued = [ticket_id for ticket_id, _ in report.queue]
+    report.queued, report.reserved = len(queued), len(reserved)
+    stranded = sorted(set(report.unassigned_ids) - set(queued) - reserved)
+    if stranded:
+        problems.append(
+            f"{len(stranded)} unassigned tickets neither queued nor reserved: {stranded[:20]}"
+        )
+
+    if settled:
+        if queued != report.unassigned_ids:
+            stale = sorted(set(queued) - set(report.unassigned_ids))
+            problems.append(
+                f"queue ({len(queued)}) is not the unassigned tickets ({report.unassigned}) "
+                f"in creation order; not unassigned: {stale[:20]}"
+            )
+        if any(float(ticket_id) != score for ticket_id, score in report.queue):
+            problems.append("a queued ticket's score is not its id: the queue order is wrong")
+        if reserved:
+            problems.append(f"{len(reserved)} reservations left with no fetch in flight")
+        held_keys = set(client.scan_iter(match=f"{prefix}:held:*", count=1000))
+        agents = set(holdings) | {int(key.rsplit(":", 1)[1]) for key in held_keys}
+        for agent_id in sorted(agents):
+            in_redis = {int(i) for i in client.smembers(f"{prefix}:held:{agent_id}")}
+            if in_redis != set(holdings.get(agent_id, [])):
+                problems.append(
+                    f"held set of agent {agent_id} is {sorted(in_redis)}, "
+                    f"PostgreSQL says {holdings.get(agent_id, [])}"
+                )
+    return report
