@@ -149,8 +149,15 @@ class UserPageSchema(Schema):
 
 # StrictInteger refuses query strings ("5"), so query params use plain Integer.
 class UserQuerySchema(Schema):
-    limit = fields.Integer(validate=validate.Range(min=1, max=500), load_default=50)
-    cursor = Text(load_default=None)
+    limit = fields.Integer(
+        validate=validate.Range(min=1, max=500),
+        load_default=50,
+        metadata={"description": "Items per page"},
+    )
+    cursor = Text(
+        load_default=None,
+        metadata={"description": "The `next_cursor` of the previous page"},
+    )
 
 
 # -- tickets -------------------------------------------------------------
@@ -171,8 +178,16 @@ class TicketPatchSchema(PatchSchema):
 
 
 class TicketQuerySchema(UserQuerySchema):
-    status = fields.String(validate=validate.OneOf(STATUSES), load_default=None)
-    agent_id = fields.Integer(validate=validate.Range(min=1), load_default=None)
+    status = fields.String(
+        validate=validate.OneOf(STATUSES),
+        load_default=None,
+        metadata={"description": "Only tickets in this state"},
+    )
+    agent_id = fields.Integer(
+        validate=validate.Range(min=1),
+        load_default=None,
+        metadata={"description": "Only tickets held or sold by this agent"},
+    )
 
 
 class TicketSchema(Schema):
