@@ -320,10 +320,16 @@ def make_redis(url: str | None, cluster: bool) -> RedisClient:
 
     return redis.Redis.from_url(
         url,
-        # A dropped connection is retried with a short backoff; reserve is safe
-        # to retry because an unanswered pop only leaves a reservation that
-        # the reaper returns when its lease ends.
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
+        # A refused or dropped connection (a restart, a failover) is retried
+        # with a short backoff: every command and script here is idempotent or,
+        # like reserve, leaves at worst a reservation the reaper returns. A
+        # timeout is not retried: a server that stopped answering would cost
+        # each call several timeouts, and every request would crawl.
+        retry=Retry(
+            ExponentialBackoff(cap=0.2, base=0.02),
+            2,
+            supported_errors=(redis.exceptions.ConnectionError,),
+        ),
         health_check_interval=30,
         **retry_options,
     )

@@ -8,6 +8,7 @@ after a crash that lost the data.
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -79,6 +80,16 @@ class RedisServer:
             self._proc.kill()
             self._proc.wait(timeout=10)
         self._proc = None
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Freeze the server (SIGSTOP): connections are accepted, nothing is answered."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self._proc.send_signal(signal.SIGCONT)
 
     def restart(self) -> None:
         """Stop and start on the same port: the server comes back with no data."""

@@ -206,6 +206,24 @@ def test_redis_down_assign_503_while_postgres_writes_go_on(world: World) -> None
     assert stats == {"queued": 0, "unassigned": 0, "assigned": 3, "sold": 1, "reserved": 0}
 
 
+def test_a_hung_redis_costs_one_timeout_per_call_not_one_per_retry(world: World) -> None:
+    """A Redis that accepts connections but never answers (SIGSTOP): a timed-out command may
+    have run, so it is not retried; the fetch fails fast and a sale still goes through."""
+    c, alice = world.client, world.headers(world.alice)
+    tickets = world.factory.tickets(3)
+    assert ids(c.get(ASSIGN, headers=alice)) == tickets
+    timeout = world.app.extensions["ticket_queue"].client.get_connection_kwargs()["socket_timeout"]
+    with world.redis.paused():
+        started = time.monotonic()
+        assert_error(c.get(ASSIGN, headers=alice), 503, "redis_unavailable")
+        assert time.monotonic() - started < 2 * timeout  # the revocation check, once
+        started = time.monotonic()
+        sold = c.post(f"/api/agent/tickets/sell/{tickets[0]}/", headers=alice)
+        assert sold.status_code == 200
+        assert time.monotonic() - started < 3 * timeout  # the check, then the held set
+    assert ids(c.get(ASSIGN, headers=alice)) == tickets[1:]
+
+
 def test_redis_lost_after_the_confirm_commits_answers_what_postgres_says(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
