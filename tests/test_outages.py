@@ -183,6 +183,8 @@ def test_redis_down_assign_503_while_postgres_writes_go_on(world: World) -> None
     assert patched.status_code == 200 and patched.json["capacity"] == 2
     login = c.post("/api/auth/token/", json={"username": "bob", "password": PASSWORD})
     assert login.status_code == 200, login.get_data(as_text=True)
+    refresh = {"Authorization": f"Bearer {login.json['refresh_token']}"}
+    assert c.post("/api/auth/refresh/", headers=refresh).status_code == 200
     # Revocation holds, from PostgreSQL's copy.
     assert_error(c.get(HELD, headers=revoked), 401, "token_revoked")
     # Logout needs Redis (every process checks it first): refused, nothing revoked.
