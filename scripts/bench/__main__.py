@@ -1,0 +1,5 @@
+"""``python -m scripts.bench``: run the benchmark."""
+
+from .run import main
+
+raise SystemExit(main())

@@ -1,0 +1,167 @@
+"""Drive a server with wrk and agents.lua; read back what the script measured."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+SCRIPT = Path(__file__).resolve().parent / "agents.lua"
+INSTALL_HINT = "wrk is missing: install it with `apt-get update && apt-get install -y wrk`"
+
+
+class LoadError(RuntimeError):
+    pass
+
+
+def wrk_path() -> str:
+    path = shutil.which("wrk")
+    if path is None:
+        raise LoadError(INSTALL_HINT)
+    return path
+
+
+@dataclass
+class Load:
+    """What one wrk run measured. Latencies in milliseconds, measured per request kind."""
+
+    mode: str
+    requests: int  # every HTTP request answered (fetches and sales)
+    seconds: float  # wrk's run time (for cold: first request sent -> last answer)
+    rps: float
+    fetches: int
+    fetch_p50_ms: float
+    fetch_p99_ms: float
+    sells: int
+    sell_p50_ms: float
+    sell_p99_ms: float
+    short: int  # fetches answered with fewer tickets than the capacity
+    lost: int  # answers that named no agent (errors, empty holdings)
+    starved: int  # requests sent with no idle agent (a runner bug)
+    bad_status: int  # non-200 answers the script recognised
+    socket_errors: int
+    status_errors: int  # wrk's count of 4xx/5xx answers
+    wrk_p50_ms: float  # wrk's own histogram (with its coordinated-omission correction)
+    wrk_p99_ms: float
+    complete: bool  # cold: every agent got its answer before the timeout
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.lost or self.bad_status or self.status_errors:
+            found.append(
+                f"{self.lost} unattributed answers, {self.bad_status + self.status_errors}"
+                " error statuses"
+            )
+        if self.socket_errors:
+            found.append(f"{self.socket_errors} socket errors")
+        if self.starved:
+            found.append(f"{self.starved} requests found no idle agent")
+        if self.short:
+            found.append(f"{self.short} fetches came back short (pool ran dry?)")
+        if not self.complete:
+            found.append("not every agent was answered")
+        if not self.fetches:
+            found.append("no fetch was answered")
+        return found
+
+
+def _read(path: Path) -> dict[str, float]:
+    values = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition("=")
+        values[key] = float(value)
+    return values
+
+
+def run(
+    url: str,
+    mode: str,
+    tokens: Path,
+    capacity: int,
+    threads: int,
+    connections: int,
+    seconds: float,
+    timeout: float = 60.0,
+) -> Load:
+    """One wrk run. ``cold`` runs until every agent is answered (or ``timeout``)."""
+    with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
+        out = Path(tmp) / "out.txt"
+        done_dir = Path(tmp) / "done"
+        done_dir.mkdir()
+        duration = int(timeout) if mode == "cold" else max(1, round(seconds))
+        argv = [
+            wrk_path(),
+            "--threads",
+            str(threads),
+            "--connections",
+            str(connections),
+            "--duration",
+            f"{duration}s",
+            "--timeout",
+            f"{int(timeout)}s",
+            "--script",
+            str(SCRIPT),
+            url,
+            "--",
+            mode,
+            str(tokens),
+            str(threads),
+            str(capacity),
+            str(done_dir),
+        ]
+        env = {**os.environ, "BENCH_WRK_OUT": str(out)}
+        proc = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        complete = True
+        if mode == "cold":
+            # wrk sleeps for its whole duration; SIGINT ends it once every
+            # thread has all its answers.
+            deadline = time.monotonic() + timeout
+            while proc.poll() is None and len(list(done_dir.iterdir())) < threads:
+                if time.monotonic() > deadline:
+                    complete = False
+                    break
+                time.sleep(0.02)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=timeout + 30)
+        if proc.returncode != 0 or not out.exists():
+            raise LoadError(f"wrk failed ({proc.returncode}):\n{output}")
+        v = _read(out)
+    seconds_run = v["duration_us"] / 1e6
+    if mode == "cold":
+        seconds_run = v["span_us"] / 1e6 or seconds_run
+    answered = v["assign_count"] + v["sell_count"]
+    return Load(
+        mode=mode,
+        requests=int(v["requests"]),
+        seconds=round(seconds_run, 3),
+        rps=round(answered / seconds_run, 1) if seconds_run else 0.0,
+        fetches=int(v["assign_count"]),
+        fetch_p50_ms=round(v["assign_p50_us"] / 1000, 2),
+        fetch_p99_ms=round(v["assign_p99_us"] / 1000, 2),
+        sells=int(v["sell_count"]),
+        sell_p50_ms=round(v["sell_p50_us"] / 1000, 2),
+        sell_p99_ms=round(v["sell_p99_us"] / 1000, 2),
+        short=int(v["short"]),
+        lost=int(v["lost"]),
+        starved=int(v["starved"]),
+        bad_status=int(v["bad_assign"] + v["bad_sell"]),
+        socket_errors=int(
+            v["errors_connect"] + v["errors_read"] + v["errors_write"] + v["errors_timeout"]
+        ),
+        status_errors=int(v["errors_status"]),
+        wrk_p50_ms=round(v["wrk_p50_us"] / 1000, 2),
+        wrk_p99_ms=round(v["wrk_p99_us"] / 1000, 2),
+        complete=complete and (mode != "cold" or v["assign_count"] > 0),
+    )

@@ -1,0 +1,128 @@
+"""The benchmark's output: result.json, table.md and plot.png."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+SCENARIOS = {
+    "fast": "1 fast path",
+    "steady": "2 steady state (sell, top up)",
+    "cold": "3 cold fill",
+    "deep-fast": "4 deep queue, fast path",
+    "deep-topup": "4 deep queue, top-up",
+}
+# The ceiling run each scenario is compared with.
+CEILING_OF = {
+    "fast": "fast",
+    "steady": "steady",
+    "cold": "cold",
+    "deep-fast": "fast",
+    "deep-topup": "steady",
+}
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """Set ``vs_ceiling``: req/s over the ceiling's, same path, nearest agent count."""
+    ceilings = [r for r in rows if r["target"] == "ceiling"]
+    for row in rows:
+        kind = CEILING_OF[row["scenario"]]
+        same = [c for c in ceilings if c["scenario"] == kind and c["rps"]]
+        if not same:
+            row["vs_ceiling"] = None
+            continue
+        ceiling = min(same, key=lambda c: abs(c["agents"] - row["agents"]))
+        row["vs_ceiling"] = round(row["rps"] / ceiling["rps"], 3)
+
+
+def write_json(path: Path, result: dict[str, Any]) -> None:
+    path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    meta = result["meta"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"`{meta['command']}` on {meta['started']} (commit {meta['commit']}),"
+        f" {meta['cpus']} CPUs, load average {meta['load_average']} at the start.",
+        f"gunicorn: `{' '.join(meta['gunicorn'])}`; wrk: {meta['wrk_threads']} threads,"
+        f" up to {meta['connections']} connections, {meta['duration']} s per run.",
+        "",
+        "req/s counts every answered request (in scenario 2 and the deep top-up, a sale and"
+        " a fetch per cycle); p50 and p99 are of the fetches only. × ceiling is req/s over"
+        " the ceiling app's for the same path and agent count.",
+        "",
+        "| scenario | target | agents | queued | req/s | p50 ms | p99 ms | × ceiling | audit |",
+        "|---|---|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for row in result["results"]:
+        audit = row["audit"]
+        if audit is None:
+            verdict = "n/a"
+        elif audit["violations"]:
+            verdict = f"**{len(audit['violations'])} violations**"
+        else:
+            verdict = "ok"
+        if row["problems"]:
+            verdict += " (" + "; ".join(row["problems"]) + ")"
+        lines.append(
+            f"| {SCENARIOS[row['scenario']]} | {row['target']} | {row['agents']:,} |"
+            f" {row['queued']:,} | {_fmt(row['rps'])} | {_fmt(row['p50_ms'], 2)} |"
+            f" {_fmt(row['p99_ms'], 2)} | {_fmt(row['vs_ceiling'], 2)} | {verdict} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Throughput and p99 against the number of agents, per target and path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["results"]
+    fig, (ax_rps, ax_p99) = plt.subplots(1, 2, figsize=(12, 4.8))
+    styles = {"product": "tab:blue", "ceiling": "tab:gray", "baseline": "tab:orange"}
+    for scenario, marker, dash in (("fast", "o", "-"), ("steady", "s", "--")):
+        for target, colour in styles.items():
+            points = sorted(
+                (r["agents"], r["rps"], r["p99_ms"])
+                for r in rows
+                if r["scenario"] == scenario and r["target"] == target
+            )
+            if not points:
+                continue
+            xs = [p[0] for p in points]
+            label = f"{target}, {SCENARIOS[scenario]}"
+            ax_rps.plot(xs, [p[1] for p in points], dash, marker=marker, color=colour, label=label)
+            ax_p99.plot(xs, [p[2] for p in points], dash, marker=marker, color=colour, label=label)
+    for target, colour in styles.items():
+        cold = [r for r in rows if r["scenario"] == "cold" and r["target"] == target]
+        for r in cold:
+            ax_rps.scatter([r["agents"]], [r["rps"]], marker="^", color=colour, s=60)
+            ax_p99.scatter([r["agents"]], [r["p99_ms"]], marker="^", color=colour, s=60)
+    for ax, title, unit in (
+        (ax_rps, "throughput", "requests per second"),
+        (ax_p99, "p99 latency of fetches", "milliseconds"),
+    ):
+        ax.set_xscale("log")
+        ax.set_xlabel("agents (▲ = 3 cold fill: every agent fetches at once)")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_rps.set_ylim(bottom=0)
+    ax_p99.set_ylim(bottom=0)
+    ax_rps.legend(fontsize=8)
+    meta = result["meta"]
+    fig.suptitle(
+        f"{meta['command']} — {meta['started']}, commit {meta['commit']}", fontsize=9, y=0.995
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

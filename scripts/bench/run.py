@@ -1,0 +1,347 @@
+"""Run the benchmark: ``python -m scripts.bench [--quick] [options]``.
+
+For each target (the ceiling app, the product, the PostgreSQL-only baseline)
+one gunicorn with the production settings; for each scenario a fresh seeded
+state, one wrk run, then the invariant audit. Results go to
+``bench-results/<time>/`` (result.json, table.md, plot.png); ``--publish``
+also copies the table and the plot to docs/bench/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: python scripts/bench/run.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    __package__ = "scripts.bench"
+
+from . import audit as audits  # noqa: E402
+from . import loadgen, profiling, report, seed, servers  # noqa: E402
+
+ROOT = seed.ROOT
+TARGETS = ("ceiling", "product", "baseline")
+# Which targets each scenario runs on: the baseline only where it has something
+# to say (the top-up path), the ceiling wherever there is a ratio to give.
+SCENARIO_TARGETS = {
+    1: ("ceiling", "product"),
+    2: ("ceiling", "product", "baseline"),
+    3: ("ceiling", "product", "baseline"),
+    4: ("product",),
+}
+
+FULL = {
+    "agents": [100, 1000, 10_000],
+    "tickets": 100_000,
+    "duration": 30.0,
+    "cold_agents": 1000,
+    "deep_agents": 1000,
+    "depths": [10_000, 1_000_000],
+    "connections": 32,
+}
+QUICK = {
+    "agents": [20, 100],
+    "tickets": 3000,
+    "duration": 3.0,
+    "cold_agents": 200,
+    "deep_agents": 100,
+    "depths": [1000, 10_000],
+    "connections": 16,
+}
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m scripts.bench",
+        description="Benchmark the assignment path against a ceiling app and a"
+        " PostgreSQL-only baseline; audit the invariants after every scenario.",
+    )
+    p.add_argument("--quick", action="store_true", help="small scale, seconds per run")
+    p.add_argument("--agents", type=_ints, help=f"agent counts (default {FULL['agents']})")
+    p.add_argument("--tickets", type=int, help="unassigned tickets behind the agents' for 1, 2")
+    p.add_argument("--duration", type=float, help="seconds per wrk run (default 30)")
+    p.add_argument("--cold-agents", type=int, help="agents fetching at once in 3 (default 1000)")
+    p.add_argument("--deep-agents", type=int, help="agents in 4 (default 1000)")
+    p.add_argument("--depths", type=_ints, help="queue depths in 4 (default 10000,1000000)")
+    p.add_argument("--connections", type=int, help="wrk connections (default 32)")
+    p.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    p.add_argument("--capacity", type=int, default=15, help="tickets per agent (default 15)")
+    p.add_argument("--scenarios", type=_ints, default=[1, 2, 3, 4], help="e.g. 1,2")
+    p.add_argument("--targets", default=",".join(TARGETS), help="ceiling,product,baseline")
+    p.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "BENCH_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/tq_bench"
+        ),
+        help="the benchmark's own database, created if missing (default tq_bench)",
+    )
+    p.add_argument(
+        "--redis-url",
+        default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/8"),
+        help="the benchmark's own Redis db; it is flushed (default db 8)",
+    )
+    p.add_argument("--results", type=Path, default=ROOT / "bench-results", help="output folder")
+    p.add_argument("--publish", action="store_true", help="copy table and plot to docs/bench/")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the product's workers with py-spy during its runs (slows them a little)",
+    )
+    args = p.parse_args(argv)
+    preset = QUICK if args.quick else FULL
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.targets = [t for t in TARGETS if t in args.targets.split(",")]
+    return args
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    settings: seed.Settings
+    out: Path
+    seeder: seed.Seeder
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    profiles: dict[str, Any] = field(default_factory=dict)
+
+    def log(self, message: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    def tokens(self, agents: int) -> Path:
+        path = self.out / f"tokens-{agents}.txt"
+        if not path.exists():
+            self.seeder.write_tokens(path, agents)
+        return path
+
+    def prepare(self, target: str, agents: int, held: int, unassigned: int) -> int:
+        """Seed the state a run starts from; the number of queued tickets."""
+        if target == "ceiling":
+            return 0  # it keeps no state
+        info = self.seeder.seed(agents, self.args.capacity, held, unassigned)
+        self.log(
+            f"seeded {agents} agents holding {held}, {info.queued} queued in {info.seconds:.1f}s"
+        )
+        return info.queued
+
+    def measure(
+        self,
+        server: servers.Server,
+        target: str,
+        scenario: str,
+        agents: int,
+        mode: str,
+        queued: int,
+        depth: int | None = None,
+    ) -> dict[str, Any]:
+        args = self.args
+        cold = mode == "cold"
+        # One idle agent more than connections per wrk thread (see agents.lua).
+        connections = agents if cold else min(args.connections, max(1, agents // 2))
+        threads = max(1, min(args.threads, connections))
+        connections = max(connections, threads)
+        name = f"{target}-{scenario}-{agents}" + (f"-{depth}" if depth else "")
+        sampler = None
+        if args.profile and target == "product":
+            raw = self.out / f"profile-{name}.txt"
+            sampler = profiling.record(server.pid, raw, args.duration)
+            time.sleep(0.5)  # py-spy attaches to every worker
+        load = loadgen.run(
+            server.url,
+            mode,
+            self.tokens(agents),
+            args.capacity,
+            threads,
+            connections,
+            args.duration,
+            timeout=max(60.0, args.duration * 4),
+        )
+        if sampler is not None:
+            sampler.wait(timeout=args.duration + 30)
+            if raw.exists():
+                self.profiles[name] = profiling.summarize(raw)
+        time.sleep(0.3)  # requests the server still had in hand finish
+        audit = None
+        queued_after = None
+        if target != "ceiling":
+            queued_after, _ = self.seeder.queue_depth()
+            by, violations = (
+                audits.audit_product(self.seeder.app)
+                if target == "product"
+                else audits.audit_baseline(self.seeder.app)
+            )
+            audit = {"by": by, "violations": violations}
+        row = {
+            "scenario": scenario,
+            "target": target,
+            "agents": agents,
+            "depth": depth,
+            "queued": queued,
+            "queued_after": queued_after if target == "product" else None,
+            "connections": connections,
+            "rps": load.rps,
+            "p50_ms": load.fetch_p50_ms,
+            "p99_ms": load.fetch_p99_ms,
+            "vs_ceiling": None,
+            "audit": audit,
+            "problems": load.problems(),
+            "load": load.as_dict(),
+        }
+        self.rows.append(row)
+        verdict = "audit n/a" if audit is None else f"{len(audit['violations'])} violations"
+        self.log(
+            f"{report.SCENARIOS[scenario]:<32} {target:<8} agents={agents:<6}"
+            f" {load.rps:>8.1f} req/s  p50 {load.fetch_p50_ms:>7.2f} ms"
+            f"  p99 {load.fetch_p99_ms:>7.2f} ms  {verdict}"
+            + (f"  PROBLEMS: {'; '.join(row['problems'])}" if row["problems"] else "")
+        )
+        return row
+
+    def topup_headroom(self) -> int:
+        """Tickets a top-up run consumes (one per cycle), from scenario 2's pace, doubled."""
+        rates = [
+            r["load"]["fetches"] / r["load"]["seconds"]
+            for r in self.rows
+            if r["scenario"] == "steady" and r["target"] == "product" and r["load"]["seconds"]
+        ]
+        pace = max(rates) if rates else 1000.0
+        return int(pace * self.args.duration * 2) + 1000
+
+    def run_target(self, target: str) -> None:
+        args = self.args
+        env = {**self.settings.service_env(), "BENCH_DATABASE_URL": self.settings.database_url}
+        wanted = [s for s in args.scenarios if target in SCENARIO_TARGETS[s]]
+        if target not in args.targets or not wanted:
+            return
+        with servers.serve(target, env, self.out / f"server-{target}.log") as server:
+            self.log(f"{target} serving at {server.url}")
+            full, short = args.capacity, args.capacity - 1
+            for agents in args.agents:
+                if 1 in wanted:
+                    queued = self.prepare(target, agents, full, args.tickets)
+                    self.measure(server, target, "fast", agents, "fetch", queued)
+                if 2 in wanted:
+                    queued = self.prepare(target, agents, short, args.tickets)
+                    self.measure(server, target, "steady", agents, "topup", queued)
+            if 3 in wanted:
+                cold = args.cold_agents
+                pool = max(args.tickets, 2 * cold * args.capacity)
+                queued = self.prepare(target, cold, 0, pool)
+                self.measure(server, target, "cold", cold, "cold", queued)
+            if 4 in wanted:
+                agents = args.deep_agents
+                for depth in args.depths:
+                    queued = self.prepare(target, agents, full, depth)
+                    self.measure(server, target, "deep-fast", agents, "fetch", queued, depth)
+                    # Topped up so the run cannot drain the queue below ``depth``.
+                    queued = self.prepare(target, agents, short, depth + self.topup_headroom())
+                    self.measure(server, target, "deep-topup", agents, "topup", queued, depth)
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        return out.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+    except OSError:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        loadgen.wrk_path()
+    except loadgen.LoadError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = args.results / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    settings = seed.Settings(args.database_url, args.redis_url, secrets.token_urlsafe(48))
+    env = {**os.environ, **settings.service_env()}
+    seed.ensure_database(settings.database_url)
+    seed.migrate(env)
+    seeder = seed.Seeder(settings)
+    bench = Bench(args, settings, out, seeder)
+    command = "python -m scripts.bench " + shlex.join(argv if argv is not None else sys.argv[1:])
+    meta = {
+        "command": command.strip(),
+        "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": _git_commit(),
+        "cpus": os.cpu_count(),
+        "load_average": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "python": platform.python_version(),
+        "gunicorn": servers.gunicorn_settings(),
+        "wrk_threads": args.threads,
+        "connections": args.connections,
+        "duration": args.duration,
+        "capacity": args.capacity,
+        "agents": args.agents,
+        "tickets": args.tickets,
+        "cold_agents": args.cold_agents,
+        "deep_agents": args.deep_agents,
+        "depths": args.depths,
+        "profiled": args.profile,
+    }
+    bench.log(f"results in {out}")
+    try:
+        for target in TARGETS:
+            bench.run_target(target)
+    finally:
+        seeder.close()
+        for tokens in out.glob("tokens-*.txt"):
+            tokens.unlink()  # live credentials for the bench database: not kept
+    report.add_ratios(bench.rows)
+    result = {"meta": meta, "results": bench.rows, "profiles": bench.profiles}
+    report.write_json(out / "result.json", result)
+    (out / "table.md").write_text(report.markdown(result))
+    report.plot(result, out / "plot.png")
+    latest = args.results / "latest"
+    if latest.is_symlink() or latest.exists():
+        latest.unlink()
+    latest.symlink_to(out.name)
+    if args.publish:
+        docs = ROOT / "docs" / "bench"
+        docs.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out / "table.md", docs / "table.md")
+        shutil.copy(out / "plot.png", docs / "plot.png")
+    print(report.markdown(result))
+    if bench.profiles:
+        print(json.dumps(bench.profiles, indent=2))
+    violations = sum(len(r["audit"]["violations"]) for r in bench.rows if r["audit"])
+    problems = sum(len(r["problems"]) for r in bench.rows)
+    if violations:
+        bench.log(f"FAILED: {violations} invariant violations (see {out / 'result.json'})")
+        return 1
+    if problems:
+        bench.log(f"FAILED: the load did not run clean (see {out / 'table.md'})")
+        return 1
+    bench.log(f"ok: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,188 @@
+"""The benchmark's own state: a database and a Redis db, filled in bulk.
+
+Every run starts from a known state: ``agents`` agents with ids 1..agents,
+each holding ``held`` tickets (the oldest: agent ``k`` holds ``(k-1)*held+1 ..
+k*held``), then ``unassigned`` queued tickets behind them. Users and tickets are written with
+``INSERT ... SELECT generate_series`` and one precomputed password hash; Redis
+is rebuilt from PostgreSQL with the product's own ``rebuild()``, and tokens
+are minted with flask-jwt-extended inside an app context, not through the API.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+from flask_jwt_extended import create_access_token
+
+from . import TICKET_DESCRIPTION, TICKET_TITLE
+
+if TYPE_CHECKING:
+    from service.queue import TicketQueue
+
+ROOT = Path(__file__).resolve().parents[2]
+# Long enough for any run; the product's default lifetime is an hour.
+TOKEN_LIFETIME = timedelta(hours=12)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str
+    jwt_secret: str
+
+    def service_env(self) -> dict[str, str]:
+        """The environment the product (and the bench apps) run with."""
+        return {
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis_url,
+            "JWT_SECRET_KEY": self.jwt_secret,
+        }
+
+
+def ensure_database(url: str) -> bool:
+    """Create the database if it is missing; True if it was created."""
+    target = sa.engine.make_url(url)
+    admin = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            exists = conn.scalar(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": target.database}
+            )
+            if not exists:
+                conn.execute(sa.text(f'CREATE DATABASE "{target.database}"'))
+            return not exists
+    finally:
+        admin.dispose()
+
+
+def migrate(env: dict[str, str]) -> None:
+    """``flask --app wsgi db upgrade``, exactly as an operator runs it."""
+    subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+
+
+@dataclass(frozen=True)
+class SeedInfo:
+    agents: int
+    capacity: int
+    held: int
+    unassigned: int
+    queued: int
+    seconds: float
+
+
+class Seeder:
+    """Owns an app (the product's, for its models, rebuild and JWT settings)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from service import create_app
+
+        self.app = create_app(env=settings.service_env())
+
+    def close(self) -> None:
+        from service.extensions import db
+
+        with self.app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+        self.app.extensions["ticket_queue"].client.close()
+
+    @property
+    def queue(self) -> TicketQueue:
+        queue: TicketQueue = self.app.extensions["ticket_queue"]
+        return queue
+
+    def seed(self, agents: int, capacity: int, held: int, unassigned: int) -> SeedInfo:
+        """Replace all state: ``agents`` agents holding ``held`` tickets each, then
+        ``unassigned`` queued tickets."""
+        import time
+
+        from service.auth import hash_password
+        from service.domain.rebuild import rebuild
+        from service.extensions import db
+
+        started = time.monotonic()
+        with self.app.app_context():
+            session = db.session
+            session.execute(
+                sa.text(
+                    "TRUNCATE users, tickets, ticket_events, revoked_tokens "
+                    "RESTART IDENTITY CASCADE"
+                )
+            )
+            session.execute(
+                sa.text(
+                    "INSERT INTO users (username, password_hash, role, is_active, capacity,"
+                    " created_at) SELECT 'bench-agent-' || g, :hash, 'agent', true, :capacity,"
+                    " now() FROM generate_series(1, :n) AS g"
+                ),
+                {"hash": hash_password("bench-password"), "capacity": capacity, "n": agents},
+            )
+            # Held tickets first (the oldest), then the queue behind them.
+            session.execute(
+                sa.text(
+                    "INSERT INTO tickets (title, description, status, agent_id, created_at,"
+                    " updated_at, assigned_at)"
+                    " SELECT :title || ' ' || g, :description, 'assigned',"
+                    " 1 + (g - 1) / :held, now(), now(), now()"
+                    " FROM generate_series(1, :n) AS g"
+                ),
+                {
+                    "title": TICKET_TITLE,
+                    "description": TICKET_DESCRIPTION,
+                    "held": max(held, 1),
+                    "n": agents * held,
+                },
+            )
+            session.execute(
+                sa.text(
+                    "INSERT INTO tickets (title, description, status, created_at, updated_at)"
+                    " SELECT :title || ' ' || g, :description, 'unassigned', now(), now()"
+                    " FROM generate_series(:first, :last) AS g"
+                ),
+                {
+                    "title": TICKET_TITLE,
+                    "description": TICKET_DESCRIPTION,
+                    "first": agents * held + 1,
+                    "last": agents * held + unassigned,
+                },
+            )
+            session.commit()
+            with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("VACUUM ANALYZE users, tickets, ticket_events")
+            self.queue.client.flushdb()
+            rebuild(session, self.queue)
+            queued, _ = self.queue.depth()
+        return SeedInfo(
+            agents, capacity, agents * held, unassigned, queued, time.monotonic() - started
+        )
+
+    def write_tokens(self, path: Path, agents: int) -> None:
+        """One line per agent: ``<id> <access token>``."""
+        with self.app.app_context():
+            lines = [
+                f"{agent} "
+                + create_access_token(
+                    identity=str(agent),
+                    additional_claims={"role": "agent"},
+                    expires_delta=TOKEN_LIFETIME,
+                )
+                for agent in range(1, agents + 1)
+            ]
+        path.write_text("\n".join(lines) + "\n")
+
+    def queue_depth(self) -> tuple[int, int]:
+        """(queued, reserved) in Redis."""
+        depth: tuple[int, int] = self.queue.depth()
+        return depth
