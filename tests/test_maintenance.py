@@ -18,7 +18,7 @@ from live import ROOT
 
 from service.domain.assignment import assign, sell
 from service.domain.audit import Violation, audit
-from service.domain.maintenance import push_missing, reap, reconcile, relay
+from service.domain.maintenance import push_missing, reap, reconcile, relay, tidy_queue
 from service.domain.rebuild import rebuild
 from service.domain.tickets import delete_ticket
 from service.extensions import db
@@ -234,6 +234,21 @@ def test_reconcile_clears_held_sets_of_sold_tickets_and_unknown_agents(ctx, fact
     assert reconcile(db.session, queue) == 2
     assert queue.held(agent) == {held[1]}
     assert queue.held(999_999) == set()
+
+
+def test_tidy_queue_takes_out_strays_and_fixes_order_without_pushing(ctx, factory):
+    queue = ctx
+    agent = factory.agents(1)[0]
+    ids = factory.bulk_tickets(4)
+    held = [t.id for t in assign(db.session, queue, agent, LEASE).tickets]
+    lost = insert_unqueued(1)  # the relay's business, not tidy_queue's
+    queue.push(held[:1])  # a stale entry of a ticket the agent holds
+    queue.client.zadd(queue.queue_key, {"x": 2})
+    fixes = tidy_queue(db.session, queue)
+    assert (fixes.extra, fixes.out_of_order, fixes.missing) == (2, 0, 0)
+    assert queued_ids(queue) == []
+    assert relay(db.session, queue) == 1 and queued_ids(queue) == lost
+    assert held == ids
 
 
 # -- rebuild -----------------------------------------------------------------

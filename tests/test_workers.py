@@ -147,13 +147,17 @@ def test_a_wiped_redis_is_rebuilt(tmp_path, queue, factory: Factory):
         assert "rebuild: done, fixed:" in proc.log
 
 
-def test_a_drifted_held_set_is_resynced(tmp_path, queue, factory: Factory):
+def test_drift_is_reconciled(tmp_path, queue, factory: Factory):
     agent = factory.agents(1)[0]
-    factory.bulk_tickets(1)
+    ids = factory.bulk_tickets(3)
     queue.client.sadd(queue.held_key(agent), 424242)  # an id the agent never got
+    queue.client.zadd(queue.queue_key, {"424243": 424243, str(ids[1]): 1})  # stray; disordered
     with workers(tmp_path) as proc:
         wait_for(lambda: queue.held(agent) == set(), "reconcile to fix the held set", 10)
+        wait_for(lambda: queued_ids(queue) == ids, "reconcile to tidy the queue", 10)
+        assert queue.client.zscore(queue.queue_key, str(ids[1])) == ids[1]
         assert f"resynced held set of agent {agent}" in proc.log
+        assert "queue: took out 1 stray id(s): 424243" in proc.log
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -8,7 +8,7 @@ One process runs four loops, each calling the domain code in
 * reaper (``REAPER_INTERVAL_SECONDS``, default 1): return reservations whose
   lease ended to the queue, or drop them if the ticket was taken or deleted;
 * reconcile (``RECONCILE_INTERVAL_SECONDS``, default 30): resync held sets that
-  disagree with PostgreSQL;
+  disagree with PostgreSQL, take stray ids out of the queue, reset wrong scores;
 * rebuild (checked at the reaper's interval): if ``{tq}:epoch`` is missing,
   Redis lost its data, so rebuild it from PostgreSQL.
 

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 
 from service.domain import DbSession
-from service.domain.maintenance import reap, reconcile, relay
+from service.domain.maintenance import reap, reconcile, relay, tidy_queue
 from service.domain.rebuild import rebuild
 from service.queue import TicketQueue
 
@@ -46,6 +46,7 @@ def build_jobs(
 
     def reconcile_step() -> None:
         reconcile(session, queue)
+        tidy_queue(session, queue)
 
     return [
         # The rebuild first: while Redis is empty, the others would only redo

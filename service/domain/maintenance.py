@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, any_, literal, select
+from sqlalchemy import BigInteger, ColumnElement, any_, func, literal, select
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from .. import metrics
@@ -169,6 +169,84 @@ def relay(session: DbSession, queue: TicketQueue, *, batch: int = BATCH) -> int:
             log.info("relay: queued %d missing ticket(s): %s", len(added), shorten(added))
             pushed += len(added)
     return pushed
+
+
+@dataclass
+class QueueRepair:
+    """What one pass over the queue found (and, unless a dry run, put right)."""
+
+    unassigned: int = 0  # unassigned tickets PostgreSQL had during the pass
+    missing: int = 0  # unassigned, neither queued nor reserved: queued
+    extra: int = 0  # queued, but assigned, sold, deleted or no id at all: taken out
+    out_of_order: int = 0  # queued with a score other than the id: score reset
+
+
+def repair_queue(
+    session: DbSession,
+    queue: TicketQueue,
+    *,
+    push: bool = True,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    batch: int = BATCH,
+) -> QueueRepair:
+    """Make the queue hold exactly PostgreSQL's unassigned tickets, scored by id.
+
+    One pass in id order: queue missing ids (unless ``push`` is False: the
+    relay's job), take out ids PostgreSQL no longer has as unassigned after a
+    re-check under their row locks, reset wrong scores.
+    """
+    fixes = QueueRepair()
+    total = session.scalar(select(func.count()).where(Ticket.status == "unassigned")) or 0
+    session.rollback()
+    if progress:
+        progress("queue", 0, total)
+    for part in compare_queue(session, queue, batch):
+        fixes.unassigned += len(part.unassigned)
+        if push:
+            added = push_missing(session, queue, part.unqueued, dry_run=dry_run)
+            fixes.missing += len(added)
+            if added and not dry_run:
+                log.info("queue: queued %d missing ticket(s): %s", len(added), shorten(added))
+        if part.disordered:
+            fixes.out_of_order += (
+                len(part.disordered) if dry_run else queue.fix_order(part.disordered)
+            )
+            if not dry_run:
+                log.info("queue: reset the score of %s to the id", shorten(part.disordered))
+        if part.garbage:
+            fixes.extra += len(part.garbage) if dry_run else queue.dequeue(part.garbage)
+            if not dry_run:
+                log.info("queue: took out members that are no ticket id: %s", part.garbage[:20])
+        # A disordered id may also be one PostgreSQL no longer has as unassigned.
+        suspects = part.extra + part.disordered
+        if suspects:
+            fixes.extra += len(_dequeue_taken(session, queue, suspects, dry_run))
+        if progress:
+            progress("queue", fixes.unassigned, max(total, fixes.unassigned))
+    return fixes
+
+
+def tidy_queue(session: DbSession, queue: TicketQueue) -> QueueRepair:
+    """Take stray ids out of the queue and reset wrong scores; the relay adds missing ones."""
+    return repair_queue(session, queue, push=False)
+
+
+def _dequeue_taken(
+    session: DbSession, queue: TicketQueue, ids: list[int], dry_run: bool
+) -> list[int]:
+    """Take out of the queue those of ``ids`` that are assigned, sold or deleted."""
+    try:
+        # Re-check under the row locks: a release that makes one of them
+        # unassigned again waits, then queues it itself after we are done.
+        still = set(unassigned_among(session, ids, lock=not dry_run))
+        taken = sorted(i for i in set(ids) if i not in still)
+        if taken and not dry_run:
+            queue.dequeue(taken)
+            log.info("queue: took out %d stray id(s): %s", len(taken), shorten(taken))
+        return taken
+    finally:
+        session.rollback()
 
 
 @dataclass(frozen=True)

@@ -16,21 +16,12 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from ..models import RevokedToken, Ticket, utcnow
+from ..models import RevokedToken, utcnow
 from ..queue import TicketQueue
 from . import DbSession
-from .maintenance import (
-    BATCH,
-    Progress,
-    compare_queue,
-    end_reservations,
-    fix_held,
-    push_missing,
-    shorten,
-    unassigned_among,
-)
+from .maintenance import BATCH, Progress, end_reservations, fix_held, repair_queue
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +73,9 @@ def rebuild(
     # A wipe while we run deletes this marker, and then the epoch stays unset.
     token = None if dry_run else queue.begin_build()
 
-    _merge_queue(session, queue, summary, report, dry_run, batch)
+    fixes = repair_queue(session, queue, dry_run=dry_run, progress=report, batch=batch)
+    summary.unassigned, summary.missing = fixes.unassigned, fixes.missing
+    summary.extra, summary.out_of_order = fixes.extra, fixes.out_of_order
     _clear_reservations(session, queue, summary, dry_run)
     report("held sets", 0, 1)
     summary.held_fixed = len(fix_held(session, queue, dry_run=dry_run))
@@ -96,57 +89,6 @@ def rebuild(
     summary.seconds = time.monotonic() - started
     log.info("rebuild %s", summary.describe())
     return summary
-
-
-def _merge_queue(
-    session: DbSession,
-    queue: TicketQueue,
-    summary: RebuildSummary,
-    report: Progress,
-    dry_run: bool,
-    batch: int,
-) -> None:
-    """Queue missing ids, take out extra ones, reset wrong scores: one pass in id order."""
-    total = session.scalar(select(func.count()).where(Ticket.status == "unassigned")) or 0
-    session.rollback()
-    report("queue", 0, total)
-    for part in compare_queue(session, queue, batch):
-        summary.unassigned += len(part.unassigned)
-        added = push_missing(session, queue, part.unqueued, dry_run=dry_run)
-        summary.missing += len(added)
-        if added and not dry_run:
-            log.info("rebuild: queued %d missing ticket(s): %s", len(added), shorten(added))
-        if part.disordered:
-            fixed = queue.fix_order(part.disordered) if not dry_run else len(part.disordered)
-            summary.out_of_order += fixed
-            if not dry_run:
-                log.info("rebuild: reset the queue score of %s", shorten(part.disordered))
-        if part.garbage:
-            summary.extra += len(part.garbage) if dry_run else queue.dequeue(part.garbage)
-        # A disordered id may also be one PostgreSQL no longer has as unassigned.
-        suspects = part.extra + part.disordered
-        if suspects:
-            summary.extra += len(_dequeue_taken(session, queue, suspects, dry_run))
-        report("queue", summary.unassigned, max(total, summary.unassigned))
-
-
-def _dequeue_taken(
-    session: DbSession, queue: TicketQueue, ids: list[int], dry_run: bool
-) -> list[int]:
-    """Take out of the queue those of ``ids`` that are assigned, sold or deleted."""
-    try:
-        # Re-check under the row locks: a release that makes one of them
-        # unassigned again waits, then queues it itself after we are done.
-        still = set(unassigned_among(session, ids, lock=not dry_run))
-        taken = sorted(i for i in set(ids) if i not in still)
-        if taken and not dry_run:
-            queue.dequeue(taken)
-            log.info(
-                "rebuild: took %d extra id(s) out of the queue: %s", len(taken), shorten(taken)
-            )
-        return taken
-    finally:
-        session.rollback()
 
 
 def _clear_reservations(
