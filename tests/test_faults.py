@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from conftest import TEST_DATABASE_URL, Factory, reset_state, service_env
 from flask import Flask
 from live import ROOT, gunicorn
+from proxy import tcp_proxy
 from redis_server import RedisServer
 
 from service import create_app
@@ -74,10 +75,17 @@ class Stack:
     url: str = ""
     admin: int = 0
     agents: list[int] = field(default_factory=list)
+    # Where the servers and the workers reach PostgreSQL (a proxy), if not directly.
+    database_url: str = TEST_DATABASE_URL
 
     def env(self, **extra: str) -> dict[str, str]:
         return service_env(
-            **{"REDIS_URL": self.redis.url, "RESERVATION_LEASE_SECONDS": str(LEASE), **extra}
+            **{
+                "DATABASE_URL": self.database_url,
+                "REDIS_URL": self.redis.url,
+                "RESERVATION_LEASE_SECONDS": str(LEASE),
+                **extra,
+            }
         )
 
     def session(self, user: int, role: str = "agent") -> requests.Session:
@@ -251,6 +259,39 @@ def test_crash_before_the_confirm_commits(stack: Stack, point: str) -> None:
         assert time.monotonic() - at <= LEASE + INTERVAL + SLACK
         assert stack.assign(bob) == tickets[3:]
         stack.wait_settled(SLACK)
+
+
+def test_postgres_outage_with_a_reservation_orphaned(stack: Stack) -> None:
+    """A fetch dies after its pop, then PostgreSQL goes away past the lease: the reaper cannot
+    tell what to do and changes nothing; once PostgreSQL is back the same server and workers
+    hand the tickets out again."""
+    alice, bob = stack.agents
+    tickets = stack.factory.tickets(6)
+    target = sa.engine.make_url(TEST_DATABASE_URL)
+    with tcp_proxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
+        stack.database_url = target.set(host="127.0.0.1", port=proxy.port).render_as_string(
+            hide_password=False
+        )
+        with armed_server(stack, "assign.after_reserve") as once:
+            with stack.session(alice) as http:
+                killed(once, lambda: http.get(f"{stack.url}{ASSIGN}"))
+            proxy.cut()
+            with stack.session(bob) as http:
+                response = http.get(f"{stack.url}{ASSIGN}", timeout=10)
+            assert response.status_code == 503
+            assert response.json()["error"]["code"] == "database_unavailable"
+            time.sleep(LEASE + 3 * INTERVAL)  # the lease ends during the outage
+            assert stack.reserved() == tickets[:3]
+            with stack.redis.client() as r:
+                assert r.zrange("{tq}:queue", 0, -1) == [str(t) for t in tickets[3:]]
+
+            proxy.restore()
+            at = time.monotonic()
+            # The workers back off up to WORKER_MAX_BACKOFF_SECONDS between attempts.
+            assert poll(lambda: stack.assign(alice), 1 + INTERVAL + SLACK) == tickets[:3]
+            assert time.monotonic() - at <= 1 + INTERVAL + SLACK
+            assert stack.assign(bob) == tickets[3:]
+            stack.wait_settled(SLACK)
 
 
 def test_crash_after_the_confirm_commits(stack: Stack) -> None:
