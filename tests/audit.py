@@ -37,40 +37,56 @@ class AuditReport:
         )
 
 
-def _replay_events(conn: sa.Connection, tickets: dict[int, tuple[str, int | None]]) -> list[str]:
-    """Replay each ticket's history; a second holder or a foreign sale is a problem (I1)."""
+def _replay_events(
+    conn: sa.Connection,
+    tickets: dict[int, tuple[str, int | None]],
+    capacities: dict[int, int],
+) -> list[str]:
+    """Replay the event log in id order.
+
+    I1: a ticket is assigned only while unassigned and sold only by its holder,
+    and the replay ends where the tickets table is. I2 over time: no agent ever
+    held more than its capacity. Event ids are taken inside each transaction,
+    so within one ticket they follow causality; and a confirm that counted a
+    sale as done took its ids after that sale's, so the replayed count never
+    exceeds what the confirm saw.
+    """
     problems: list[str] = []
-    # Within one ticket the ids follow causality: an event is written by a
-    # transaction that saw the one before it committed.
+    state: dict[int, tuple[str, int | None]] = {}
+    held: dict[int, int] = defaultdict(int)
+    peak: dict[int, int] = defaultdict(int)
     rows = conn.execute(
-        sa.text("SELECT ticket_id, kind, agent_id FROM ticket_events ORDER BY ticket_id, id")
+        sa.text("SELECT ticket_id, kind, agent_id FROM ticket_events ORDER BY id")
     ).all()
-    history: dict[int, list[tuple[str, int | None]]] = defaultdict(list)
     for ticket_id, kind, agent_id in rows:
-        history[ticket_id].append((kind, agent_id))
-    for ticket_id, (status, holder) in tickets.items():
-        state, owner = "unassigned", None
-        for kind, agent_id in history.get(ticket_id, []):
-            if kind == "assigned":
-                if state != "unassigned":
-                    problems.append(
-                        f"ticket {ticket_id} assigned to {agent_id} while {state} by {owner}"
-                    )
-                state, owner = "assigned", agent_id
-            elif kind == "released":
-                if state != "assigned":
-                    problems.append(f"ticket {ticket_id} released while {state}")
-                state, owner = "unassigned", None
-            elif kind == "sold":
-                if state != "assigned" or owner != agent_id:
-                    problems.append(
-                        f"ticket {ticket_id} sold by {agent_id} while {state} by {owner}"
-                    )
-                state, owner = "sold", agent_id
-        if (state, owner) != (status, holder):
-            problems.append(
-                f"ticket {ticket_id} is {status} by {holder} but its events say {state} by {owner}"
-            )
+        status, owner = state.get(ticket_id, ("unassigned", None))
+        if kind == "assigned":
+            if status != "unassigned":
+                problems.append(
+                    f"ticket {ticket_id} assigned to {agent_id} while {status} by {owner}"
+                )
+            state[ticket_id] = ("assigned", agent_id)
+            held[agent_id] += 1
+            peak[agent_id] = max(peak[agent_id], held[agent_id])
+        elif kind in ("released", "deleted", "sold"):
+            if status == "assigned" and owner is not None:
+                held[owner] -= 1
+            if kind == "sold" and (status != "assigned" or owner != agent_id):
+                problems.append(f"ticket {ticket_id} sold by {agent_id} while {status} by {owner}")
+            if kind == "released" and status != "assigned":
+                problems.append(f"ticket {ticket_id} released while {status}")
+            state[ticket_id] = {
+                "released": ("unassigned", None),
+                "deleted": ("deleted", None),
+                "sold": ("sold", agent_id),
+            }[kind]
+    for agent_id, most in peak.items():
+        if most > capacities.get(agent_id, 0):
+            problems.append(f"agent {agent_id} held {most} tickets at once, over its capacity")
+    for ticket_id, now in tickets.items():
+        replayed = state.get(ticket_id, ("unassigned", None))
+        if replayed != now:
+            problems.append(f"ticket {ticket_id} is {now} but its events say {replayed}")
     return problems
 
 
@@ -83,6 +99,10 @@ def audit(
     prefix: str = "{tq}",
 ) -> AuditReport:
     """Read PostgreSQL and Redis and list every broken invariant in ``problems``.
+
+    The event log is replayed (see ``_replay_events``), so a ticket that ever
+    reached two agents, or an agent that ever held more than its capacity, shows
+    even if the end state looks right.
 
     ``created`` is the set of ticket ids the test made: nothing may be lost or
     appear from nowhere. ``settled`` means no request is in flight: then Redis
@@ -100,7 +120,7 @@ def audit(
                 sa.text("SELECT id, capacity FROM users WHERE role = 'agent'")
             ).all()
         }
-        problems.extend(_replay_events(conn, tickets))
+        problems.extend(_replay_events(conn, tickets, report.capacities))
 
     report.created = len(tickets)
     holdings: dict[int, list[int]] = defaultdict(list)
