@@ -21,7 +21,14 @@ from sqlalchemy import select
 from ..models import RevokedToken, utcnow
 from ..queue import TicketQueue
 from . import DbSession
-from .maintenance import BATCH, Progress, end_reservations, fix_held, repair_queue
+from .maintenance import (
+    BATCH,
+    Progress,
+    end_reservations,
+    fix_held,
+    repair_queue,
+    unassigned_among,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +117,15 @@ def _clear_reservations(
         )
         cleared += len(result)
     if live:
-        result = end_reservations(
-            session, queue, live, cutoff=float("inf"), requeue=False, dry_run=dry_run
-        )
-        cleared += len(result)
+        # Only reservations of taken or deleted tickets go; no row lock is
+        # needed (nothing is queued), so confirms in flight never wait for us.
+        still = set(unassigned_among(session, live))
+        session.rollback()
+        stale = [i for i in live if i not in still]
+        if dry_run:
+            cleared += len(stale)
+        else:
+            cleared += len(queue.reap(stale, requeue=False, cutoff=float("inf")))
     if cleared:
         log.info("rebuild: ended %d stale reservation(s)", cleared)
     summary.reservations_cleared = cleared
