@@ -29,7 +29,7 @@ import requests
 import sqlalchemy as sa
 from conftest import TEST_DATABASE_URL, Factory, reset_state, service_env
 from flask import Flask
-from live import ROOT, gunicorn
+from live import ROOT, Server, gunicorn
 from proxy import tcp_proxy
 from redis_server import RedisServer
 
@@ -44,7 +44,7 @@ LEASE = 2  # RESERVATION_LEASE_SECONDS for every server here
 INTERVAL = 0.3  # the workers' relay, reaper and reconcile intervals
 # What a recovery may take beyond lease + interval: polling, a worker's
 # Redis TIME rounding, a busy shared machine.
-SLACK = 2.0
+SLACK = 3.0
 WORKER_ENV = {
     "RELAY_INTERVAL_SECONDS": str(INTERVAL),
     "REAPER_INTERVAL_SECONDS": str(INTERVAL),
@@ -179,16 +179,15 @@ def stack(_schema: None, redis_server: RedisServer, tmp_path: Path) -> Iterator[
 
 
 @contextmanager
-def workers(stack: Stack) -> Iterator[subprocess.Popen[bytes]]:
+def workers(stack: Stack, *, wait: bool = True) -> Iterator[subprocess.Popen[bytes]]:
     """``python -m workers`` with short intervals; ready once it has built Redis."""
     env = {**os.environ, **stack.env(**WORKER_ENV), "PYTHONUNBUFFERED": "1"}
     for name in ("TQ_FAULT_INJECTION", "TQ_FAULT_KILL_AT", "TQ_FAULT_ONCE_FILE"):
         env.pop(name, None)
     proc = subprocess.Popen([sys.executable, "-m", "workers"], cwd=ROOT, env=env)
     try:
-        with stack.redis.client() as r:
-            poll(lambda: r.exists("{tq}:epoch") or proc.poll() is not None, 20)
-        assert proc.poll() is None, f"the workers exited with {proc.returncode}"
+        if wait:
+            wait_built(stack, proc)
         yield proc
     finally:
         if proc.poll() is None:
@@ -200,14 +199,28 @@ def workers(stack: Stack) -> Iterator[subprocess.Popen[bytes]]:
                 proc.wait()
 
 
+def wait_built(stack: Stack, proc: subprocess.Popen[bytes]) -> None:
+    with stack.redis.client() as r:
+        poll(lambda: r.exists("{tq}:epoch") or proc.poll() is not None, 20)
+    assert proc.poll() is None, f"the workers exited with {proc.returncode}"
+
+
+@contextmanager
+def serving(stack: Stack, env: dict[str, str], processes: int = 2) -> Iterator[Server]:
+    """gunicorn and the workers, started side by side; the workers have built Redis."""
+    with workers(stack, wait=False) as proc, gunicorn(env, workers=processes) as server:
+        wait_built(stack, proc)
+        stack.url = server.url
+        yield server
+
+
 @contextmanager
 def armed_server(stack: Stack, point: str) -> Iterator[Path]:
     """gunicorn that SIGKILLs the worker reaching ``point``, once; the workers running."""
     once = stack.tmp / f"kill-at-{point}"
     once.touch()
     env = stack.env(TQ_FAULT_INJECTION="1", TQ_FAULT_KILL_AT=point, TQ_FAULT_ONCE_FILE=str(once))
-    with workers(stack), gunicorn(env, workers=2) as server:
-        stack.url = server.url
+    with serving(stack, env):
         yield once
 
 
@@ -447,8 +460,7 @@ def test_flushall_under_load(loaded: Stack) -> None:
         with stack.redis.client() as r:
             r.flushall()
 
-    with workers(stack), gunicorn(stack.env(), workers=3) as server:
-        stack.url = server.url
+    with serving(stack, stack.env(), processes=3):
         load = run_load(stack, duration=3.0, disrupt=flushall, at=1.2)
         check_after_load(stack, load, fetch_may_fail=False)
 
@@ -463,8 +475,7 @@ def test_redis_restart_under_load(loaded: Stack) -> None:
         time.sleep(0.7)
         stack.redis.start()
 
-    with workers(stack), gunicorn(stack.env(), workers=3) as server:
-        stack.url = server.url
+    with serving(stack, stack.env(), processes=3):
         load = run_load(stack, duration=3.5, disrupt=restart, at=1.0)
         assert 503 in load.statuses["fetch"]
         check_after_load(stack, load, fetch_may_fail=True)
@@ -562,8 +573,7 @@ def test_sigterm_past_the_graceful_timeout_loses_no_reservation(stack: Stack) ->
     assert all(state == ("unassigned", None) for state in stack.tickets().values())
 
     # The reaper returns the orphaned reservation; a new server hands the tickets out.
-    with workers(stack), gunicorn(stack.env()) as server:
-        stack.url = server.url
+    with serving(stack, stack.env()):
         assert poll(lambda: stack.assign(bob), LEASE + INTERVAL + SLACK) == tickets
         assert stack.assign(alice) == []
         stack.wait_settled(SLACK)
