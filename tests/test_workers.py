@@ -174,6 +174,25 @@ def test_a_stop_signal_exits_zero_promptly(tmp_path, queue, sig):
         proc.stop(signal.SIGKILL)
 
 
+def catches_sigterm(pid: int) -> bool:
+    """Whether the process has a SIGTERM handler installed (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
+
+
+def test_a_stop_signal_during_start_up_exits_zero(tmp_path, queue):
+    proc = Workers(tmp_path / "w.log", service_env(**FAST))
+    try:
+        wait_for(lambda: catches_sigterm(proc.proc.pid), "the handler to be installed", 20)
+        assert "workers started" not in proc.log  # still importing and creating the app
+        assert proc.stop(signal.SIGTERM, timeout=30) == 0
+        assert "workers stopped" in proc.log
+    finally:
+        proc.stop(signal.SIGKILL)
+
+
 @pytest.mark.parametrize(
     "env",
     [

@@ -11,7 +11,14 @@ import logging
 import signal
 import sys
 
-from service.config import ConfigError
+# A stop asked for while the process still imports and starts up (an
+# orchestrator may send SIGTERM at any moment) is remembered, not fatal: the
+# loop ends as soon as it exists, and the exit status is still 0.
+_early_stop: list[int] = []
+signal.signal(signal.SIGTERM, lambda signum, frame: _early_stop.append(signum))
+signal.signal(signal.SIGINT, lambda signum, frame: _early_stop.append(signum))
+
+from service.config import ConfigError  # noqa: E402 - after the handlers, on purpose
 
 log = logging.getLogger("workers")
 
@@ -65,6 +72,8 @@ def run() -> int:
         runner.jobs = build_jobs(db.session, queue, config, runner.check_stop)
         signal.signal(signal.SIGTERM, runner.stop)
         signal.signal(signal.SIGINT, runner.stop)
+        if _early_stop:
+            runner.stop()
         log.info(
             "workers started: relay every %ss, reaper every %ss, reconcile every %ss",
             config.relay_interval,
