@@ -40,7 +40,9 @@ from service.state import ticket_queue
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
-LEASE = 2  # RESERVATION_LEASE_SECONDS for every server here
+# RESERVATION_LEASE_SECONDS for every server here. Leases end on whole seconds of
+# Redis's clock, so one lasts between LEASE - 1 and LEASE seconds.
+LEASE = 3
 INTERVAL = 0.3  # the workers' relay, reaper and reconcile intervals
 # What a recovery may take beyond lease + interval: polling, a worker's
 # Redis TIME rounding, a busy shared machine.

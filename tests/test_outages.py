@@ -181,6 +181,8 @@ def test_redis_down_assign_503_while_postgres_writes_go_on(world: World) -> None
         f"/api/admin/users/{world.bob.id}/", json={"capacity": 2}, headers=world.admin
     )
     assert patched.status_code == 200 and patched.json["capacity"] == 2
+    carol = {"username": "carol", "password": PASSWORD, "role": "agent"}
+    assert c.post("/api/admin/users/", json=carol, headers=world.admin).status_code == 201
     login = c.post("/api/auth/token/", json={"username": "bob", "password": PASSWORD})
     assert login.status_code == 200, login.get_data(as_text=True)
     refresh = {"Authorization": f"Bearer {login.json['refresh_token']}"}
