@@ -226,10 +226,10 @@ def armed_server(stack: Stack, point: str) -> Iterator[Path]:
         yield once
 
 
-def killed(once: Path, request: Callable[[], requests.Response]) -> float:
-    """Make ``request``; assert its worker died at the armed point; return when."""
+def killed(once: Path, http: requests.Session, method: str, url: str, **kwargs: Any) -> float:
+    """Make the request; assert its worker died at the armed point; return when."""
     with pytest.raises(requests.ConnectionError):
-        request()
+        http.request(method, url, timeout=20, **kwargs)
     assert not once.exists(), "the fault point was not reached"
     return time.monotonic()
 
@@ -242,10 +242,7 @@ def test_crash_after_the_insert_commits(stack: Stack) -> None:
     alice, bob = stack.agents
     with armed_server(stack, "ticket.after_insert") as once:
         with stack.session(stack.admin, "admin") as admin:
-            at = killed(
-                once,
-                lambda: admin.post(f"{stack.url}/api/admin/tickets/", json={"title": "t"}),
-            )
+            at = killed(once, admin, "POST", f"{stack.url}/api/admin/tickets/", json={"title": "t"})
         [(ticket, state)] = stack.tickets().items()
         assert state == ("unassigned", None)  # committed, no answer sent
 
@@ -263,7 +260,7 @@ def test_crash_before_the_confirm_commits(stack: Stack, point: str) -> None:
     tickets = stack.factory.tickets(6)
     with armed_server(stack, point) as once:
         with stack.session(alice) as http:
-            at = killed(once, lambda: http.get(f"{stack.url}{ASSIGN}"))
+            at = killed(once, http, "GET", f"{stack.url}{ASSIGN}")
         assert stack.reserved() == tickets[:3]  # the dead fetch's reservation
         assert all(state == ("unassigned", None) for state in stack.tickets().values())
 
@@ -289,7 +286,7 @@ def test_postgres_outage_with_a_reservation_orphaned(stack: Stack) -> None:
         )
         with armed_server(stack, "assign.after_reserve") as once:
             with stack.session(alice) as http:
-                killed(once, lambda: http.get(f"{stack.url}{ASSIGN}"))
+                killed(once, http, "GET", f"{stack.url}{ASSIGN}")
             proxy.cut()
             with stack.session(bob) as http:
                 response = http.get(f"{stack.url}{ASSIGN}", timeout=10)
@@ -315,7 +312,7 @@ def test_crash_after_the_confirm_commits(stack: Stack) -> None:
     tickets = stack.factory.tickets(6)
     with armed_server(stack, "assign.after_confirm") as once:
         with stack.session(alice) as http:
-            killed(once, lambda: http.get(f"{stack.url}{ASSIGN}"))
+            killed(once, http, "GET", f"{stack.url}{ASSIGN}")
         assert stack.reserved() == tickets[:3]
         assert {stack.tickets()[t] for t in tickets[:3]} == {("assigned", alice)}
 
@@ -332,7 +329,7 @@ def test_crash_after_a_sale_commits(stack: Stack) -> None:
     with armed_server(stack, "sell.after_commit") as once:
         assert stack.assign(alice) == tickets[:3]
         with stack.session(alice) as http:
-            killed(once, lambda: http.post(f"{stack.url}/api/agent/tickets/sell/{tickets[0]}/"))
+            killed(once, http, "POST", f"{stack.url}/api/agent/tickets/sell/{tickets[0]}/")
             assert stack.tickets()[tickets[0]] == ("sold", alice)
             again = http.post(f"{stack.url}/api/agent/tickets/sell/{tickets[0]}/", timeout=10)
         assert again.status_code == 409 and again.json()["error"]["code"] == "already_sold"
