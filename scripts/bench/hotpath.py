@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--paths", default="ceiling,fast,topup", help="which paths to run")
     p.add_argument("--variant", choices=VARIANTS, default="current")
+    p.add_argument("--depth", type=int, default=1000, help="tickets queued behind the agents'")
     p.add_argument(
         "--cpu-profile", action="store_true", help="CPU milliseconds per step (cProfile)"
     )
@@ -219,17 +220,22 @@ def main(argv: list[str] | None = None) -> int:
 
         client = app.test_client()
         if "fast" in paths:
-            seeder.seed(AGENTS, 15, 15, 1000)
+            seeder.seed(AGENTS, 15, 15, args.depth)
 
             def fast() -> int:
                 reply = client.get(ASSIGN, headers=agent())
                 assert reply.status_code == 200 and len(_tickets(reply)) == 15
                 return 1
 
-            _measure(f"product: fast path [{args.variant}]", args.requests, fast, args.cpu_profile)
+            _measure(
+                f"product: fast path [{args.variant}] depth {args.depth}",
+                args.requests,
+                fast,
+                args.cpu_profile,
+            )
 
         if "topup" in paths:
-            seeder.seed(AGENTS, 15, 15, args.requests + 1000)
+            seeder.seed(AGENTS, 15, 15, max(args.depth, args.requests + 1000))
             oldest: dict[int, int] = {}
 
             def cycle() -> int:
@@ -245,7 +251,10 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
 
             _measure(
-                f"product: sell + top-up [{args.variant}]", args.requests, cycle, args.cpu_profile
+                f"product: sell + top-up [{args.variant}] depth {args.depth}",
+                args.requests,
+                cycle,
+                args.cpu_profile,
             )
     finally:
         seeder.close()

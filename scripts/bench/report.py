@@ -118,7 +118,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     ax_rps.set_ylim(bottom=0)
     ax_p99.set_ylim(bottom=0)
-    ax_rps.legend(fontsize=8)
+    if ax_rps.get_legend_handles_labels()[0]:
+        ax_rps.legend(fontsize=8)
     meta = result["meta"]
     fig.suptitle(
         f"{meta['command']} — {meta['started']}, commit {meta['commit']}", fontsize=9, y=0.995

@@ -88,7 +88,9 @@ class Seeder:
     def __init__(self, settings: Settings) -> None:
         from service import create_app
 
-        self.app = create_app(env=settings.service_env())
+        # Bulk inserts, VACUUM, the rebuild and the audit of a million tickets
+        # take longer than the service's statement timeout allows a request.
+        self.app = create_app(env={**settings.service_env(), "DB_STATEMENT_TIMEOUT_MS": "900000"})
 
     def close(self) -> None:
         from service.extensions import db
