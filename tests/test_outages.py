@@ -291,8 +291,20 @@ def test_postgres_down_every_route_503_then_recovers(world: World) -> None:
     redis_before = world.redis_state()
     db_before = world.db_state()
 
+    routes = every_db_route(world, world.alice.id, tickets[0])
+    adapter = world.app.url_map.bind("localhost")
+    covered = {(m, adapter.match(p, method=m, return_rule=True)[0].rule) for m, p, _ in routes}
+    db_free = {"/healthz", "/readyz", "/metrics", "/api/docs", "/api/openapi.json"}
+    every = {
+        (method, rule.rule)
+        for rule in world.app.url_map.iter_rules()
+        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}
+        if rule.rule not in db_free and rule.endpoint != "static"
+    }
+    assert covered == every, "a route is missing from this test"
+
     world.proxy.cut()
-    for method, path, body in every_db_route(world, world.alice.id, tickets[0]):
+    for method, path, body in routes:
         who = "alice" if "/agent/" in path else "admin"
         if path.startswith("/api/auth/"):
             who = "refresh" if "refresh" in path else "alice"
@@ -300,6 +312,9 @@ def test_postgres_down_every_route_503_then_recovers(world: World) -> None:
         assert_error(response, 503, "database_unavailable")
     assert_error(c.get("/readyz"), 503, "not_ready")
     assert c.get("/healthz").status_code == 200
+    metrics = c.get("/metrics")
+    assert metrics.status_code == 200
+    assert 'tq_scrape_error{dependency="database"} 1.0' in metrics.get_data(as_text=True)
     assert world.redis_state() == redis_before, "a refused request changed Redis"
     assert world.db_state() == db_before
 
