@@ -445,3 +445,33 @@ def test_a_sale_and_a_lock_on_its_agent_do_not_deadlock(
         assert [rows[t] for t in tickets[1:]] == [("assigned", world.alice.id)] * 2
         with world.redis.client() as r:
             assert r.smembers(f"{{tq}}:held:{world.alice.id}") == {str(t) for t in tickets[1:]}
+
+
+def test_an_app_built_during_an_outage_serves_once_it_ends(world: World) -> None:
+    """gunicorn boots a worker (a deploy, a respawn) while both dependencies are down: it
+    starts, answers 503, and serves once they are back."""
+    tickets = world.factory.tickets(2)
+    world.redis.stop()
+    world.proxy.cut()
+    proxied = sa.engine.make_url(TEST_DATABASE_URL).set(host="127.0.0.1", port=world.proxy.port)
+    app = create_app(
+        env=service_env(
+            DATABASE_URL=proxied.render_as_string(hide_password=False),
+            REDIS_URL=world.redis.url,
+        )
+    )
+    try:
+        c = app.test_client()
+        assert c.get("/healthz").status_code == 200
+        assert_error(c.get("/readyz"), 503, "not_ready")
+        assert_error(c.get(ASSIGN, headers=world.headers(world.alice)), 503, "database_unavailable")
+        world.proxy.restore()
+        world.redis.start()
+        world.rebuild()
+        assert c.get("/readyz").status_code == 200
+        assert ids(c.get(ASSIGN, headers=world.headers(world.alice))) == tickets
+    finally:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+        app.extensions["ticket_queue"].client.close()
