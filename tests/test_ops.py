@@ -418,3 +418,61 @@ def test_workers_refuse_a_bad_metrics_port() -> None:
     )
     assert result.returncode == 2
     assert "WORKER_METRICS_PORT must be a port number" in result.stderr
+
+
+# -- gunicorn.conf.py -------------------------------------------------------------
+def gunicorn_settings(**env: str) -> dict[str, str]:
+    """gunicorn's own reading of gunicorn.conf.py (``--print-config``) under ``env``."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("WEB_", "GUNICORN_"))}
+    full.update(env)
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--print-config", "wsgi:app"],
+        cwd=ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    settings = {}
+    for line in result.stdout.splitlines():
+        name, sep, value = line.partition(" = ")
+        if sep:
+            settings[name.strip()] = value.strip()
+    return settings
+
+
+def test_gunicorn_production_defaults() -> None:
+    settings = gunicorn_settings(**service_env())
+    assert int(settings["workers"]) == 2 * (os.cpu_count() or 1) + 1
+    assert settings["worker_class"] == "sync"
+    assert settings["control_socket_disable"] == "True"
+    assert settings["accesslog"] == "-"
+    assert (settings["timeout"], settings["graceful_timeout"]) == ("30", "20")
+    assert int(settings["max_requests"]) > 0 and int(settings["max_requests_jitter"]) > 0
+    assert settings["bind"] == "['0.0.0.0:8000']"
+    assert settings["child_exit"] == "<child_exit()>"
+    assert settings["on_starting"] == "<on_starting()>"
+
+
+def test_gunicorn_settings_follow_the_environment() -> None:
+    settings = gunicorn_settings(
+        **service_env(
+            WEB_CONCURRENCY="3",
+            GUNICORN_THREADS="4",
+            PORT="9001",
+            GUNICORN_ACCESS_LOG="",
+            GUNICORN_MAX_REQUESTS="100",
+        )
+    )
+    assert (settings["workers"], settings["threads"]) == ("3", "4")
+    assert settings["worker_class"] == "gthread"
+    assert settings["bind"] == "['0.0.0.0:9001']"
+    assert settings["accesslog"] == "None"
+    assert settings["max_requests"] == "100"
+
+
+def test_gunicorn_serves_embedded_mode_from_one_threaded_process() -> None:
+    env = {k: v for k, v in service_env().items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    settings = gunicorn_settings(**env, DATABASE_URL="", REDIS_URL="", WEB_CONCURRENCY="5")
+    assert (settings["workers"], settings["worker_class"]) == ("1", "gthread")
