@@ -36,6 +36,14 @@ RETRY_AFTER = {
     }
 }
 
+# Every response carries the request's id (service/logging.py).
+REQUEST_ID = {
+    "X-Request-ID": {
+        "description": "The request's id, as logged; a sane incoming X-Request-ID is kept",
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+    }
+}
+
 
 def error_doc(status: int, description: str | None = None) -> dict[str, Any]:
     """An OpenAPI response object for an error ``status`` in the ``ErrorSchema`` shape."""
@@ -116,6 +124,9 @@ class Blueprint(flask_smorest.Blueprint):
             if not isinstance(responses.get(status, responses.get(str(status))), dict):
                 responses.pop(str(status), None)
                 responses[status] = error_doc(status)
+        for response in responses.values():
+            if isinstance(response, dict):
+                response["headers"] = {**response.get("headers", {}), **REQUEST_ID}
         return doc
 
 
