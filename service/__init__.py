@@ -12,6 +12,7 @@ from dotenv import load_dotenv
 from flask import Flask
 from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import metrics
 from .config import load_config
@@ -44,6 +45,12 @@ def create_app(env: Mapping[str, str] | None = None, **overrides: Any) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     # Every route answers with and without its trailing slash, no redirect.
     app.url_map.strict_slashes = False
+    if app.config["TRUSTED_PROXY_HOPS"]:
+        # Behind a load balancer, the client's address (login limit, logs) is in
+        # X-Forwarded-For; trusted only from that many proxies, or a client could
+        # pick any address it likes.
+        hops = app.config["TRUSTED_PROXY_HOPS"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
 
     register_extensions(app)
     register_blueprints(app)

@@ -112,6 +112,7 @@ def load_config(instance_path: Path, env: Mapping[str, str] | None = None) -> di
         "TICKETS_PER_AGENT": _int(env, "TICKETS_PER_AGENT", 15),
         "RESERVATION_LEASE_SECONDS": _int(env, "RESERVATION_LEASE_SECONDS", 30),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_BODY_BYTES", 64 * 1024),
+        "TRUSTED_PROXY_HOPS": _int(env, "TRUSTED_PROXY_HOPS", 0, minimum=0),
         "READINESS_TIMEOUT_SECONDS": _float(env, "READINESS_TIMEOUT_SECONDS", 1.0),
         **_rate_limit_config(env, redis_url, _bool(env.get("REDIS_CLUSTER"))),
     }

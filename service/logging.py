@@ -153,6 +153,7 @@ def _finish(response: Response) -> Response:
             "route": rule.rule if rule is not None else None,
             "method": request.method,
             "path": request.path,
+            "client": request.remote_addr,
             "status": response.status_code,
             "duration_ms": duration_ms,
         },

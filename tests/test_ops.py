@@ -476,3 +476,31 @@ def test_gunicorn_serves_embedded_mode_from_one_threaded_process() -> None:
     env = {k: v for k, v in service_env().items() if k not in ("DATABASE_URL", "REDIS_URL")}
     settings = gunicorn_settings(**env, DATABASE_URL="", REDIS_URL="", WEB_CONCURRENCY="5")
     assert (settings["workers"], settings["worker_class"]) == ("1", "gthread")
+
+
+# -- behind a load balancer ----------------------------------------------------------
+def _attempts(app: Flask, username: str, addresses: list[str]) -> list[int]:
+    client = app.test_client()
+    return [
+        client.post(
+            "/api/auth/token/",
+            json={"username": username, "password": "wrong-password"},
+            headers={"X-Forwarded-For": address},
+        ).status_code
+        for address in addresses
+    ]
+
+
+def test_a_client_cannot_dodge_the_login_limit_with_x_forwarded_for(app: Flask) -> None:
+    direct = create_app(env=service_env(LOGIN_RATE_LIMIT="2 per minute"))
+    assert _attempts(direct, "alice", ["10.0.0.1", "10.0.0.2", "10.0.0.3"]) == [401, 401, 429]
+
+
+def test_behind_trusted_proxies_the_limit_and_logs_use_the_forwarded_address(
+    app: Flask, json_log: Captured
+) -> None:
+    proxied = create_app(env=service_env(LOGIN_RATE_LIMIT="2 per minute", TRUSTED_PROXY_HOPS="1"))
+    assert _attempts(proxied, "bob", ["10.0.0.1", "10.0.0.2", "10.0.0.3"]) == [401, 401, 401]
+    assert _attempts(proxied, "bob", ["10.0.0.1", "10.0.0.1"]) == [401, 429]
+    clients = [line["client"] for line in json_log.request_lines()]
+    assert clients == ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.1", "10.0.0.1"]
