@@ -66,11 +66,13 @@ def register_extensions(app: Flask) -> None:
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(Path(__file__).resolve().parent.parent / "migrations"))
+    # Before the other request hooks, so every request is timed and logged
+    # whatever a later hook does.
+    init_request_logging(app)
+    metrics.init_app(app)
     jwt.init_app(app)
     register_jwt_callbacks(app)
     limiter.init_app(app)
-    metrics.init_app(app)
-    init_request_logging(app)
     client = make_redis(app.config["REDIS_URL"], app.config["REDIS_CLUSTER"])
     app.extensions["ticket_queue"] = TicketQueue(client, app.config["REDIS_KEY_PREFIX"])
     if app.config["EMBEDDED"]:
