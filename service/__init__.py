@@ -17,6 +17,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from . import metrics
 from .config import load_config
 from .extensions import db, jwt, limiter, migrate
+from .logging import ensure_logging
 from .logging import init_app as init_request_logging
 from .queue import TicketQueue, make_redis
 
@@ -28,6 +29,9 @@ def create_app(env: Mapping[str, str] | None = None, **overrides: Any) -> Flask:
     """Build the app from the environment (or ``env``), then apply ``overrides``."""
     if env is None:
         load_dotenv(Path(__file__).resolve().parent.parent / ".env")
+        # A process of its own (the flask CLI, another WSGI server, a script)
+        # logs like the rest of the service.
+        ensure_logging()
     source = os.environ if env is None else env
     instance = source.get("INSTANCE_PATH") or Path(__file__).resolve().parent.parent / "instance"
     app = Flask(__name__, instance_path=str(Path(instance).resolve()))

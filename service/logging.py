@@ -113,6 +113,12 @@ def configure_logging(
     root.setLevel(level)
 
 
+def ensure_logging() -> None:
+    """``configure_logging()``, unless this process already did (gunicorn.conf.py, the workers)."""
+    if not any(h.get_name() == _HANDLER_NAME for h in logging.getLogger().handlers):
+        configure_logging()
+
+
 # -- per-request -------------------------------------------------------------
 def _request_id() -> str:
     incoming = request.headers.get(REQUEST_ID_HEADER, "")

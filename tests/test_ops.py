@@ -504,3 +504,19 @@ def test_behind_trusted_proxies_the_limit_and_logs_use_the_forwarded_address(
     assert _attempts(proxied, "bob", ["10.0.0.1", "10.0.0.1"]) == [401, 429]
     clients = [line["client"] for line in json_log.request_lines()]
     assert clients == ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.1", "10.0.0.1"]
+
+
+def test_the_flask_cli_logs_like_the_service(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "users", "--help"],
+        cwd=ROOT,
+        env={**env, "INSTANCE_PATH": str(tmp_path), "LOG_FORMAT": "json"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    (line,) = [json.loads(line) for line in result.stderr.splitlines()]
+    assert (line["level"], line["logger"]) == ("WARNING", "service")
+    assert line["message"].startswith("embedded mode")
