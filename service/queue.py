@@ -67,11 +67,17 @@ class TicketQueue:
         return f"{self.prefix}:revoked:{jti}"
 
     # -- assignment ------------------------------------------------------
-    def reserve(self, agent_id: int, capacity: int, lease_seconds: int) -> Reservation:
-        """Pop up to the agent's free slots from the queue head and reserve them."""
+    def reserve(
+        self, agent_id: int, capacity: int, lease_seconds: int, known_held: int = 0
+    ) -> Reservation:
+        """Pop up to the agent's free slots from the queue head and reserve them.
+
+        ``known_held`` is PostgreSQL's count of the agent's unsold tickets: a
+        lower bound on its slots in use when Redis lost its ``held`` set.
+        """
         held_before, ids, queue_left = self._reserve(
             keys=[self.queue_key, self.held_key(agent_id), self.reserved_key],
-            args=[capacity, lease_seconds],
+            args=[capacity, lease_seconds, known_held],
         )
         return Reservation(int(held_before), [int(i) for i in ids], int(queue_left))
 

@@ -83,6 +83,24 @@ def test_reserve_never_pops_more_than_the_free_slots(queue):
     assert queued(queue) == list(range(4, 21))
 
 
+def test_reserve_is_bounded_by_postgresqls_count_when_held_was_lost(queue):
+    """A wiped held set counts 0; PostgreSQL's count of 14 still leaves one free slot."""
+    queue.push(range(1, 21))
+    reservation = queue.reserve(agent_id=7, capacity=15, lease_seconds=LEASE, known_held=14)
+    assert reservation.held_before == 0
+    assert reservation.ids == [1]
+    assert queued(queue) == list(range(2, 21))
+    # The larger of the two counts wins: Redis ahead of PostgreSQL (a fetch in flight).
+    queue.client.sadd(queue.held_key(8), *range(100, 110))
+    assert queue.reserve(agent_id=8, capacity=15, lease_seconds=LEASE, known_held=3).ids == [
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
+
+
 def test_reserve_for_an_agent_over_capacity_pops_nothing(queue):
     queue.push([1, 2])
     queue.client.sadd(queue.held_key(7), 50, 51, 52)

@@ -5,12 +5,15 @@
 -- KEYS[3]  reserved  zset  ticket id -> lease deadline (unix seconds)
 -- ARGV[1]  capacity  the agent's capacity
 -- ARGV[2]  lease     seconds a reservation lives before the reaper returns it
+-- ARGV[3]  known     how many unsold tickets PostgreSQL says the agent holds
 --
 -- Returns {held_before, {id, ...}, queue_left}.
 -- Counting `held` and popping are one step, so concurrent calls by one agent
--- can never pop more than its free slots.
+-- can never pop more than its free slots. `held` can only be short of the
+-- truth after Redis lost data; then PostgreSQL's count bounds the pop, so a
+-- wiped agent is not handed tickets it has no room for.
 local held_before = redis.call('SCARD', KEYS[2])
-local need = tonumber(ARGV[1]) - held_before
+local need = tonumber(ARGV[1]) - math.max(held_before, tonumber(ARGV[3]))
 local ids = {}
 if need > 0 then
   local popped = redis.call('ZPOPMIN', KEYS[1], need)
