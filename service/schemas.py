@@ -60,15 +60,18 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
-class UtcDateTime(fields.DateTime):
+def utc_iso(value: datetime | None) -> str | None:
     """ISO 8601 in UTC, also for naive values from SQLite (stored as UTC)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat()
 
+
+class UtcDateTime(fields.DateTime):
     def _serialize(self, value: datetime | None, attr: Any, obj: Any, **kwargs: Any) -> str | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value.astimezone(UTC).isoformat()
+        return utc_iso(value)
 
 
 # -- errors --------------------------------------------------------------
@@ -231,3 +234,24 @@ class QueueStatsSchema(Schema):
     assigned = fields.Integer(required=True)
     sold = fields.Integer(required=True)
     reserved = fields.Integer(required=True)
+
+
+def ticket_json(ticket: Any) -> dict[str, Any]:
+    """TicketSchema's output, built directly: the agent routes are the hot path and
+    marshmallow's per-field machinery was a fifth of their CPU. A test keeps the two equal."""
+    return {
+        "id": ticket.id,
+        "title": ticket.title,
+        "description": ticket.description,
+        "status": ticket.status,
+        "agent_id": ticket.agent_id,
+        "created_at": utc_iso(ticket.created_at),
+        "updated_at": utc_iso(ticket.updated_at),
+        "assigned_at": utc_iso(ticket.assigned_at),
+        "sold_at": utc_iso(ticket.sold_at),
+    }
+
+
+def holding_json(tickets: Any, capacity: int) -> dict[str, Any]:
+    """HoldingSchema's output, built directly (see ``ticket_json``)."""
+    return {"tickets": [ticket_json(t) for t in tickets], "capacity": capacity}

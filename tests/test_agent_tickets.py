@@ -211,3 +211,31 @@ def test_a_new_agent_holds_nothing_and_has_the_default_capacity(client, factory,
     got = client.get("/api/agent/tickets/assign/", headers=factory.headers(agent)).get_json()
     assert [t["id"] for t in got["tickets"]] == [created.get_json()["id"]]
     assert got["capacity"] == 15
+
+
+def test_the_hot_path_serialiser_matches_the_documented_schema(app, factory):
+    """holding_json builds TicketSchema's output by hand; the two must never drift."""
+    from datetime import datetime
+
+    from service.domain.assignment import holding
+    from service.schemas import HoldingSchema, TicketSchema, holding_json, ticket_json
+
+    agent = factory.user("alice")
+    factory.tickets(3)
+    with app.app_context():
+        from service.domain.assignment import assign
+
+        assign(db.session, ticket_queue(), agent.id, lease_seconds=30)
+        db.session.commit()
+        current = holding(db.session, agent.id)
+        assert len(current.tickets) == 3
+        expected = HoldingSchema().dump({"tickets": current.tickets, "capacity": 15})
+        assert holding_json(current.tickets, 15) == expected
+        # Key order too: clients see the same document either way.
+        assert list(ticket_json(current.tickets[0])) == list(TicketSchema().fields)
+        # Naive times (SQLite stores UTC without a zone) come out as UTC.
+        ticket = db.session.get(Ticket, current.tickets[0].id)
+        ticket.sold_at = datetime(2026, 1, 2, 3, 4, 5)
+        assert ticket_json(ticket) == TicketSchema().dump(ticket)
+        assert ticket_json(ticket)["sold_at"] == "2026-01-02T03:04:05+00:00"
+        db.session.rollback()

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from flask import current_app, g
+from flask import Response, current_app, g, jsonify
 
 from .. import errors
 from ..auth import current_user_id, role_required
 from ..domain import assignment
 from ..extensions import db
 from ..models import Ticket
-from ..schemas import ErrorSchema, HoldingSchema, TicketSchema
+from ..schemas import ErrorSchema, HoldingSchema, TicketSchema, holding_json
 from ..state import ticket_queue
 from . import Blueprint
 
@@ -18,28 +18,31 @@ blp = Blueprint(
 )
 
 
-# The agent routes check the account inside the one query they run anyway.
+# The agent routes check the account inside the one query they run anyway, and
+# serialise with holding_json (HoldingSchema documents the same shape).
 @blp.route("/assign/", methods=["GET", "POST"])
 @blp.response(200, HoldingSchema)
 @role_required("agent", load_user=False)
-def assign() -> assignment.Holding:
+def assign() -> Response:
     """Top up to capacity with the oldest unassigned tickets; return what you hold."""
     if g.get("redis_unavailable"):
         raise errors.RedisUnavailable()
-    return assignment.assign(
+    result = assignment.assign(
         db.session,
         ticket_queue(),
         current_user_id(),
         lease_seconds=current_app.config["RESERVATION_LEASE_SECONDS"],
     )
+    return jsonify(holding_json(result.tickets, result.capacity))
 
 
 @blp.route("/", methods=["GET"])
 @blp.response(200, HoldingSchema)
 @role_required("agent", load_user=False)
-def held() -> assignment.Holding:
+def held() -> Response:
     """What you hold, unsold, in creation order; assigns nothing."""
-    return assignment.holding(db.session, current_user_id())
+    result = assignment.holding(db.session, current_user_id())
+    return jsonify(holding_json(result.tickets, result.capacity))
 
 
 @blp.route("/sell/<int:ticket_id>/", methods=["POST"])
