@@ -60,7 +60,7 @@ class Confirmation:
     confirmed: list[int]
     returned: list[int]  # still unassigned: refused for capacity
     vanished: list[int]  # deleted, or taken by someone else
-    tickets: list[Ticket]  # the agent's unsold tickets after the commit
+    tickets: Sequence[Any]  # the agent's unsold tickets after the commit (rows)
 
 
 def _unsold(agent_id: int) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
@@ -94,23 +94,37 @@ def holding(session: DbSession, agent_id: int) -> Holding:
     return Holding([row for row in rows if row.id is not None], rows[0].capacity)
 
 
+_UNSOLD = (
+    select(*_tickets.c)
+    .where(_tickets.c.agent_id == bindparam("agent_id"), _tickets.c.status == "assigned")
+    .order_by(_tickets.c.id)
+)
+# Lock the agent's row so its concurrent fetches confirm one at a time; the
+# count that follows then sees every ticket they committed. FOR NO KEY UPDATE:
+# a sale, which holds its ticket's row, must still pass the foreign-key check
+# on this row when it writes its event, or the two deadlock.
+_LOCK_AGENT = (
+    select(_users.c.capacity, _users.c.is_active)
+    .where(_users.c.id == bindparam("agent_id"))
+    .with_for_update(key_share=True)
+)
+_COUNT_UNSOLD = (
+    select(func.count())
+    .select_from(_tickets)
+    .where(_tickets.c.agent_id == bindparam("agent_id"), _tickets.c.status == "assigned")
+)
+
+
 def confirm(session: DbSession, agent_id: int, ids: Sequence[int]) -> Confirmation:
     """Assign the reserved ``ids`` the agent has room for, in one short transaction."""
     session.rollback()  # start from a fresh snapshot
-    # Lock the agent's row so its concurrent fetches confirm one at a time;
-    # the count below then sees every ticket they committed. FOR NO KEY UPDATE:
-    # a sale, which holds its ticket's row, must still pass the foreign-key
-    # check on this row when it writes its event, or the two deadlock.
-    agent = session.execute(
-        select(User.capacity, User.is_active)
-        .where(User.id == agent_id)
-        .with_for_update(key_share=True)
-    ).one_or_none()
+    conn = session.connection()
+    params = {"agent_id": agent_id}
+    agent = conn.execute(_LOCK_AGENT, params).one_or_none()
     active = agent is not None and agent.is_active and agent.capacity is not None
     room = 0
     if agent is not None and active:
-        held = session.scalar(select(func.count()).select_from(Ticket).where(*_unsold(agent_id)))
-        room = max(agent.capacity - (held or 0), 0)
+        room = max(agent.capacity - (conn.execute(_COUNT_UNSOLD, params).scalar() or 0), 0)
 
     confirmed: list[int] = []
     if room and ids:
@@ -118,20 +132,20 @@ def confirm(session: DbSession, agent_id: int, ids: Sequence[int]) -> Confirmati
         # The row locks of this guarded UPDATE make a double assignment
         # impossible, whatever Redis handed out.
         candidates = (
-            select(Ticket.id)
-            .where(Ticket.id.in_(ids), Ticket.status == "unassigned")
-            .order_by(Ticket.id)
+            select(_tickets.c.id)
+            .where(_tickets.c.id.in_(ids), _tickets.c.status == "unassigned")
+            .order_by(_tickets.c.id)
             .limit(room)
             .with_for_update()
             .scalar_subquery()
         )
         confirmed = sorted(
-            session.scalars(
-                update(Ticket)
-                .where(Ticket.id.in_(candidates))
+            conn.execute(
+                update(_tickets)
+                .where(_tickets.c.id.in_(candidates))
                 .values(status="assigned", agent_id=agent_id, assigned_at=now, updated_at=now)
-                .returning(Ticket.id)
-            )
+                .returning(_tickets.c.id)
+            ).scalars()
         )
         events.record(session, "assigned", confirmed, actor_id=agent_id, agent_id=agent_id, at=now)
 
@@ -139,11 +153,13 @@ def confirm(session: DbSession, agent_id: int, ids: Sequence[int]) -> Confirmati
     returned: list[int] = []
     if rest:
         returned = sorted(
-            session.scalars(
-                select(Ticket.id).where(Ticket.id.in_(rest), Ticket.status == "unassigned")
-            )
+            conn.execute(
+                select(_tickets.c.id).where(
+                    _tickets.c.id.in_(rest), _tickets.c.status == "unassigned"
+                )
+            ).scalars()
         )
-    tickets = list(session.scalars(select(Ticket).where(*_unsold(agent_id)).order_by(Ticket.id)))
+    tickets = conn.execute(_UNSOLD, params).all()
     fault_point("assign.before_commit")
     session.commit()
     metrics.tickets_assigned(len(confirmed))
@@ -152,7 +168,7 @@ def confirm(session: DbSession, agent_id: int, ids: Sequence[int]) -> Confirmati
     return Confirmation(confirmed, returned, sorted(set(rest) - set(returned)), tickets)
 
 
-def resync_held(session: DbSession, queue: TicketQueue, agent_id: int) -> list[Ticket]:
+def resync_held(session: DbSession, queue: TicketQueue, agent_id: int) -> Sequence[Any]:
     """Make the agent's held set agree with PostgreSQL; return its unsold tickets.
 
     The list is read under the agent's row lock, right before the resync: a
@@ -163,12 +179,13 @@ def resync_held(session: DbSession, queue: TicketQueue, agent_id: int) -> list[T
     next fetch pops more than it has room for.
     """
     session.rollback()  # a fresh snapshot
-    session.execute(select(User.id).where(User.id == agent_id).with_for_update(key_share=True))
-    tickets = list(session.scalars(select(Ticket).where(*_unsold(agent_id)).order_by(Ticket.id)))
+    conn = session.connection()
+    conn.execute(_LOCK_AGENT, {"agent_id": agent_id})
+    tickets = conn.execute(_UNSOLD, {"agent_id": agent_id}).all()
     try:
         queue.resync_held(agent_id, [t.id for t in tickets])
     finally:
-        session.commit()  # releases the lock; expire_on_commit is off, tickets stay loaded
+        session.commit()  # releases the lock
     return tickets
 
 

@@ -27,7 +27,8 @@ def record(
         for tid in ticket_ids
     ]
     if rows:
-        session.execute(insert(TicketEvent), rows)
+        # Core, on the session's connection: one multi-row INSERT, no ORM work.
+        session.connection().execute(insert(TicketEvent.__table__), rows)
 
 
 def history(session: DbSession, ticket_id: int) -> list[TicketEvent]:
