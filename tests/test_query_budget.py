@@ -206,6 +206,6 @@ def test_sell_budget(app, agent, monkeypatch):
     # Redis: the revocation MGET, then SREM from the held set after the commit.
     assert budget.redis_commands == ["MGET", "SREM"], budget
     assert budget.redis_round_trips == 2, budget
-    # The account check (role_required loads the user), the guarded UPDATE, the event.
-    assert budget.kinds == ["SELECT users", "UPDATE tickets", "INSERT ticket_events"], budget
+    # The guarded UPDATE (it checks the account too), then the event.
+    assert budget.kinds == ["UPDATE tickets", "INSERT ticket_events"], budget
     assert (budget.checkouts, budget.begins, budget.commits) == (1, 1, 1), budget

@@ -8,8 +8,7 @@ from .. import errors
 from ..auth import current_user_id, role_required
 from ..domain import assignment
 from ..extensions import db
-from ..models import Ticket
-from ..schemas import ErrorSchema, HoldingSchema, TicketSchema, holding_json
+from ..schemas import ErrorSchema, HoldingSchema, TicketSchema, holding_json, ticket_json
 from ..state import ticket_queue
 from . import Blueprint
 
@@ -48,7 +47,8 @@ def held() -> Response:
 @blp.route("/sell/<int:ticket_id>/", methods=["POST"])
 @blp.response(200, TicketSchema)
 @blp.alt_response(409, schema=ErrorSchema, description="You already sold this ticket")
-@role_required("agent")
-def sell(ticket_id: int) -> Ticket:
+@role_required("agent", load_user=False)
+def sell(ticket_id: int) -> Response:
     """Sell (close) a ticket you hold."""
-    return assignment.sell(db.session, ticket_queue(), g.user.id, ticket_id)
+    sold = assignment.sell(db.session, ticket_queue(), current_user_id(), ticket_id)
+    return jsonify(ticket_json(sold))

@@ -262,21 +262,39 @@ def assign(session: DbSession, queue: TicketQueue, agent_id: int, lease_seconds:
     return Holding(tickets, capacity)
 
 
-def sell(session: DbSession, queue: TicketQueue, agent_id: int, ticket_id: int) -> Ticket:
-    """Close a ticket the agent holds. A sold ticket stays with its seller."""
+# A sale is one guarded UPDATE that also checks the seller's account, so the
+# route needs no separate user lookup.
+_SELL = (
+    update(_tickets)
+    .where(
+        _tickets.c.id == bindparam("sale_ticket"),
+        _tickets.c.agent_id == bindparam("seller"),
+        _tickets.c.status == "assigned",
+        select(_users.c.id).where(_users.c.id == bindparam("seller"), _users.c.is_active).exists(),
+    )
+    .values(status="sold", sold_at=bindparam("sold_now"), updated_at=bindparam("sold_now"))
+    .returning(*_tickets.c)
+)
+# Why a sale matched nothing: the seller's account, and the ticket if it exists.
+_SALE_REFUSED = (
+    select(_users.c.is_active, _tickets.c.agent_id, _tickets.c.status)
+    .select_from(_users.outerjoin(_tickets, _tickets.c.id == bindparam("sale_ticket")))
+    .where(_users.c.id == bindparam("seller"))
+)
+
+
+def sell(session: DbSession, queue: TicketQueue, agent_id: int, ticket_id: int) -> Any:
+    """Close a ticket the agent holds; return its row. A sold ticket stays with its seller."""
     now = utcnow()
-    ticket = session.scalars(
-        update(Ticket)
-        .where(Ticket.id == ticket_id, *_unsold(agent_id))
-        .values(status="sold", sold_at=now, updated_at=now)
-        .returning(Ticket)
-    ).one_or_none()
+    params = {"sale_ticket": ticket_id, "seller": agent_id, "sold_now": now}
+    conn = session.connection()
+    ticket = conn.execute(_SELL, params).one_or_none()
     if ticket is None:
-        existing = session.execute(
-            select(Ticket.agent_id, Ticket.status).where(Ticket.id == ticket_id)
-        ).one_or_none()
+        why = conn.execute(_SALE_REFUSED, params).one_or_none()
         session.rollback()
-        if existing is not None and existing.agent_id == agent_id and existing.status == "sold":
+        if why is None or not why.is_active:
+            raise errors.Unauthorized("the account is inactive or no longer exists")
+        if why.agent_id == agent_id and why.status == "sold":
             raise errors.Conflict(f"ticket {ticket_id} is already sold", code="already_sold")
         raise errors.NotFound(f"you hold no ticket {ticket_id}")
     events.record(session, "sold", [ticket_id], actor_id=agent_id, agent_id=agent_id, at=now)
