@@ -9,11 +9,18 @@
 --
 -- Returns {held_before, {id, ...}, queue_left}.
 -- Counting `held` and popping are one step, so concurrent calls by one agent
--- can never pop more than its free slots. `held` can only be short of the
--- truth after Redis lost data; then PostgreSQL's count bounds the pop, so a
+-- can never pop more than its free slots. `held` is short of the truth only
+-- after Redis lost data: then it holds just the agent's fetches in flight (ids
+-- still reserved), and PostgreSQL's count plus those bounds the pop, so a
 -- wiped agent is not handed tickets it has no room for.
-local held_before = redis.call('SCARD', KEYS[2])
-local need = tonumber(ARGV[1]) - math.max(held_before, tonumber(ARGV[3]))
+local members = redis.call('SMEMBERS', KEYS[2])
+local held_before = #members
+local in_flight = 0
+for _, id in ipairs(members) do
+  if redis.call('ZSCORE', KEYS[3], id) then in_flight = in_flight + 1 end
+end
+local used = math.max(held_before, tonumber(ARGV[3]) + in_flight)
+local need = tonumber(ARGV[1]) - used
 local ids = {}
 if need > 0 then
   local popped = redis.call('ZPOPMIN', KEYS[1], need)
