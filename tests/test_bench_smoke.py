@@ -54,7 +54,7 @@ def test_benchmark_runs_every_scenario_and_audits(tmp_path):
         "--quick",
         "--duration=1",
         "--agents=10",
-        "--tickets=500",
+        "--tickets=3000",
         "--cold-agents=20",
         "--deep-agents=10",
         "--depths=100,1000",
