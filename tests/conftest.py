@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 from flask_jwt_extended import create_access_token
+from redis_server import RedisServer
 
 from service import create_app
 from service.auth import hash_password
@@ -221,3 +222,12 @@ def redis_cluster() -> Iterator[Any]:
 
     with running_cluster() as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server on a free port, for tests that stop, restart or flush it."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()

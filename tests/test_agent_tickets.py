@@ -6,20 +6,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from helpers import assert_error
 
 from service.extensions import db
 from service.models import Ticket, TicketEvent
 from service.state import ticket_queue
-
-
-def assert_error(response, status: int, code: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.get_data(as_text=True)
-    body = response.get_json()
-    assert set(body) == {"error"}
-    assert {"code", "message"} <= set(body["error"]) <= {"code", "message", "fields"}
-    if code is not None:
-        assert body["error"]["code"] == code
-    return body["error"]
 
 
 def state(app) -> dict[str, Any]:

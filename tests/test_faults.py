@@ -58,14 +58,6 @@ ASSIGN = "/api/agent/tickets/assign/"
 T = TypeVar("T")
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.close()
-
-
 @dataclass
 class Stack:
     """The test's view of the system: an in-process app for setup and inspection."""

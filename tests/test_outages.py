@@ -36,14 +36,6 @@ HELD = "/api/agent/tickets/"
 
 
 @pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
 def pg_proxy() -> Iterator[TcpProxy]:
     url = sa.engine.make_url(TEST_DATABASE_URL)
     proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
