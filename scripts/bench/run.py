@@ -153,7 +153,13 @@ class Bench:
         args = self.args
         cold = mode == "cold"
         # One idle agent more than connections per wrk thread (see agents.lua).
-        connections = agents if cold else min(args.connections, max(1, agents // 2))
+        # Cold fill: every agent asks once, twice the usual connections in flight
+        # (loadgen.cold_fill); the sync workers serve a handful at a time anyway.
+        connections = (
+            min(agents, 2 * args.connections)
+            if cold
+            else min(args.connections, max(1, agents // 2))
+        )
         threads = max(1, min(args.threads, connections))
         connections = max(connections, threads)
         name = f"{target}-{scenario}-{agents}" + (f"-{depth}" if depth else "")
