@@ -165,7 +165,7 @@ def check_after_load(app: Flask, factory: Factory) -> None:
 
 def test_rebuild_while_agents_fetch_and_sell(app: Flask, factory: Factory, tmp_path):
     admin = factory.user("admin", role="admin")
-    factory.bulk_tickets(2500)
+    factory.bulk_tickets(8000)  # more than the load can sell in LOAD_SECONDS
     with live_server(service_env(), workers=3) as url:
         stop = threading.Event()
         with clients(url, factory, tmp_path) as join:
@@ -203,7 +203,7 @@ def test_rebuild_while_agents_fetch_and_sell(app: Flask, factory: Factory, tmp_p
 
 def test_redis_wiped_under_load_comes_back(app: Flask, factory: Factory, tmp_path):
     admin = factory.user("admin", role="admin")
-    factory.bulk_tickets(2500)
+    factory.bulk_tickets(8000)  # more than the load can sell in LOAD_SECONDS
     with app.app_context():
         rebuild(db.session, ticket_queue())  # built: the workers start with nothing to do
     env = service_env(
