@@ -29,7 +29,7 @@ import requests
 import sqlalchemy as sa
 from conftest import TEST_DATABASE_URL, Factory, reset_state, service_env
 from flask import Flask
-from live import ROOT, Server, gunicorn
+from live import ROOT, Server, gunicorn, stop
 from proxy import tcp_proxy
 from redis_server import RedisServer
 
@@ -184,13 +184,7 @@ def workers(stack: Stack, *, wait: bool = True) -> Iterator[subprocess.Popen[byt
             wait_built(stack, proc)
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc, timeout=10)
 
 
 def wait_built(stack: Stack, proc: subprocess.Popen[bytes]) -> None:
