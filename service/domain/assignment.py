@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.exceptions
-from sqlalchemy import ColumnElement, bindparam, func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import errors, metrics
@@ -46,10 +46,7 @@ MAX_POPS = 16
 
 @dataclass(frozen=True)
 class Holding:
-    """An agent's unsold tickets (creation order) and its capacity.
-
-    The tickets are ORM objects or Core rows with the same attributes.
-    """
+    """An agent's unsold tickets (creation order, rows of the tickets table) and its capacity."""
 
     tickets: Sequence[Any]
     capacity: int
@@ -61,10 +58,6 @@ class Confirmation:
     returned: list[int]  # still unassigned: refused for capacity
     vanished: list[int]  # deleted, or taken by someone else
     tickets: Sequence[Any]  # the agent's unsold tickets after the commit (rows)
-
-
-def _unsold(agent_id: int) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
-    return (Ticket.agent_id == agent_id, Ticket.status == "assigned")
 
 
 # The fast path's one SELECT, in Core over the tables: the agent's row and its
@@ -88,7 +81,7 @@ def holding(session: DbSession, agent_id: int) -> Holding:
     """The agent's unsold tickets, with its account checked, in one SELECT."""
     rows = session.connection().execute(_HOLDING, {"agent_id": agent_id}).all()
     if not rows or not rows[0].is_active:
-        ensure_active(None)
+        ensure_active(None)  # raises: the one rule for inactive or deleted accounts
     if rows[0].role != "agent" or rows[0].capacity is None:
         raise errors.Forbidden("only agents hold tickets")
     return Holding([row for row in rows if row.id is not None], rows[0].capacity)
