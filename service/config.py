@@ -113,21 +113,24 @@ def load_config(instance_path: Path, env: Mapping[str, str] | None = None) -> di
         "RESERVATION_LEASE_SECONDS": _int(env, "RESERVATION_LEASE_SECONDS", 30),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_BODY_BYTES", 64 * 1024),
         "TRUSTED_PROXY_HOPS": _int(env, "TRUSTED_PROXY_HOPS", 0, minimum=0),
-        "READINESS_TIMEOUT_SECONDS": _float(env, "READINESS_TIMEOUT_SECONDS", 1.0),
+        "READINESS_TIMEOUT_SECONDS": read_seconds(env, "READINESS_TIMEOUT_SECONDS", 1.0),
         **_rate_limit_config(env, redis_url, _bool(env.get("REDIS_CLUSTER"))),
     }
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def read_seconds(
+    env: Mapping[str, str], name: str, default: float, maximum: float = 86_400
+) -> float:
+    """A positive number of seconds (fractions allowed), at most ``maximum``."""
     raw = env.get(name)
-    if raw is None or raw == "":
+    if raw is None or raw.strip() == "":
         return default
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not value > 0:
-        raise ConfigError(f"{name} must be positive, got {raw!r}")
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not 0 < value <= maximum:
+        raise ConfigError(f"{name} must be above 0 and at most {maximum:g} seconds, got {raw!r}")
     return value
 
 

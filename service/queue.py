@@ -115,13 +115,6 @@ class TicketQueue:
         self.client.delete(self.held_key(agent_id))
 
     # -- queue -------------------------------------------------------------
-    def push(self, ids: Iterable[int]) -> int:
-        """Queue ids in creation order. Idempotent: a queued id is never queued twice."""
-        mapping = {str(i): int(i) for i in ids}
-        if not mapping:
-            return 0
-        return int(self.client.zadd(self.queue_key, mapping))
-
     def remove(self, ids: Iterable[int]) -> None:
         ids = list(ids)
         if ids:
@@ -183,11 +176,17 @@ class TicketQueue:
         """Each id's queue score, None where it is not queued."""
         return self._zmscores(ids)[0]
 
-    def enqueue(self, ids: Sequence[int]) -> list[int]:
-        """Queue ids that no fetch has reserved; return those that were not queued before."""
+    def enqueue(self, ids: Iterable[int]) -> list[int]:
+        """Queue ids in creation order; return those that were not queued before.
+
+        The one way ids enter the queue (creation, release, relay, rebuild): an id
+        already queued keeps its place, and an id a fetch has reserved is left
+        out, since queueing it too would let a second agent pop it.
+        """
+        ids = list(ids)
         if not ids:
             return []
-        added = self._enqueue(keys=[self.queue_key, self.reserved_key], args=list(ids))
+        added = self._enqueue(keys=[self.queue_key, self.reserved_key], args=ids)
         return [int(i) for i in added.split(",")] if added else []
 
     def queued_between(

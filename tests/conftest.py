@@ -183,7 +183,7 @@ class Factory:
                 )
             )
             db.session.commit()
-            ticket_queue().push(ids)
+            ticket_queue().enqueue(ids)
             return sorted(ids)
 
     def token(self, user: User | int, role: str | None = None) -> str:

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +87,18 @@ def gunicorn(
         yield Server(url, proc)
     finally:
         stop(proc, timeout=15)
+
+
+def wait_for(
+    check: Callable[[], object], what: str, timeout: float = 30.0, interval: float = 0.05
+) -> None:
+    """Poll ``check`` until it is truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float) -> None:

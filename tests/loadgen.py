@@ -218,6 +218,9 @@ class ClientProcesses:
             if process.is_alive():
                 process.terminate()
             process.join(5)
+            if process.is_alive():  # close() refuses a live process: make sure it is gone
+                process.kill()
+                process.join()
             process.close()
 
     def wait_for(self, fetches: int, timeout: float = 60.0) -> int:

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from conftest import PASSWORD
 from helpers import assert_error
 
+from service.auth import verify_password
 from service.extensions import db
 from service.models import User
 
@@ -316,7 +317,7 @@ def test_deactivate_and_reactivate(client, admin_headers, factory):
     assert client.get("/api/agent/tickets/", headers=headers).status_code == 200
 
 
-def test_patch_several_fields_at_once(client, admin_headers, factory):
+def test_patch_several_fields_at_once(client, admin_headers, factory, app):
     agent = factory.user("alice")
     response = client.patch(
         f"/api/admin/users/{agent.id}/",
@@ -326,6 +327,12 @@ def test_patch_several_fields_at_once(client, admin_headers, factory):
     assert response.status_code == 200
     body = response.get_json()
     assert (body["capacity"], body["is_active"]) == (2, False)
+    # Stored, not only echoed: the row changed, the password hash too.
+    with app.app_context():
+        stored = db.session.get(User, agent.id)
+        assert (stored.capacity, stored.is_active) == (2, False)
+        assert verify_password(stored.password_hash, "another-pass")
+        assert not verify_password(stored.password_hash, PASSWORD)
 
 
 @pytest.mark.parametrize(

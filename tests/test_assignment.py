@@ -424,7 +424,7 @@ def test_a_wiped_redis_refilled_with_every_id_still_never_doubles(
     assert fetch(client, factory, alice) == ids[:15]
     redis_client.flushdb()
     with app.app_context():
-        ticket_queue().push(ids)
+        ticket_queue().enqueue(ids)
     # Alice is full in PostgreSQL: her fetch answers from it and pops nothing.
     assert fetch(client, factory, alice) == ids[:15]
     assert queue_ids(app) == ids
@@ -448,7 +448,7 @@ def test_a_wipe_then_a_second_agent_first(client, factory, app, redis_client):
     assert fetch(client, factory, alice) == ids[:3]
     redis_client.flushdb()
     with app.app_context():
-        ticket_queue().push(ids)
+        ticket_queue().enqueue(ids)
     assert fetch(client, factory, bob) == ids[3:6]
     assert holdings(app) == {alice.id: ids[:3], bob.id: ids[3:6]}
     # Alice's ids were not queued again: they are hers.

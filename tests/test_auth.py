@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import PASSWORD
 from flask_jwt_extended import create_access_token, create_refresh_token
+from helpers import assert_error
 
 from service.extensions import db
 from service.models import RevokedToken, Ticket, TicketEvent, User
@@ -87,18 +88,6 @@ def call(client, method: str, path: str, body: Any, world: dict[str, Any], heade
     if body is not None:
         kwargs["json"] = body
     return client.open(url, method=method, **kwargs)
-
-
-def assert_error(response, status: int, code: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.is_json
-    body = response.get_json()
-    assert set(body) == {"error"}
-    assert {"code", "message"} <= set(body["error"]) <= {"code", "message", "fields"}
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    if code is not None:
-        assert body["error"]["code"] == code
-    return body["error"]
 
 
 def login(client, username: str, password: str = PASSWORD):

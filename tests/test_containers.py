@@ -227,7 +227,7 @@ def assert_wsgi_app_exists() -> None:
 
 
 _READS = re.compile(
-    r"""(?:environ\.get|env\.get|getenv|environ\[|\b_\w+\(env,|_env_int\()\s*\(?\s*"""
+    r"""(?:environ\.get|env\.get|getenv|environ\[|\b(?:_\w+|read_\w+)\(env,|_env_int\()\s*\(?\s*"""
     r"""["']([A-Z][A-Z0-9_]+)["']"""
 )
 _NAMED = re.compile(r"""^\w+_ENV\s*=\s*["']([A-Z][A-Z0-9_]+)["']""", re.MULTILINE)

@@ -242,7 +242,7 @@ def test_tidy_queue_takes_out_strays_and_fixes_order_without_pushing(ctx, factor
     ids = factory.bulk_tickets(4)
     held = [t.id for t in assign(db.session, queue, agent, LEASE).tickets]
     lost = insert_unqueued(1)  # the relay's business, not tidy_queue's
-    queue.push(held[:1])  # a stale entry of a ticket the agent holds
+    queue.enqueue(held[:1])  # a stale entry of a ticket the agent holds
     queue.client.zadd(queue.queue_key, {"x": 2})
     fixes = tidy_queue(db.session, queue)
     assert (fixes.extra, fixes.out_of_order, fixes.missing) == (2, 0, 0)
@@ -470,7 +470,7 @@ def test_audit_detects_queued_tickets_postgres_does_not_have_as_unassigned(ctx, 
     queue = ctx
     w = world(factory, queue)
     taken, sold = w["held_b"][0], w["ids"][0]
-    queue.push([taken, sold, 555_555])
+    queue.enqueue([taken, sold, 555_555])
     queue.client.zadd(queue.queue_key, {"junk": 3})
     found = audit(db.session, queue, recheck_after=0)
     assert invariants(found) == [("I5", None)] + [("I5", i) for i in sorted([taken, sold, 555_555])]
@@ -486,7 +486,7 @@ def test_audit_ignores_what_settles_within_the_recheck_delay(ctx, factory):
     w = world(factory, queue)
     ticket = w["unassigned"][0]
     queue.dequeue([ticket])
-    timer = threading.Timer(0.2, lambda: queue.push([ticket]))
+    timer = threading.Timer(0.2, lambda: queue.enqueue([ticket]))
     timer.start()
     try:
         assert audit(db.session, queue, recheck_after=1.0) == []

@@ -22,7 +22,7 @@ import requests
 from conftest import PASSWORD, Factory, service_env
 from flask import Flask
 from flask.testing import FlaskClient
-from live import ROOT, free_port, live_server
+from live import ROOT, free_port, live_server, stop
 
 from service import create_app
 from service.config import ConfigError, load_config
@@ -157,7 +157,9 @@ def test_metrics_count_requests_per_route_rule_and_status(
     route = "/api/admin/tickets/<int:ticket_id>/"
     before = scrape(client.get("/metrics").text)
     for ticket_id in (11, 12, 13):
-        assert client.get(f"/api/admin/tickets/{ticket_id}/", headers=admin_headers).status_code
+        assert (
+            client.get(f"/api/admin/tickets/{ticket_id}/", headers=admin_headers).status_code == 404
+        )
     response = client.get("/metrics")
     assert response.status_code == 200
     assert response.mimetype == "text/plain"
@@ -403,7 +405,10 @@ def test_workers_serve_their_metrics_when_asked(_schema: None) -> None:
         assert "tq_reservations_returned_total" in text
     finally:
         proc.terminate()
-        _, stderr = proc.communicate(timeout=30)
+        try:
+            _, stderr = proc.communicate(timeout=30)
+        finally:
+            stop(proc, timeout=1)  # kills it only if it outlived the wait
     assert proc.returncode == 0, stderr
 
 

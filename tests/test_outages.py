@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from conftest import PASSWORD, TEST_DATABASE_URL, Factory, reset_state, service_env
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers import assert_error
 from proxy import TcpProxy
 from redis_server import RedisServer
 
@@ -126,13 +127,6 @@ def world(_schema: None, redis_server: RedisServer, pg_proxy: TcpProxy) -> Itera
         db.engine.dispose()
     ticket_queue_client = app.extensions["ticket_queue"].client
     ticket_queue_client.close()
-
-
-def assert_error(response: Any, status: int, code: str) -> None:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.is_json, response.get_data(as_text=True)
-    assert response.json["error"]["code"] == code
-    assert response.json["error"]["message"]
 
 
 def ids(response: Any) -> list[int]:
@@ -382,6 +376,7 @@ def test_a_sale_and_a_lock_on_its_agent_do_not_deadlock(
             r.delete(f"{{tq}}:held:{world.alice.id}")
     engine = sa.create_engine(TEST_DATABASE_URL)
     sale_holds_ticket = threading.Event()
+    other_waited = threading.Event()
     real_record = events.record
 
     def lock_waiters() -> int:
@@ -400,7 +395,10 @@ def test_a_sale_and_a_lock_on_its_agent_do_not_deadlock(
         if args[1] == "sold":  # the ticket row is locked, the event not yet written
             sale_holds_ticket.set()
             deadline = time.monotonic() + 10
-            while lock_waiters() == 0 and time.monotonic() < deadline:
+            while time.monotonic() < deadline:
+                if lock_waiters() > 0:
+                    other_waited.set()
+                    break
                 time.sleep(0.02)
         real_record(*args, **kwargs)
 
@@ -429,6 +427,8 @@ def test_a_sale_and_a_lock_on_its_agent_do_not_deadlock(
         seller.join(timeout=20)
         engine.dispose()
     assert results["sell"].status_code == 200, results["sell"].get_data(as_text=True)
+    # The race really happened: the other side waited on a lock the sale held.
+    assert other_waited.is_set()
     rows = {row[0]: row[1:3] for row in world.db_state()[0]}
     assert rows[tickets[0]] == ("sold", world.alice.id)
     if other == "deactivate":

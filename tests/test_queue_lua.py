@@ -32,22 +32,22 @@ def leases(queue: TicketQueue) -> dict[int, float]:
 
 # -- push ------------------------------------------------------------------------
 def test_push_orders_by_ticket_id_whatever_the_push_order(queue):
-    assert queue.push([10, 3]) == 2
-    assert queue.push([7]) == 1
-    assert queue.push([1]) == 1  # an older ticket returned to the pool goes ahead
+    assert len(queue.enqueue([10, 3])) == 2
+    assert len(queue.enqueue([7])) == 1
+    assert len(queue.enqueue([1])) == 1  # an older ticket returned to the pool goes ahead
     assert queued(queue) == [1, 3, 7, 10]
 
 
 def test_push_is_idempotent(queue):
-    assert queue.push([1, 2, 3]) == 3
-    assert queue.push([2, 3, 4]) == 1
-    assert queue.push([1, 1, 1]) == 0
-    assert queue.push([]) == 0
+    assert len(queue.enqueue([1, 2, 3])) == 3
+    assert len(queue.enqueue([2, 3, 4])) == 1
+    assert len(queue.enqueue([1, 1, 1])) == 0
+    assert len(queue.enqueue([])) == 0
     assert queued(queue) == [1, 2, 3, 4]
 
 
 def test_remove_takes_an_id_out_of_the_queue_and_the_reservations(queue):
-    queue.push([1, 2, 3])
+    queue.enqueue([1, 2, 3])
     queue.reserve(agent_id=7, capacity=1, lease_seconds=LEASE)
     queue.remove([1, 2])
     assert queued(queue) == [3]
@@ -57,7 +57,7 @@ def test_remove_takes_an_id_out_of_the_queue_and_the_reservations(queue):
 
 # -- reserve ---------------------------------------------------------------------
 def test_reserve_pops_the_oldest_first_and_records_leases(queue):
-    queue.push([5, 3, 9, 1])
+    queue.enqueue([5, 3, 9, 1])
     before = time.time()
     reservation = queue.reserve(agent_id=7, capacity=2, lease_seconds=LEASE)
     assert reservation == Reservation(held_before=0, ids=[1, 3], queue_left=2)
@@ -70,7 +70,7 @@ def test_reserve_pops_the_oldest_first_and_records_leases(queue):
 
 
 def test_reserve_never_pops_more_than_the_free_slots(queue):
-    queue.push(range(1, 21))
+    queue.enqueue(range(1, 21))
     queue.client.sadd(queue.held_key(7), 100, 101)
     reservation = queue.reserve(agent_id=7, capacity=5, lease_seconds=LEASE)
     assert reservation.held_before == 2
@@ -85,7 +85,7 @@ def test_reserve_never_pops_more_than_the_free_slots(queue):
 
 def test_reserve_is_bounded_by_postgresqls_count_when_held_was_lost(queue):
     """A wiped held set counts 0; PostgreSQL's count of 14 still leaves one free slot."""
-    queue.push(range(1, 21))
+    queue.enqueue(range(1, 21))
     reservation = queue.reserve(agent_id=7, capacity=15, lease_seconds=LEASE, known_held=14)
     assert reservation.held_before == 0
     assert reservation.ids == [1]
@@ -102,7 +102,7 @@ def test_reserve_is_bounded_by_postgresqls_count_when_held_was_lost(queue):
 
 
 def test_reserve_for_an_agent_over_capacity_pops_nothing(queue):
-    queue.push([1, 2])
+    queue.enqueue([1, 2])
     queue.client.sadd(queue.held_key(7), 50, 51, 52)
     reservation = queue.reserve(agent_id=7, capacity=2, lease_seconds=LEASE)
     assert reservation == Reservation(held_before=3, ids=[], queue_left=2)
@@ -110,7 +110,7 @@ def test_reserve_for_an_agent_over_capacity_pops_nothing(queue):
 
 
 def test_reserve_from_a_short_or_empty_queue(queue):
-    queue.push([4, 8])
+    queue.enqueue([4, 8])
     assert queue.reserve(agent_id=1, capacity=15, lease_seconds=LEASE) == Reservation(
         held_before=0, ids=[4, 8], queue_left=0
     )
@@ -122,7 +122,7 @@ def test_reserve_from_a_short_or_empty_queue(queue):
 
 
 def test_reserve_keeps_agents_apart(queue):
-    queue.push(range(1, 7))
+    queue.enqueue(range(1, 7))
     assert queue.reserve(agent_id=1, capacity=2, lease_seconds=LEASE).ids == [1, 2]
     assert queue.reserve(agent_id=2, capacity=3, lease_seconds=LEASE).ids == [3, 4, 5]
     assert queue.held(1) == {1, 2}
@@ -132,7 +132,7 @@ def test_reserve_keeps_agents_apart(queue):
 
 # -- settle ----------------------------------------------------------------------
 def test_settle_clears_confirmed_drops_vanished_and_returns_refused(queue):
-    queue.push(range(1, 8))
+    queue.enqueue(range(1, 8))
     reservation = queue.reserve(agent_id=7, capacity=5, lease_seconds=LEASE)
     assert reservation.ids == [1, 2, 3, 4, 5]
     held_after = queue.settle(7, confirmed=[1, 2], dropped=[3], returned=[4, 5])
@@ -143,7 +143,7 @@ def test_settle_clears_confirmed_drops_vanished_and_returns_refused(queue):
 
 
 def test_settle_only_returns_ids_whose_reservation_was_still_ours(queue):
-    queue.push([1, 2, 3])
+    queue.enqueue([1, 2, 3])
     queue.reserve(agent_id=7, capacity=3, lease_seconds=LEASE)
     # The reaper got there first: 2's lease ended, so it took 2 out of the
     # reservations and out of agent 7's held set and queued it; agent 8 popped it.
@@ -160,7 +160,7 @@ def test_settle_only_returns_ids_whose_reservation_was_still_ours(queue):
 
 
 def test_settle_never_requeues_an_id_whose_reservation_is_gone(queue):
-    queue.push([1, 2])
+    queue.enqueue([1, 2])
     queue.reserve(agent_id=7, capacity=2, lease_seconds=LEASE)
     # The reservation of 1 ended (the reaper, or a wipe of `reserved`); 1 is
     # still listed in the held set.
@@ -176,7 +176,7 @@ def test_settle_with_nothing_to_do_reports_the_held_size(queue):
 
 
 def test_settle_of_a_dropped_id_never_requeues_it(queue):
-    queue.push([1])
+    queue.enqueue([1])
     queue.reserve(agent_id=7, capacity=1, lease_seconds=LEASE)
     assert queue.settle(7, confirmed=[], dropped=[1], returned=[]) == 0
     assert queued(queue) == []
@@ -185,7 +185,7 @@ def test_settle_of_a_dropped_id_never_requeues_it(queue):
 
 # -- resync ----------------------------------------------------------------------
 def test_resync_keeps_in_flight_reservations_and_drops_stale_ids(queue):
-    queue.push([30, 31])
+    queue.enqueue([30, 31])
     queue.reserve(agent_id=7, capacity=1, lease_seconds=LEASE)  # 30 is in flight
     queue.client.sadd(queue.held_key(7), 2, 99)  # 2 sold since, 99 never existed
     size = queue.resync_held(7, [1, 5])  # PostgreSQL: the agent holds 1 and 5
@@ -206,7 +206,7 @@ def test_resync_of_a_lost_set_restores_it(queue):
 
 def test_resync_then_reserve_reaches_capacity(queue):
     """Stale ids make Redis think the agent is full; after a resync it tops up."""
-    queue.push(range(1, 11))
+    queue.enqueue(range(1, 11))
     queue.client.sadd(queue.held_key(7), 900, 901, 902)
     assert queue.reserve(agent_id=7, capacity=3, lease_seconds=LEASE).ids == []
     queue.resync_held(7, [])
@@ -224,7 +224,7 @@ def test_forget_and_drop_held(queue):
 
 
 def test_depth_counts_queued_and_reserved(queue):
-    queue.push(range(1, 6))
+    queue.enqueue(range(1, 6))
     queue.reserve(agent_id=7, capacity=2, lease_seconds=LEASE)
     assert queue.depth() == (3, 2)
 
@@ -245,14 +245,14 @@ def test_every_key_shares_one_hash_tag(queue):
     keys.append(queue.revoked_key("jti"))
     assert all(key.startswith("{tq}:") for key in keys)
     other = TicketQueue(queue.client, prefix="{other}")
-    other.push([1])
+    other.enqueue([1])
     assert queued(other) == [1]
     assert queued(queue) == []
 
 
 def test_the_embedded_client_runs_the_scripts():
     embedded = TicketQueue(make_redis(None, cluster=False))
-    embedded.push([2, 1])
+    embedded.enqueue([2, 1])
     assert embedded.reserve(agent_id=1, capacity=1, lease_seconds=LEASE).ids == [1]
     assert embedded.settle(1, confirmed=[1], dropped=[], returned=[]) == 1
     # Each embedded client is its own in-process server.

@@ -25,7 +25,8 @@ import requests
 import sqlalchemy as sa
 from conftest import Factory, service_env
 from flask import Flask
-from live import ROOT, live_server
+from live import ROOT, live_server, wait_for
+from live import stop as stop_process
 
 from service.domain.audit import audit
 from service.domain.rebuild import rebuild
@@ -132,15 +133,6 @@ def check_answers(answers: dict[str, Any]) -> None:
         assert agent in shown_to[ticket_id]
 
 
-def wait_for(check: Callable[[], object], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def check_after_load(app: Flask, factory: Factory) -> None:
     """The audit passes and a new agent gets the oldest unassigned tickets."""
     with app.app_context():
@@ -244,7 +236,10 @@ def test_redis_wiped_under_load_comes_back(app: Flask, factory: Factory, tmp_pat
                 wait_for(healthy, "the audit to pass", 30)
         finally:
             workers.terminate()
-            assert workers.wait(timeout=30) == 0
+            try:
+                assert workers.wait(timeout=30) == 0
+            finally:
+                stop_process(workers, timeout=1)  # kills it only if it outlived the wait
     assert "Redis has no epoch" in log_path.read_text()
     check_answers(answers)
     check_after_load(app, factory)

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import redis
 import sqlalchemy as sa
 from conftest import Factory, service_env
 from flask import Flask
-from live import ROOT, free_port
+from live import ROOT, free_port, stop, wait_for
 
 from service.domain.rebuild import rebuild
 from service.extensions import db
@@ -73,15 +73,6 @@ def workers(tmp_path: Path, name: str = "workers", **env: str) -> Iterator[Worke
         yield proc
     finally:
         proc.stop()
-
-
-def wait_for(check: Callable[[], object], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture
@@ -245,10 +236,11 @@ def test_outages_are_retried_never_fatal(tmp_path, queue):
             assert "Traceback" not in proc.log
             private.close()
         finally:
-            assert proc.stop() == 0
-            if server is not None:
-                server.terminate()
-                server.wait(timeout=10)
+            try:
+                assert proc.stop() == 0
+            finally:
+                if server is not None:
+                    stop(server, timeout=10)
 
 
 def test_postgres_unreachable_is_retried_never_fatal(tmp_path, queue):

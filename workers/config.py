@@ -6,20 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from service.config import ConfigError
-
-
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if not 0 < value < 86_400:
-        raise ConfigError(f"{name} must be between 0 and 86400 seconds, got {raw!r}")
-    return value
+from service.config import read_seconds
 
 
 @dataclass(frozen=True)
@@ -34,8 +21,8 @@ class WorkerConfig:
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerConfig:
         env = os.environ if env is None else env
         return cls(
-            relay_interval=_seconds(env, "RELAY_INTERVAL_SECONDS", 2.0),
-            reaper_interval=_seconds(env, "REAPER_INTERVAL_SECONDS", 1.0),
-            reconcile_interval=_seconds(env, "RECONCILE_INTERVAL_SECONDS", 30.0),
-            max_backoff=_seconds(env, "WORKER_MAX_BACKOFF_SECONDS", 30.0),
+            relay_interval=read_seconds(env, "RELAY_INTERVAL_SECONDS", 2.0),
+            reaper_interval=read_seconds(env, "REAPER_INTERVAL_SECONDS", 1.0),
+            reconcile_interval=read_seconds(env, "RECONCILE_INTERVAL_SECONDS", 30.0),
+            max_backoff=read_seconds(env, "WORKER_MAX_BACKOFF_SECONDS", 30.0),
         )

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.exceptions
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from service.config import ConfigError
 from service.queue import TicketQueue
@@ -22,8 +22,7 @@ TICK = 0.1
 # What an outage of PostgreSQL or Redis raises: logged briefly and retried.
 OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.RedisError,
-    DBAPIError,
-    SQLAlchemyError,
+    SQLAlchemyError,  # DBAPIError (a lost connection) among them
     ConnectionError,
     TimeoutError,
 )

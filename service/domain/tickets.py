@@ -44,7 +44,7 @@ def create_ticket(
     session.commit()
     fault_point("ticket.after_insert")
     try:
-        queue.push([ticket.id])
+        queue.enqueue([ticket.id])
     except redis.exceptions.RedisError as exc:
         log.warning("ticket %s saved but not queued (%s); the relay will queue it", ticket.id, exc)
     return ticket

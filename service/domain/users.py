@@ -131,7 +131,7 @@ def requeue_best_effort(queue: TicketQueue, agent_id: int, ticket_ids: list[int]
     """Put released tickets back in the queue; if Redis is down, the relay does it."""
     try:
         queue.forget_held(agent_id, ticket_ids)
-        queue.push(ticket_ids)
+        queue.enqueue(ticket_ids)
     except redis.exceptions.RedisError as exc:
         log.warning("released tickets of agent %s not requeued (%s); the relay will", agent_id, exc)
 
