@@ -44,6 +44,16 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
 
 
+def _cpu(row: dict[str, Any]) -> str:
+    spent = row.get("cpu_ms")
+    if not spent:
+        return "–"
+    return (
+        f"{spent['app']:.2f} + {spent['postgres']:.2f} + {spent['redis']:.2f}"
+        f" = {spent['total']:.2f}"
+    )
+
+
 def markdown(result: dict[str, Any]) -> str:
     meta = result["meta"]
     lines = [
@@ -56,10 +66,14 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "req/s counts every answered request (in scenario 2 and the deep top-up, a sale and"
         " a fetch per cycle); p50 and p99 are of the fetches only. × ceiling is req/s over"
-        " the ceiling app's for the same path and agent count.",
+        " the ceiling app's for the same path and agent count. CPU ms/req is the CPU time"
+        " the app's workers, PostgreSQL and Redis spent per answered request, read from"
+        " /proc over the run: steadier than req/s on a shared machine, and it says where"
+        " the time goes.",
         "",
-        "| scenario | target | agents | queued | req/s | p50 ms | p99 ms | × ceiling | audit |",
-        "|---|---|--:|--:|--:|--:|--:|--:|---|",
+        "| scenario | target | agents | queued | req/s | p50 ms | p99 ms | × ceiling"
+        " | CPU ms/req: app + PostgreSQL + Redis | audit |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for row in result["results"]:
         audit = row["audit"]
@@ -74,7 +88,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {SCENARIOS[row['scenario']]} | {row['target']} | {row['agents']:,} |"
             f" {row['queued']:,} | {_fmt(row['rps'])} | {_fmt(row['p50_ms'], 2)} |"
-            f" {_fmt(row['p99_ms'], 2)} | {_fmt(row['vs_ceiling'], 2)} | {verdict} |"
+            f" {_fmt(row['p99_ms'], 2)} | {_fmt(row['vs_ceiling'], 2)} | {_cpu(row)} | {verdict} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a file: python scripts/bench/run.py
     __package__ = "scripts.bench"
 
 from . import audit as audits  # noqa: E402
-from . import loadgen, profiling, report, seed, servers  # noqa: E402
+from . import cpu, loadgen, profiling, report, seed, servers  # noqa: E402
 
 ROOT = seed.ROOT
 TARGETS = ("ceiling", "product", "baseline")
@@ -168,6 +168,7 @@ class Bench:
             raw = self.out / f"profile-{name}.txt"
             sampler = profiling.record(server.pid, raw, args.duration)
             time.sleep(0.5)  # py-spy attaches to every worker
+        cpu_before = cpu.snapshot(server.pid)
         load = loadgen.run(
             server.url,
             mode,
@@ -178,6 +179,7 @@ class Bench:
             args.duration,
             timeout=max(60.0, args.duration * 4),
         )
+        cpu_ms = cpu.per_request(cpu_before, cpu.snapshot(server.pid), load.requests)
         if sampler is not None:
             sampler.wait(timeout=args.duration + 30)
             if raw.exists():
@@ -205,6 +207,7 @@ class Bench:
             "p50_ms": load.fetch_p50_ms,
             "p99_ms": load.fetch_p99_ms,
             "vs_ceiling": None,
+            "cpu_ms": cpu_ms,
             "audit": audit,
             "problems": load.problems(),
             "load": load.as_dict(),
@@ -215,6 +218,12 @@ class Bench:
             f"{report.SCENARIOS[scenario]:<32} {target:<8} agents={agents:<6}"
             f" {load.rps:>8.1f} req/s  p50 {load.fetch_p50_ms:>7.2f} ms"
             f"  p99 {load.fetch_p99_ms:>7.2f} ms  {verdict}"
+            + (
+                f"  CPU ms/req: app {cpu_ms['app']:.2f} pg {cpu_ms['postgres']:.2f}"
+                f" redis {cpu_ms['redis']:.2f}"
+                if cpu_ms
+                else ""
+            )
             + (f"  PROBLEMS: {'; '.join(row['problems'])}" if row["problems"] else "")
         )
         return row
