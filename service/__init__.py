@@ -10,13 +10,14 @@ from typing import Any
 
 from dotenv import load_dotenv
 from flask import Flask
-from sqlalchemy import event, inspect
-from sqlalchemy.engine import Engine
+from sqlalchemy import inspect
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import metrics
 from .config import load_config
+from .database import replace_closed_connections, serialise_sqlite
 from .extensions import db, jwt, limiter, migrate
+from .json_provider import OrjsonProvider
 from .logging import ensure_logging
 from .logging import init_app as init_request_logging
 from .queue import TicketQueue, make_redis
@@ -46,7 +47,8 @@ def create_app(env: Mapping[str, str] | None = None, **overrides: Any) -> Flask:
         OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
     )
     app.config.update(overrides)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json = OrjsonProvider(app)
+    app.json.sort_keys = False
     # Every route answers with and without its trailing slash, no redirect.
     app.url_map.strict_slashes = False
     if app.config["TRUSTED_PROXY_HOPS"]:
@@ -79,9 +81,11 @@ def register_extensions(app: Flask) -> None:
     limiter.init_app(app)
     client = make_redis(app.config["REDIS_URL"], app.config["REDIS_CLUSTER"])
     app.extensions["ticket_queue"] = TicketQueue(client, app.config["REDIS_KEY_PREFIX"])
-    if app.config["EMBEDDED"]:
-        with app.app_context():
-            _serialise_sqlite(db.engine)
+    with app.app_context():
+        if db.engine.dialect.name == "sqlite":
+            serialise_sqlite(db.engine)
+        elif db.engine.dialect.name == "postgresql":
+            replace_closed_connections(db.engine)
 
 
 def register_blueprints(app: Flask) -> None:
@@ -100,24 +104,6 @@ def register_commands(app: Flask) -> None:
     from .cli import register_commands as register
 
     register(app)
-
-
-def _serialise_sqlite(engine: Engine) -> None:
-    """SQLite has no row locks: take the write lock at BEGIN, so transactions
-    run one at a time and the confirm's count stays exact (embedded mode only)."""
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=10000")
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def start_embedded(app: Flask) -> None:

@@ -85,9 +85,9 @@ def load_config(instance_path: Path, env: Mapping[str, str] | None = None) -> di
         engine_options: dict[str, Any] = {}
     else:
         engine_options = {
-            # A connection that died with a PostgreSQL restart is replaced
-            # before use, so the service recovers without a restart.
-            "pool_pre_ping": True,
+            # No pool_pre_ping: its SELECT 1 was a round trip on every request.
+            # A connection the server closed is replaced on checkout by a
+            # check of its socket instead (service/database.py).
             "pool_size": _int(env, "DB_POOL_SIZE", 5),
             "max_overflow": _int(env, "DB_MAX_OVERFLOW", 5, minimum=0),
             "pool_timeout": _int(env, "DB_POOL_TIMEOUT", 5),
@@ -95,7 +95,9 @@ def load_config(instance_path: Path, env: Mapping[str, str] | None = None) -> di
                 "connect_timeout": _int(env, "DB_CONNECT_TIMEOUT", 3),
                 # A query stuck behind a lock or a dead server fails instead of
                 # holding a worker forever.
-                "options": f"-c statement_timeout={_int(env, 'DB_STATEMENT_TIMEOUT_MS', 5000)}",
+                "options": f"-c statement_timeout={_int(env, 'DB_STATEMENT_TIMEOUT_MS', 5000)}"
+                # Timestamps come back in UTC, as the API writes them.
+                " -c timezone=UTC",
             },
         }
 

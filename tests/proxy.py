@@ -21,6 +21,9 @@ class TcpProxy:
         self._sockets: set[socket.socket] = set()
         self._listener: socket.socket | None = None
         self.port = listen_port
+        # Chunks the clients sent: a driver that waits for each answer (libpq)
+        # sends one per round trip, so this counts round trips.
+        self.client_sends = 0
         self._listen()
 
     # -- control -----------------------------------------------------------
@@ -74,12 +77,15 @@ class TcpProxy:
                     _close(upstream)
                     return
                 self._sockets.update((client, upstream))
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+            for src, dst, counted in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pump, args=(src, dst, counted), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, counted: bool) -> None:
         try:
             while data := src.recv(65536):
+                if counted:
+                    with self._lock:
+                        self.client_sends += 1
                 dst.sendall(data)
         except OSError:
             pass

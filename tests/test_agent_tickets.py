@@ -205,11 +205,16 @@ def test_a_new_agent_holds_nothing_and_has_the_default_capacity(client, factory,
 
 
 def test_the_hot_path_serialiser_matches_the_documented_schema(app, factory):
-    """holding_json builds TicketSchema's output by hand; the two must never drift."""
-    from datetime import datetime
+    """holding_json builds TicketSchema's output by hand, and the app's JSON provider
+    writes its times; the documents the two give must never drift."""
+    import json
+    from datetime import UTC, datetime, timedelta
 
     from service.domain.assignment import holding
     from service.schemas import HoldingSchema, TicketSchema, holding_json, ticket_json
+
+    def as_sent(document):
+        return json.loads(app.json.dumps(document))
 
     agent = factory.user("alice")
     factory.tickets(3)
@@ -221,12 +226,18 @@ def test_the_hot_path_serialiser_matches_the_documented_schema(app, factory):
         current = holding(db.session, agent.id)
         assert len(current.tickets) == 3
         expected = HoldingSchema().dump({"tickets": current.tickets, "capacity": 15})
-        assert holding_json(current.tickets, 15) == expected
+        assert as_sent(holding_json(current.tickets, 15)) == expected
         # Key order too: clients see the same document either way.
-        assert list(ticket_json(current.tickets[0])) == list(TicketSchema().fields)
-        # Naive times (SQLite stores UTC without a zone) come out as UTC.
+        assert list(as_sent(ticket_json(current.tickets[0]))) == list(TicketSchema().fields)
+        # PostgreSQL answers in UTC whatever the server's zone (the session sets it).
+        assert current.tickets[0].created_at.utcoffset() == timedelta(0)
+        assert expected["tickets"][0]["created_at"].endswith("+00:00")
+        # Naive times (SQLite stores UTC without a zone) come out as UTC, and
+        # microseconds as the schema writes them.
         ticket = db.session.get(Ticket, current.tickets[0].id)
         ticket.sold_at = datetime(2026, 1, 2, 3, 4, 5)
-        assert ticket_json(ticket) == TicketSchema().dump(ticket)
-        assert ticket_json(ticket)["sold_at"] == "2026-01-02T03:04:05+00:00"
+        ticket.updated_at = datetime(2026, 1, 2, 3, 4, 5, 120, tzinfo=UTC)
+        assert as_sent(ticket_json(ticket)) == TicketSchema().dump(ticket)
+        assert as_sent(ticket_json(ticket))["sold_at"] == "2026-01-02T03:04:05+00:00"
+        assert as_sent(ticket_json(ticket))["updated_at"] == "2026-01-02T03:04:05.000120+00:00"
         db.session.rollback()
