@@ -149,19 +149,25 @@ class BacklogCollector(Collector):
                 "tq_queue_depth", "Ticket ids waiting in the Redis queue.", value=queued
             )
             yield GaugeMetricFamily(
-                "tq_reserved", "Ticket ids popped but not yet confirmed.", value=reserved
+                "tq_reserved",
+                "Reservations not yet cleared: fetches in flight, and confirmed tickets"
+                " until their agent's next fetch or the end of their lease.",
+                value=reserved,
             )
         if unassigned is not None:
             yield GaugeMetricFamily(
                 "tq_unassigned_tickets", "Unassigned tickets in PostgreSQL.", value=unassigned
             )
         if queued is not None and reserved is not None and unassigned is not None:
-            # Every unassigned ticket should be queued or reserved. A lasting
-            # non-zero value is drift the relay and reaper did not repair:
-            # positive means tickets missing from Redis, negative stale ids.
+            # Every unassigned ticket should be queued or reserved. Reservations
+            # also cover confirmed tickets until their agent's next fetch, so the
+            # value is normally at or below 0; above 0 for long means at least
+            # that many tickets are missing from Redis and the relay is not
+            # repairing it.
             yield GaugeMetricFamily(
                 "tq_queue_drift",
-                "Unassigned tickets in PostgreSQL minus ids queued or reserved in Redis.",
+                "Unassigned tickets in PostgreSQL minus ids queued or reserved in Redis:"
+                " above 0, tickets missing from Redis.",
                 value=unassigned - queued - reserved,
             )
 

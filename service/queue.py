@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -33,9 +33,10 @@ def _script(client: RedisClient, name: str) -> Any:
 class Reservation:
     """What one reserve call did."""
 
-    held_before: int
+    used: int  # the agent's slots in use before the pop: held, and fetches in flight
     ids: list[int]
     queue_left: int
+    in_flight: list[int] = field(default_factory=list)  # reserved ids PostgreSQL did not list
 
 
 class TicketQueue:
@@ -68,18 +69,21 @@ class TicketQueue:
 
     # -- assignment ------------------------------------------------------
     def reserve(
-        self, agent_id: int, capacity: int, lease_seconds: int, known_held: int = 0
+        self, agent_id: int, capacity: int, lease_seconds: int, known: Sequence[int]
     ) -> Reservation:
         """Pop up to the agent's free slots from the queue head and reserve them.
 
-        ``known_held`` is PostgreSQL's count of the agent's unsold tickets: a
-        lower bound on its slots in use when Redis lost its ``held`` set.
+        ``known`` is PostgreSQL's list of the agent's unsold tickets, read just
+        before: ``held`` is brought in line with it first, and the reservations
+        of known ids (confirmed by an earlier fetch) are cleared.
         """
-        held_before, ids, queue_left = self._reserve(
+        used, ids, queue_left, in_flight = self._reserve(
             keys=[self.queue_key, self.held_key(agent_id), self.reserved_key],
-            args=[capacity, lease_seconds, known_held],
+            args=[capacity, lease_seconds, *known],
         )
-        return Reservation(int(held_before), [int(i) for i in ids], int(queue_left))
+        return Reservation(
+            int(used), [int(i) for i in ids], int(queue_left), sorted(int(i) for i in in_flight)
+        )
 
     def settle(
         self,
@@ -99,17 +103,28 @@ class TicketQueue:
             )
         )
 
-    def resync_held(self, agent_id: int, ids: Sequence[int]) -> int:
-        """Set the agent's held set to PostgreSQL's list, keeping its fetches in flight."""
-        return int(self._resync(keys=[self.held_key(agent_id), self.reserved_key], args=list(ids)))
+    def resync_held(self, agent_id: int, ids: Sequence[int], gone: Sequence[int] = ()) -> int:
+        """Set the agent's held set to PostgreSQL's list ``ids``, keeping its fetches in
+        flight; ``gone`` ids are dropped even if reserved (taken, sold or deleted)."""
+        return int(
+            self._resync(
+                keys=[self.held_key(agent_id), self.reserved_key],
+                args=[len(ids), *ids, *gone],
+            )
+        )
 
     def held(self, agent_id: int) -> set[int]:
         return {int(i) for i in self.client.smembers(self.held_key(agent_id))}
 
     def forget_held(self, agent_id: int, ids: Iterable[int]) -> None:
+        """Tickets the agent no longer holds (sold, released): out of its held set,
+        and their reservations cleared if no fetch has cleared them yet."""
         ids = list(ids)
         if ids:
-            self.client.srem(self.held_key(agent_id), *ids)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.srem(self.held_key(agent_id), *ids)
+            pipe.zrem(self.reserved_key, *ids)
+            pipe.execute()
 
     def drop_agent(self, agent_id: int) -> None:
         self.client.delete(self.held_key(agent_id))

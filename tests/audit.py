@@ -107,7 +107,8 @@ def audit(
     ``created`` is the set of ticket ids the test made: nothing may be lost or
     appear from nowhere. ``settled`` means no request is in flight: then Redis
     must agree with PostgreSQL exactly (queue == unassigned, oldest first,
-    nothing reserved, every held set == the agent's unsold tickets).
+    no reservation but those of assigned tickets, every held set == the
+    agent's unsold tickets).
     """
     report = AuditReport()
     problems = report.problems
@@ -157,8 +158,11 @@ def audit(
         for member, score in client.zrange(f"{prefix}:queue", 0, -1, withscores=True)
     ]
     reserved = {int(member) for member in client.zrange(f"{prefix}:reserved", 0, -1)}
+    # A confirmed ticket keeps its reservation until its agent's next fetch
+    # (or the lease's end): only the others are pending.
+    pending = {i for i in reserved if tickets.get(i, ("deleted", None))[0] != "assigned"}
     queued = [ticket_id for ticket_id, _ in report.queue]
-    report.queued, report.reserved = len(queued), len(reserved)
+    report.queued, report.reserved = len(queued), len(pending)
     stranded = sorted(set(report.unassigned_ids) - set(queued) - reserved)
     if stranded:
         problems.append(
@@ -174,8 +178,11 @@ def audit(
             )
         if any(float(ticket_id) != score for ticket_id, score in report.queue):
             problems.append("a queued ticket's score is not its id: the queue order is wrong")
-        if reserved:
-            problems.append(f"{len(reserved)} reservations left with no fetch in flight")
+        if pending:
+            problems.append(
+                f"{len(pending)} reservations of tickets not assigned left with no fetch"
+                f" in flight: {sorted(pending)[:20]}"
+            )
         held_keys = set(client.scan_iter(match=f"{prefix}:held:*", count=1000))
         agents = set(holdings) | {int(key.rsplit(":", 1)[1]) for key in held_keys}
         for agent_id in sorted(agents):

@@ -49,10 +49,21 @@ def held_set(app: Flask, agent_id: int) -> set[int]:
         return ticket_queue().held(agent_id)
 
 
-def reserved(app: Flask) -> list[str]:
+def in_flight(app: Flask) -> list[int]:
+    """Reserved ids PostgreSQL does not have as assigned: fetches still in flight.
+
+    (A confirmed ticket's reservation is left for its agent's next fetch to clear.)
+    """
     with app.app_context():
         queue = ticket_queue()
-        return list(queue.client.zrange(queue.reserved_key, 0, -1))
+        ids = [int(i) for i in queue.client.zrange(queue.reserved_key, 0, -1)]
+        assigned = set(
+            db.session.scalars(
+                sa.select(Ticket.id).where(Ticket.id.in_(ids), Ticket.status == "assigned")
+            )
+        )
+        db.session.rollback()
+    return [i for i in ids if i not in assigned]
 
 
 def holdings(app: Flask) -> dict[int, list[int]]:
@@ -106,7 +117,7 @@ def test_agents_get_the_oldest_tickets_in_creation_order(client, factory, app):
     assert fetch(client, factory, d) == []
     assert holdings(app) == {a.id: ids[:15], b.id: ids[15:30], c.id: ids[30:40]}
     assert queue_ids(app) == []
-    assert reserved(app) == []  # every reservation was settled
+    assert in_flight(app) == []  # every reservation was confirmed
     assert_invariants(app)
 
 
@@ -221,7 +232,7 @@ def test_a_deleted_ticket_left_in_redis_is_still_never_handed_out(client, factor
     assert fetch(client, factory, alice) == ids[1:4]
     assert ids[0] not in queue_ids(app)
     assert held_set(app, alice.id) == set(ids[1:4])
-    assert reserved(app) == []
+    assert in_flight(app) == []
 
 
 def test_a_deleted_held_ticket_frees_a_slot(client, factory, admin_headers, app):
@@ -346,13 +357,19 @@ def test_queue_stats_numbers(client, factory, admin_headers, app):
     sell(client, factory, alice, ids[1])
     assert client.delete(f"/api/admin/tickets/{ids[19]}/", headers=admin_headers).status_code == 204
     stats = client.get("/api/admin/queue/", headers=admin_headers).get_json()
-    assert stats == {"queued": 4, "unassigned": 4, "assigned": 13, "sold": 2, "reserved": 0}
+    # The 13 tickets alice holds keep their reservations until her next fetch
+    # clears them (the sales cleared theirs).
+    assert stats == {"queued": 4, "unassigned": 4, "assigned": 13, "sold": 2, "reserved": 13}
     # A reservation in flight shows as reserved and no longer queued.
     with app.app_context():
-        reservation = ticket_queue().reserve(9999, 1, 30)
+        reservation = ticket_queue().reserve(9999, 1, 30, known=[])
     assert reservation.ids == [ids[15]]
     stats = client.get("/api/admin/queue/", headers=admin_headers).get_json()
-    assert stats == {"queued": 3, "unassigned": 4, "assigned": 13, "sold": 2, "reserved": 1}
+    assert stats == {"queued": 3, "unassigned": 4, "assigned": 13, "sold": 2, "reserved": 14}
+    # Alice's next fetch clears her 13 and reserves the 2 it confirms.
+    assert fetch(client, factory, alice) == [*ids[2:15], *ids[16:18]]
+    stats = client.get("/api/admin/queue/", headers=admin_headers).get_json()
+    assert stats == {"queued": 1, "unassigned": 2, "assigned": 15, "sold": 2, "reserved": 3}
 
 
 def test_ticket_history_shows_who_had_it(client, factory, admin, admin_headers):
@@ -436,7 +453,7 @@ def test_a_wiped_redis_refilled_with_every_id_still_never_doubles(
     assert fetch(client, factory, bob) == ids[16:31]
     assert fetch(client, factory, carol) == ids[31:40]
     assert queue_ids(app) == []
-    assert reserved(app) == []
+    assert in_flight(app) == []
     assert holdings(app) == {alice.id: ids[1:16], bob.id: ids[16:31], carol.id: ids[31:40]}
     assert_invariants(app)
 

@@ -103,5 +103,5 @@ def test_benchmark_runs_every_scenario_and_audits(tmp_path):
 def test_hot_path_probe_runs():
     done = _bench("scripts.bench.hotpath", "--requests=20", timeout=120)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "product: fast path [current]" in done.stdout
-    assert "product: sell + top-up [current]" in done.stdout
+    assert "product: fast path, depth" in done.stdout
+    assert "product: sell + top-up, depth" in done.stdout

@@ -62,6 +62,10 @@ def queued_ids(queue: TicketQueue) -> list[int]:
     return [int(m) for m in queue.client.zrange(queue.queue_key, 0, -1)]
 
 
+def reserved_ids(queue: TicketQueue) -> set[int]:
+    return {int(m) for m in queue.client.zrange(queue.reserved_key, 0, -1)}
+
+
 def expire_all(queue: TicketQueue) -> None:
     """Make every reservation's lease end in the past (a crashed fetch, long ago)."""
     for member in queue.client.zrange(queue.reserved_key, 0, -1):
@@ -70,7 +74,11 @@ def expire_all(queue: TicketQueue) -> None:
 
 def crashed_fetch(queue: TicketQueue, agent_id: int, capacity: int = 15) -> list[int]:
     """Pop and reserve as a fetch does, then 'die' before PostgreSQL confirms."""
-    return queue.reserve(agent_id, capacity, LEASE).ids
+    known = db.session.scalars(
+        sa.select(Ticket.id).where(Ticket.agent_id == agent_id, Ticket.status == "assigned")
+    ).all()
+    db.session.rollback()
+    return queue.reserve(agent_id, capacity, LEASE, known).ids
 
 
 def status_of(ticket_id: int) -> tuple[str, int | None] | None:
@@ -242,7 +250,7 @@ def test_tidy_queue_takes_out_strays_and_fixes_order_without_pushing(ctx, factor
     ids = factory.bulk_tickets(4)
     held = [t.id for t in assign(db.session, queue, agent, LEASE).tickets]
     lost = insert_unqueued(1)  # the relay's business, not tidy_queue's
-    queue.enqueue(held[:1])  # a stale entry of a ticket the agent holds
+    queue.client.zadd(queue.queue_key, {str(held[0]): held[0]})  # a stale entry of a held ticket
     queue.client.zadd(queue.queue_key, {"x": 2})
     fixes = tidy_queue(db.session, queue)
     assert (fixes.extra, fixes.out_of_order, fixes.missing) == (2, 0, 0)
@@ -330,7 +338,10 @@ def test_rebuild_fixes_extra_out_of_order_and_stale_reservations(ctx, factory):
     assert (summary.extra, summary.reservations_cleared) == (3, 2)
     assert summary.missing == 0 and summary.out_of_order == 0  # `second` was popped before
     assert_built(queue, w)
-    assert queue.held(c) == set() and queue.depth() == (4, 0)
+    assert queue.held(c) == set() and queue.depth()[0] == 4
+    # What reservations are left are the confirmed tickets' own, for their
+    # agents' next fetches to clear.
+    assert reserved_ids(queue) == set(w["held_a"] + w["held_b"])
     assert queued_ids(queue)[:2] == [first, second]
 
 
@@ -470,7 +481,7 @@ def test_audit_detects_queued_tickets_postgres_does_not_have_as_unassigned(ctx, 
     queue = ctx
     w = world(factory, queue)
     taken, sold = w["held_b"][0], w["ids"][0]
-    queue.enqueue([taken, sold, 555_555])
+    queue.client.zadd(queue.queue_key, {str(i): i for i in (taken, sold, 555_555)})
     queue.client.zadd(queue.queue_key, {"junk": 3})
     found = audit(db.session, queue, recheck_after=0)
     assert invariants(found) == [("I5", None)] + [("I5", i) for i in sorted([taken, sold, 555_555])]

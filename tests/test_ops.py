@@ -376,7 +376,7 @@ def test_reservations_the_reaper_returns_are_counted(app: Flask, factory: Factor
     with app.app_context():
         queue = ticket_queue()
         # A fetch that popped two ids and died before confirming them.
-        assert len(queue.reserve(agent.id, 2, lease_seconds=1).ids) == 2
+        assert len(queue.reserve(agent.id, 2, lease_seconds=1, known=[]).ids) == 2
         time.sleep(1.1)
         before = RESERVATIONS_RETURNED._value.get()
         assert len(reap(db.session, queue).returned) == 2

@@ -8,9 +8,9 @@ that adds a round trip shows up here first.
 Counted per request, after a warm-up request (Lua scripts loaded, pool filled):
 
 - SQL statements: SQLAlchemy's ``before_cursor_execute`` (what the code asks for);
-- PostgreSQL work the statements do not show: each pool checkout runs the
-  pre-ping (``SELECT 1``, a round trip), each transaction ends in a COMMIT or
-  ROLLBACK, and psycopg2 sends the BEGIN of each transaction as its own round trip;
+- PostgreSQL round trips: what the app really sends, counted by a TCP proxy in
+  front of PostgreSQL. It sees what the statements do not show: psycopg2's
+  BEGIN of each transaction, its COMMIT or ROLLBACK, any ping;
 - Redis round trips: writes to a Redis connection (a pipeline counts once),
   with the commands by name.
 """
@@ -26,8 +26,11 @@ from typing import Any
 import pytest
 import redis
 import sqlalchemy as sa
+from conftest import TEST_DATABASE_URL, reset_state, service_env
 from flask import Flask
+from proxy import TcpProxy, tcp_proxy
 
+from service import create_app
 from service.domain.rebuild import rebuild
 from service.extensions import db
 from service.state import ticket_queue
@@ -38,10 +41,7 @@ ASSIGN = "/api/agent/tickets/assign/"
 @dataclass(repr=False)
 class Budget:
     statements: list[str] = field(default_factory=list)
-    checkouts: int = 0  # each one a pre-ping round trip
-    begins: int = 0
-    commits: int = 0
-    rollbacks: int = 0
+    postgres_round_trips: int = 0
     redis_round_trips: int = 0
     redis_commands: list[str] = field(default_factory=list)
 
@@ -49,14 +49,9 @@ class Budget:
     def kinds(self) -> list[str]:
         return [_kind(s) for s in self.statements]
 
-    @property
-    def postgres_round_trips(self) -> int:
-        return self.checkouts + self.begins + len(self.statements) + self.commits + self.rollbacks
-
     def __repr__(self) -> str:
         return (
-            f"statements {self.kinds}, checkouts {self.checkouts}, begins {self.begins},"
-            f" commits {self.commits}, rollbacks {self.rollbacks};"
+            f"statements {self.kinds}, postgres {self.postgres_round_trips} round trips;"
             f" redis {self.redis_round_trips} round trips {self.redis_commands}"
         )
 
@@ -75,35 +70,36 @@ def _kind(sql: str) -> str:
     return name
 
 
+@pytest.fixture
+def app(_schema: None) -> Iterator[Flask]:
+    """The app with PostgreSQL behind a counting TCP proxy."""
+    target = sa.engine.make_url(TEST_DATABASE_URL)
+    with tcp_proxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
+        proxied = target.set(host="127.0.0.1", port=proxy.port)
+        app = create_app(env=service_env(DATABASE_URL=proxied.render_as_string(False)))
+        app.config["TESTING"] = True
+        app.extensions["test_proxy"] = proxy
+        reset_state(app)
+        yield app
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+        ticket_queue_client(app).close()
+
+
 @contextmanager
 def counting(app: Flask, monkeypatch: pytest.MonkeyPatch) -> Iterator[Budget]:
     budget = Budget()
     with app.app_context():
         engine = db.engine
     client = ticket_queue_client(app)
+    proxy: TcpProxy = app.extensions["test_proxy"]
+    sent_before = proxy.client_sends
 
     def on_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         budget.statements.append(statement)
 
-    def on_checkout(*args: Any) -> None:
-        budget.checkouts += 1
-
-    def on_begin(conn: Any) -> None:
-        budget.begins += 1
-
-    def on_commit(conn: Any) -> None:
-        budget.commits += 1
-
-    def on_rollback(conn: Any) -> None:
-        budget.rollbacks += 1
-
-    listeners = [
-        (engine, "before_cursor_execute", on_execute),
-        (engine.pool, "checkout", on_checkout),
-        (engine, "begin", on_begin),
-        (engine, "commit", on_commit),
-        (engine, "rollback", on_rollback),
-    ]
+    listeners = [(engine, "before_cursor_execute", on_execute)]
     for target, name, fn in listeners:
         sa.event.listen(target, name, fn)
 
@@ -119,10 +115,18 @@ def counting(app: Flask, monkeypatch: pytest.MonkeyPatch) -> Iterator[Budget]:
         budget.redis_commands.append(str(args[0]).upper())
         return execute_command(*args, **options)
 
+    pipeline_execute = redis.client.Pipeline.execute
+
+    def named_pipeline(self: Any, *args: Any, **options: Any) -> Any:
+        budget.redis_commands.extend(str(args[0]).upper() for args, _ in self.command_stack)
+        return pipeline_execute(self, *args, **options)
+
     monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted_send)
     monkeypatch.setattr(client, "execute_command", named)
+    monkeypatch.setattr(redis.client.Pipeline, "execute", named_pipeline)
     try:
         yield budget
+        budget.postgres_round_trips = proxy.client_sends - sent_before
     finally:
         monkeypatch.undo()
         for target, name, fn in listeners:
@@ -159,42 +163,33 @@ def test_fast_path_is_one_redis_call_and_one_select(app, agent, monkeypatch):
     assert budget.redis_round_trips == 1, budget
     # The agent's account and unsold tickets in one indexed SELECT...
     assert budget.kinds == ["SELECT users"], budget
-    # ...around which PostgreSQL also sees the pool's pre-ping, psycopg2's
-    # BEGIN and the ROLLBACK that ends the request's session: 4 round trips.
-    assert (budget.checkouts, budget.begins, budget.commits, budget.rollbacks) == (1, 1, 0, 1)
-    assert budget.postgres_round_trips == 4, budget
+    # ...in autocommit: no BEGIN before it, no ROLLBACK after it, no ping.
+    assert budget.postgres_round_trips == 1, budget
 
 
-def test_top_up_budget(app, agent, monkeypatch):
-    """Today's top-up, which is more than DESIGN.md's "one reserve Lua call plus one
-    short transaction": see the comments for each extra step."""
+def test_top_up_is_one_lua_call_and_one_short_transaction(app, agent, monkeypatch):
     client = app.test_client()
     oldest = client.get(ASSIGN, headers=agent).json["tickets"][0]["id"]
     assert client.post(f"/api/agent/tickets/sell/{oldest}/", headers=agent).status_code == 200
     with counting(app, monkeypatch) as budget:
         reply = client.get(ASSIGN, headers=agent)
     assert reply.status_code == 200 and len(reply.json["tickets"]) == 15
-    # Redis: the revocation MGET, reserve.lua, and a second script call,
-    # settle.lua, after the commit (clears the reservation): 3 round trips.
-    assert budget.redis_commands == ["MGET", "EVALSHA", "EVALSHA"], budget
-    assert budget.redis_round_trips == 3, budget
+    # Redis: the revocation MGET, then reserve.lua, which also clears what the
+    # previous fetch confirmed; nothing after the commit.
+    assert budget.redis_commands == ["MGET", "EVALSHA"], budget
+    assert budget.redis_round_trips == 2, budget
     assert budget.kinds == [
-        # The fast path's SELECT runs first to learn the agent is short; its
-        # transaction is rolled back before the confirm.
+        # The fast path's SELECT, in autocommit, finds the agent one short...
         "SELECT users",
-        # The confirm transaction: lock the agent, count what it holds,
-        # assign the reserved ids, log the events, read back its tickets.
+        # ...then the confirm transaction: lock the agent, list what it holds,
+        # assign the reserved ids, log the events.
         "SELECT users FOR NO KEY UPDATE",
-        "SELECT tickets count",
+        "SELECT tickets",
         "UPDATE tickets",
         "INSERT ticket_events",
-        "SELECT tickets",
     ], budget
-    # Two transactions (the read, then the confirm) and two pre-pings: the
-    # confirm's rollback() hands the connection back to the pool, and the
-    # confirm checks one out (and pings it) again.
-    assert (budget.checkouts, budget.begins, budget.commits, budget.rollbacks) == (2, 2, 1, 1)
-    assert budget.postgres_round_trips == 12, budget
+    # The read (1), then BEGIN, the four statements, COMMIT.
+    assert budget.postgres_round_trips == 7, budget
 
 
 def test_sell_budget(app, agent, monkeypatch):
@@ -203,9 +198,11 @@ def test_sell_budget(app, agent, monkeypatch):
     with counting(app, monkeypatch) as budget:
         reply = client.post(f"/api/agent/tickets/sell/{oldest}/", headers=agent)
     assert reply.status_code == 200
-    # Redis: the revocation MGET, then SREM from the held set after the commit.
-    assert budget.redis_commands == ["MGET", "SREM"], budget
+    # Redis: the revocation MGET, then one pipeline after the commit that takes
+    # the ticket out of the held set and ends its reservation.
+    assert budget.redis_commands == ["MGET", "SREM", "ZREM"], budget
     assert budget.redis_round_trips == 2, budget
-    # The guarded UPDATE (it checks the account too), then the event.
+    # The guarded UPDATE (it checks the account too), then the event...
     assert budget.kinds == ["UPDATE tickets", "INSERT ticket_events"], budget
-    assert (budget.checkouts, budget.begins, budget.commits) == (1, 1, 1), budget
+    # ...with psycopg2's BEGIN and the COMMIT.
+    assert budget.postgres_round_trips == 4, budget

@@ -48,7 +48,7 @@ def test_push_is_idempotent(queue):
 
 def test_remove_takes_an_id_out_of_the_queue_and_the_reservations(queue):
     queue.enqueue([1, 2, 3])
-    queue.reserve(agent_id=7, capacity=1, lease_seconds=LEASE)
+    queue.reserve(agent_id=7, capacity=1, lease_seconds=LEASE, known=[])
     queue.remove([1, 2])
     assert queued(queue) == [3]
     assert leases(queue) == {}
@@ -59,8 +59,8 @@ def test_remove_takes_an_id_out_of_the_queue_and_the_reservations(queue):
 def test_reserve_pops_the_oldest_first_and_records_leases(queue):
     queue.enqueue([5, 3, 9, 1])
     before = time.time()
-    reservation = queue.reserve(agent_id=7, capacity=2, lease_seconds=LEASE)
-    assert reservation == Reservation(held_before=0, ids=[1, 3], queue_left=2)
+    reservation = queue.reserve(agent_id=7, capacity=2, lease_seconds=LEASE, known=[])
+    assert reservation == Reservation(used=0, ids=[1, 3], queue_left=2)
     assert queued(queue) == [5, 9]
     assert queue.held(7) == {1, 3}
     deadlines = leases(queue)
@@ -72,50 +72,67 @@ def test_reserve_pops_the_oldest_first_and_records_leases(queue):
 def test_reserve_never_pops_more_than_the_free_slots(queue):
     queue.enqueue(range(1, 21))
     queue.client.sadd(queue.held_key(7), 100, 101)
-    reservation = queue.reserve(agent_id=7, capacity=5, lease_seconds=LEASE)
-    assert reservation.held_before == 2
+    reservation = queue.reserve(agent_id=7, capacity=5, lease_seconds=LEASE, known=[100, 101])
+    assert reservation.used == 2
     assert reservation.ids == [1, 2, 3]
     assert queue.held(7) == {100, 101, 1, 2, 3}
-    # Full now: a second call pops nothing and reserves nothing.
-    again = queue.reserve(agent_id=7, capacity=5, lease_seconds=LEASE)
-    assert again == Reservation(held_before=5, ids=[], queue_left=17)
+    # Full now, counting the three in flight: a second call pops nothing.
+    again = queue.reserve(agent_id=7, capacity=5, lease_seconds=LEASE, known=[100, 101])
+    assert again == Reservation(used=5, ids=[], queue_left=17, in_flight=[1, 2, 3])
     assert set(leases(queue)) == {1, 2, 3}
     assert queued(queue) == list(range(4, 21))
 
 
-def test_reserve_is_bounded_by_postgresqls_count_when_held_was_lost(queue):
-    """A wiped held set counts 0; PostgreSQL's count of 14 still leaves one free slot."""
+def test_reserve_rebuilds_a_lost_held_set_from_postgresqls_list(queue):
+    """A wiped held set: PostgreSQL's 14 tickets still leave one free slot, not 15."""
     queue.enqueue(range(1, 21))
-    reservation = queue.reserve(agent_id=7, capacity=15, lease_seconds=LEASE, known_held=14)
-    assert reservation.held_before == 0
+    known = list(range(100, 114))
+    reservation = queue.reserve(agent_id=7, capacity=15, lease_seconds=LEASE, known=known)
+    assert reservation.used == 14
     assert reservation.ids == [1]
+    assert queue.held(7) == {*known, 1}
     assert queued(queue) == list(range(2, 21))
-    # The larger of the two counts wins: Redis ahead of PostgreSQL (a fetch in flight).
+
+
+def test_reserve_drops_held_ids_neither_known_nor_in_flight(queue):
+    """Sold, released or given back since: they no longer take a slot."""
+    queue.enqueue(range(1, 21))
     queue.client.sadd(queue.held_key(8), *range(100, 110))
-    assert queue.reserve(agent_id=8, capacity=15, lease_seconds=LEASE, known_held=3).ids == [
-        2,
-        3,
-        4,
-        5,
-        6,
-    ]
+    reservation = queue.reserve(agent_id=8, capacity=5, lease_seconds=LEASE, known=[100, 101])
+    assert reservation.used == 2
+    assert reservation.ids == [1, 2, 3]
+    assert queue.held(8) == {100, 101, 1, 2, 3}
+
+
+def test_reserve_clears_the_leases_of_ids_postgresql_lists_and_keeps_those_in_flight(queue):
+    """The fetch that confirmed 1 and 2 left their leases; the next reserve clears
+    them. 3 is not in the list (in flight, or confirmed after it was read): it keeps
+    its lease and its slot."""
+    queue.enqueue(range(1, 11))
+    assert queue.reserve(agent_id=7, capacity=3, lease_seconds=LEASE, known=[]).ids == [1, 2, 3]
+    reservation = queue.reserve(agent_id=7, capacity=5, lease_seconds=LEASE, known=[1, 2])
+    assert reservation.used == 3
+    assert reservation.ids == [4, 5]
+    assert reservation.in_flight == [3]
+    assert set(leases(queue)) == {3, 4, 5}
+    assert queue.held(7) == {1, 2, 3, 4, 5}
 
 
 def test_reserve_for_an_agent_over_capacity_pops_nothing(queue):
     queue.enqueue([1, 2])
     queue.client.sadd(queue.held_key(7), 50, 51, 52)
-    reservation = queue.reserve(agent_id=7, capacity=2, lease_seconds=LEASE)
-    assert reservation == Reservation(held_before=3, ids=[], queue_left=2)
+    reservation = queue.reserve(agent_id=7, capacity=2, lease_seconds=LEASE, known=[50, 51, 52])
+    assert reservation == Reservation(used=3, ids=[], queue_left=2)
     assert queued(queue) == [1, 2]
 
 
 def test_reserve_from_a_short_or_empty_queue(queue):
     queue.enqueue([4, 8])
-    assert queue.reserve(agent_id=1, capacity=15, lease_seconds=LEASE) == Reservation(
-        held_before=0, ids=[4, 8], queue_left=0
+    assert queue.reserve(agent_id=1, capacity=15, lease_seconds=LEASE, known=[]) == Reservation(
+        used=0, ids=[4, 8], queue_left=0
     )
-    assert queue.reserve(agent_id=2, capacity=15, lease_seconds=LEASE) == Reservation(
-        held_before=0, ids=[], queue_left=0
+    assert queue.reserve(agent_id=2, capacity=15, lease_seconds=LEASE, known=[]) == Reservation(
+        used=0, ids=[], queue_left=0
     )
     assert queue.held(2) == set()
     assert not queue.client.exists(queue.held_key(2))
@@ -123,8 +140,8 @@ def test_reserve_from_a_short_or_empty_queue(queue):
 
 def test_reserve_keeps_agents_apart(queue):
     queue.enqueue(range(1, 7))
-    assert queue.reserve(agent_id=1, capacity=2, lease_seconds=LEASE).ids == [1, 2]
-    assert queue.reserve(agent_id=2, capacity=3, lease_seconds=LEASE).ids == [3, 4, 5]
+    assert queue.reserve(agent_id=1, capacity=2, lease_seconds=LEASE, known=[]).ids == [1, 2]
+    assert queue.reserve(agent_id=2, capacity=3, lease_seconds=LEASE, known=[]).ids == [3, 4, 5]
     assert queue.held(1) == {1, 2}
     assert queue.held(2) == {3, 4, 5}
     assert set(leases(queue)) == {1, 2, 3, 4, 5}
@@ -133,7 +150,7 @@ def test_reserve_keeps_agents_apart(queue):
 # -- settle ----------------------------------------------------------------------
 def test_settle_clears_confirmed_drops_vanished_and_returns_refused(queue):
     queue.enqueue(range(1, 8))
-    reservation = queue.reserve(agent_id=7, capacity=5, lease_seconds=LEASE)
+    reservation = queue.reserve(agent_id=7, capacity=5, lease_seconds=LEASE, known=[])
     assert reservation.ids == [1, 2, 3, 4, 5]
     held_after = queue.settle(7, confirmed=[1, 2], dropped=[3], returned=[4, 5])
     assert held_after == 2
@@ -144,13 +161,13 @@ def test_settle_clears_confirmed_drops_vanished_and_returns_refused(queue):
 
 def test_settle_only_returns_ids_whose_reservation_was_still_ours(queue):
     queue.enqueue([1, 2, 3])
-    queue.reserve(agent_id=7, capacity=3, lease_seconds=LEASE)
+    queue.reserve(agent_id=7, capacity=3, lease_seconds=LEASE, known=[])
     # The reaper got there first: 2's lease ended, so it took 2 out of the
     # reservations and out of agent 7's held set and queued it; agent 8 popped it.
     queue.client.zrem(queue.reserved_key, 2)
     queue.client.srem(queue.held_key(7), 2)
     queue.client.zadd(queue.queue_key, {"2": 2})
-    assert queue.reserve(agent_id=8, capacity=1, lease_seconds=LEASE).ids == [2]
+    assert queue.reserve(agent_id=8, capacity=1, lease_seconds=LEASE, known=[]).ids == [2]
     held_after = queue.settle(7, confirmed=[], dropped=[], returned=[1, 2, 3])
     assert held_after == 0
     assert queue.held(7) == set()
@@ -161,7 +178,7 @@ def test_settle_only_returns_ids_whose_reservation_was_still_ours(queue):
 
 def test_settle_never_requeues_an_id_whose_reservation_is_gone(queue):
     queue.enqueue([1, 2])
-    queue.reserve(agent_id=7, capacity=2, lease_seconds=LEASE)
+    queue.reserve(agent_id=7, capacity=2, lease_seconds=LEASE, known=[])
     # The reservation of 1 ended (the reaper, or a wipe of `reserved`); 1 is
     # still listed in the held set.
     queue.client.zrem(queue.reserved_key, 1)
@@ -177,7 +194,7 @@ def test_settle_with_nothing_to_do_reports_the_held_size(queue):
 
 def test_settle_of_a_dropped_id_never_requeues_it(queue):
     queue.enqueue([1])
-    queue.reserve(agent_id=7, capacity=1, lease_seconds=LEASE)
+    queue.reserve(agent_id=7, capacity=1, lease_seconds=LEASE, known=[])
     assert queue.settle(7, confirmed=[], dropped=[1], returned=[]) == 0
     assert queued(queue) == []
     assert leases(queue) == {}
@@ -186,11 +203,14 @@ def test_settle_of_a_dropped_id_never_requeues_it(queue):
 # -- resync ----------------------------------------------------------------------
 def test_resync_keeps_in_flight_reservations_and_drops_stale_ids(queue):
     queue.enqueue([30, 31])
-    queue.reserve(agent_id=7, capacity=1, lease_seconds=LEASE)  # 30 is in flight
+    queue.reserve(agent_id=7, capacity=1, lease_seconds=LEASE, known=[])  # 30 is in flight
     queue.client.sadd(queue.held_key(7), 2, 99)  # 2 sold since, 99 never existed
     size = queue.resync_held(7, [1, 5])  # PostgreSQL: the agent holds 1 and 5
     assert size == 3
     assert queue.held(7) == {1, 5, 30}
+    # 30's reservation lingers, but PostgreSQL has it as someone else's: it goes.
+    assert queue.resync_held(7, [1, 5], gone=[30]) == 2
+    assert queue.held(7) == {1, 5}
 
 
 def test_resync_to_nothing(queue):
@@ -204,16 +224,6 @@ def test_resync_of_a_lost_set_restores_it(queue):
     assert queue.held(7) == {1, 2, 3}
 
 
-def test_resync_then_reserve_reaches_capacity(queue):
-    """Stale ids make Redis think the agent is full; after a resync it tops up."""
-    queue.enqueue(range(1, 11))
-    queue.client.sadd(queue.held_key(7), 900, 901, 902)
-    assert queue.reserve(agent_id=7, capacity=3, lease_seconds=LEASE).ids == []
-    queue.resync_held(7, [])
-    assert queue.reserve(agent_id=7, capacity=3, lease_seconds=LEASE).ids == [1, 2, 3]
-
-
-# -- held sets, blocklist, depth ---------------------------------------------------
 def test_forget_and_drop_held(queue):
     queue.client.sadd(queue.held_key(7), 1, 2, 3)
     queue.forget_held(7, [2])
@@ -225,7 +235,7 @@ def test_forget_and_drop_held(queue):
 
 def test_depth_counts_queued_and_reserved(queue):
     queue.enqueue(range(1, 6))
-    queue.reserve(agent_id=7, capacity=2, lease_seconds=LEASE)
+    queue.reserve(agent_id=7, capacity=2, lease_seconds=LEASE, known=[])
     assert queue.depth() == (3, 2)
 
 
@@ -253,7 +263,7 @@ def test_every_key_shares_one_hash_tag(queue):
 def test_the_embedded_client_runs_the_scripts():
     embedded = TicketQueue(make_redis(None, cluster=False))
     embedded.enqueue([2, 1])
-    assert embedded.reserve(agent_id=1, capacity=1, lease_seconds=LEASE).ids == [1]
+    assert embedded.reserve(agent_id=1, capacity=1, lease_seconds=LEASE, known=[]).ids == [1]
     assert embedded.settle(1, confirmed=[1], dropped=[], returned=[]) == 1
     # Each embedded client is its own in-process server.
     assert TicketQueue(make_redis(None, cluster=False)).depth() == (0, 0)

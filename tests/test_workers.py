@@ -111,7 +111,7 @@ def test_a_ticket_never_pushed_gets_queued(tmp_path, queue):
 def test_an_expired_reservation_returns_to_the_queue(tmp_path, queue, factory: Factory):
     agent = factory.agents(1)[0]
     ids = factory.bulk_tickets(3)
-    popped = queue.reserve(agent, 2, 30).ids  # the fetch dies before confirming
+    popped = queue.reserve(agent, 2, 30, known=[]).ids  # the fetch dies before confirming
     assert popped == ids[:2]
     with workers(tmp_path) as proc:
         wait_for(lambda: "workers started" in proc.log, "the workers to start")

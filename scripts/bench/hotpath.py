@@ -1,6 +1,6 @@
 """Per-request cost of the hot path, in one process, without HTTP or gunicorn.
 
-    python -m scripts.bench.hotpath [--requests 2000] [--variant NAME]
+    python -m scripts.bench.hotpath [--requests 2000]
     py-spy record --rate 500 --format raw -o hot.txt -- python -m scripts.bench.hotpath
     python -m scripts.bench.profiling hot.txt
 
@@ -11,15 +11,8 @@ what a gunicorn worker spends of a core per request (PostgreSQL's and Redis's
 own work is not in it), and it is far less disturbed by other load on the
 machine than wall time, so it is the number to compare changes with.
 
-``--variant`` measures a proposed change without touching the product's
-code, by configuration or by swapping one function inside this process:
-
-- ``no-pre-ping``: the engine without ``pool_pre_ping`` (one round trip less
-  per checkout);
-- ``autocommit``: every statement in autocommit, so no BEGIN and no ROLLBACK
-  round trip (valid for the fast path only: the confirm needs its transaction);
-- ``core-read``: the fast path's SELECT returns Core rows instead of ORM
-  objects (serialised the same way).
+It does not count what PostgreSQL and Redis spend on each round trip: the
+benchmark's CPU ms/req column does (scripts/bench/cpu.py).
 """
 
 from __future__ import annotations
@@ -34,54 +27,11 @@ from . import seed
 
 AGENTS = 50
 ASSIGN = "/api/agent/tickets/assign/"
-VARIANTS = ("current", "no-pre-ping", "autocommit", "core-read")
 
 
 def _tickets(reply: Any) -> list[dict[str, Any]]:
     tickets: list[dict[str, Any]] = reply.json["tickets"]
     return tickets
-
-
-def _core_holding(session: Any, agent_id: int) -> Any:
-    """``assignment.holding`` with Core rows: the same SELECT, no ORM objects."""
-    from sqlalchemy import select
-
-    from service import errors
-    from service.domain.assignment import Holding
-    from service.models import Ticket, User
-
-    rows = session.execute(
-        select(User.is_active, User.role, User.capacity, *Ticket.__table__.c)
-        .select_from(User)
-        .outerjoin(Ticket, (Ticket.agent_id == User.id) & (Ticket.status == "assigned"))
-        .where(User.id == agent_id)
-        .order_by(Ticket.id)
-    ).all()
-    if not rows or not rows[0].is_active:
-        raise errors.Unauthorized("the account is inactive or no longer exists")
-    if rows[0].role != "agent" or rows[0].capacity is None:
-        raise errors.Forbidden("only agents hold tickets")
-    return Holding([r for r in rows if r.id is not None], rows[0].capacity)
-
-
-def _variant_app(variant: str, settings: seed.Settings) -> Any:
-    """The product's app as the variant configures it."""
-    from service import create_app
-
-    overrides: dict[str, Any] = {}
-    if variant in ("no-pre-ping", "autocommit"):
-        probe = create_app(env=settings.service_env())
-        options = dict(probe.config["SQLALCHEMY_ENGINE_OPTIONS"])
-        probe.extensions["ticket_queue"].client.close()
-        options["pool_pre_ping"] = variant != "no-pre-ping"
-        if variant == "autocommit":
-            options["isolation_level"] = "AUTOCOMMIT"
-        overrides["SQLALCHEMY_ENGINE_OPTIONS"] = options
-    elif variant == "core-read":
-        import service.domain.assignment as assignment
-
-        assignment.holding = _core_holding
-    return create_app(env=settings.service_env(), **overrides)
 
 
 # Cumulative CPU per step: (label, function name, part of its file path).
@@ -94,7 +44,7 @@ CPU_STEPS = [
     ("  holding(): the fast path SELECT", "holding", "service/domain/assignment.py"),
     ("  reserve.lua call", "reserve", "service/queue.py"),
     ("  confirm(): the transaction", "confirm", "service/domain/assignment.py"),
-    ("  settle.lua call", "settle", "service/queue.py"),
+    ("  settle.lua call (refused ids only)", "settle", "service/queue.py"),
     ("sell()", "sell", "service/domain/assignment.py"),
     ("serialise: marshmallow dump", "dump", "marshmallow/schema.py"),
     ("session teardown", "_teardown_session", "flask_sqlalchemy/"),
@@ -170,7 +120,6 @@ def main(argv: list[str] | None = None) -> int:
         "--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/8")
     )
     p.add_argument("--paths", default="ceiling,fast,topup", help="which paths to run")
-    p.add_argument("--variant", choices=VARIANTS, default="current")
     p.add_argument("--depth", type=int, default=1000, help="tickets queued behind the agents'")
     p.add_argument(
         "--cpu-profile", action="store_true", help="CPU milliseconds per step (cProfile)"
@@ -183,10 +132,6 @@ def main(argv: list[str] | None = None) -> int:
     seeder = seed.Seeder(settings)
     app = seeder.app
     paths = args.paths.split(",")
-    if args.variant == "autocommit":
-        paths = [p for p in paths if p != "topup"]
-    if args.variant != "current":
-        app = _variant_app(args.variant, settings)
     try:
         with app.app_context():
             from flask_jwt_extended import create_access_token
@@ -228,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
 
             _measure(
-                f"product: fast path [{args.variant}] depth {args.depth}",
+                f"product: fast path, depth {args.depth}",
                 args.requests,
                 fast,
                 args.cpu_profile,
@@ -251,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
 
             _measure(
-                f"product: sell + top-up [{args.variant}] depth {args.depth}",
+                f"product: sell + top-up, depth {args.depth}",
                 args.requests,
                 cycle,
                 args.cpu_profile,

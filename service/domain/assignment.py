@@ -2,17 +2,22 @@
 
 The path (DESIGN.md, "The assignment path"):
 
-1. ``reserve.lua`` counts the agent's ``held`` set and pops that many free
-   slots from the queue head, atomically, recording each id as reserved.
+0. One SELECT (in autocommit) reads the agent's account and unsold tickets.
+   A full agent is answered from it: the fast path.
+1. ``reserve.lua`` brings the agent's ``held`` set in line with that list
+   (clearing the reservations an earlier fetch confirmed), counts the slots
+   in use, and pops that many free slots from the queue head, atomically,
+   recording each id as reserved.
 2. One PostgreSQL transaction confirms under the agent's row lock. PostgreSQL,
    not Redis, enforces I1 and I2: even if Redis handed out a wrong id, the
    guarded UPDATE cannot give a ticket to two agents or over-fill one.
-3. ``settle.lua`` clears what PostgreSQL answered and gives refused ids back.
+3. Only ids PostgreSQL refused need Redis again (``settle.lua`` gives them
+   back); confirmed ids keep their reservation until the next reserve call.
    If the agent is still short and the queue is not empty, repeat (bounded).
-4. The answer is PostgreSQL's list of the agent's unsold tickets.
+4. The answer is PostgreSQL's list of the agent's unsold tickets, read under
+   the lock, plus what the transaction assigned.
 
-When ``held`` disagrees with PostgreSQL (Redis lost data, a cleanup failed)
-the agent's set is resynced from PostgreSQL before the next round.
+So a top-up is one SELECT, one Lua call and one short transaction.
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.exceptions
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import errors, metrics
 from ..auth import ensure_active
+from ..database import autocommit
 from ..models import Ticket, User, utcnow
 from ..queue import TicketQueue
 from . import DbSession, events
@@ -78,8 +84,13 @@ _HOLDING = (
 
 
 def holding(session: DbSession, agent_id: int) -> Holding:
-    """The agent's unsold tickets, with its account checked, in one SELECT."""
-    rows = session.connection().execute(_HOLDING, {"agent_id": agent_id}).all()
+    """The agent's unsold tickets, with its account checked, in one SELECT.
+
+    The SELECT runs alone, in autocommit, on a connection of its own (not the
+    session's): one round trip, with no BEGIN before it and no ROLLBACK after.
+    """
+    with session.get_bind().engine.connect() as conn, autocommit(conn):
+        rows = conn.execute(_HOLDING, {"agent_id": agent_id}).all()
     if not rows or not rows[0].is_active:
         ensure_active(None)  # raises: the one rule for inactive or deleted accounts
     if rows[0].role != "agent" or rows[0].capacity is None:
@@ -93,33 +104,31 @@ _UNSOLD = (
     .order_by(_tickets.c.id)
 )
 # Lock the agent's row so its concurrent fetches confirm one at a time; the
-# count that follows then sees every ticket they committed. FOR NO KEY UPDATE:
-# a sale, which holds its ticket's row, must still pass the foreign-key check
-# on this row when it writes its event, or the two deadlock.
+# list read next then sees every ticket they committed. FOR NO KEY UPDATE: a
+# sale, which holds its ticket's row, must still pass the foreign-key check on
+# this row when it writes its event, or the two deadlock.
 _LOCK_AGENT = (
     select(_users.c.capacity, _users.c.is_active)
     .where(_users.c.id == bindparam("agent_id"))
     .with_for_update(key_share=True)
 )
-_COUNT_UNSOLD = (
-    select(func.count())
-    .select_from(_tickets)
-    .where(_tickets.c.agent_id == bindparam("agent_id"), _tickets.c.status == "assigned")
-)
 
 
 def confirm(session: DbSession, agent_id: int, ids: Sequence[int]) -> Confirmation:
-    """Assign the reserved ``ids`` the agent has room for, in one short transaction."""
+    """Assign the reserved ``ids`` the agent has room for, in one short transaction:
+    lock the agent, list what it holds, assign, log the events."""
     session.rollback()  # start from a fresh snapshot
     conn = session.connection()
     params = {"agent_id": agent_id}
     agent = conn.execute(_LOCK_AGENT, params).one_or_none()
     active = agent is not None and agent.is_active and agent.capacity is not None
+    held: Sequence[Any] = []
     room = 0
     if agent is not None and active:
-        room = max(agent.capacity - (conn.execute(_COUNT_UNSOLD, params).scalar() or 0), 0)
+        held = conn.execute(_UNSOLD, params).all()
+        room = max(agent.capacity - len(held), 0)
 
-    confirmed: list[int] = []
+    assigned: Sequence[Any] = []
     if room and ids:
         now = utcnow()
         # The row locks of this guarded UPDATE make a double assignment
@@ -132,16 +141,21 @@ def confirm(session: DbSession, agent_id: int, ids: Sequence[int]) -> Confirmati
             .with_for_update()
             .scalar_subquery()
         )
-        confirmed = sorted(
-            conn.execute(
-                update(_tickets)
-                .where(_tickets.c.id.in_(candidates))
-                .values(status="assigned", agent_id=agent_id, assigned_at=now, updated_at=now)
-                .returning(_tickets.c.id)
-            ).scalars()
+        assigned = conn.execute(
+            update(_tickets)
+            .where(_tickets.c.id.in_(candidates))
+            .values(status="assigned", agent_id=agent_id, assigned_at=now, updated_at=now)
+            .returning(*_tickets.c)
+        ).all()
+        events.record(
+            session,
+            "assigned",
+            sorted(t.id for t in assigned),
+            actor_id=agent_id,
+            at=now,
+            agent_id=agent_id,
         )
-        events.record(session, "assigned", confirmed, actor_id=agent_id, agent_id=agent_id, at=now)
-
+    confirmed = sorted(t.id for t in assigned)
     rest = sorted(set(ids) - set(confirmed))
     returned: list[int] = []
     if rest:
@@ -152,34 +166,30 @@ def confirm(session: DbSession, agent_id: int, ids: Sequence[int]) -> Confirmati
                 )
             ).scalars()
         )
-    tickets = conn.execute(_UNSOLD, params).all()
     fault_point("assign.before_commit")
     session.commit()
     metrics.tickets_assigned(len(confirmed))
     if not active:
         raise errors.Unauthorized("the account is inactive or no longer exists")
+    # Under the lock nothing else was confirmed for this agent: what it held,
+    # plus what this transaction assigned, is its list at the commit.
+    tickets = sorted([*held, *assigned], key=lambda t: t.id)
     return Confirmation(confirmed, returned, sorted(set(rest) - set(returned)), tickets)
 
 
-def resync_held(session: DbSession, queue: TicketQueue, agent_id: int) -> Sequence[Any]:
-    """Make the agent's held set agree with PostgreSQL; return its unsold tickets.
-
-    The list is read under the agent's row lock, right before the resync: a
-    concurrent fetch of the same agent clears its reservations only after its
-    confirm commits, so every id it confirmed is then either in this list or
-    still reserved (and resync.lua keeps reserved ids). A list read earlier,
-    without the lock, makes the resync drop tickets the agent holds, and its
-    next fetch pops more than it has room for.
-    """
-    session.rollback()  # a fresh snapshot
-    conn = session.connection()
-    conn.execute(_LOCK_AGENT, {"agent_id": agent_id})
-    tickets = conn.execute(_UNSOLD, {"agent_id": agent_id}).all()
-    try:
-        queue.resync_held(agent_id, [t.id for t in tickets])
-    finally:
-        session.commit()  # releases the lock
-    return tickets
+def stale_reservations(session: DbSession, agent_id: int, ids: Sequence[int]) -> list[int]:
+    """Those of ``ids`` no fetch of the agent can still confirm: sold, deleted, or
+    another agent's. (Unassigned ones may be in flight; the agent's own are held.)"""
+    found = session.connection().execute(
+        select(_tickets.c.id, _tickets.c.status, _tickets.c.agent_id).where(_tickets.c.id.in_(ids))
+    )
+    live = {
+        row.id
+        for row in found
+        if row.status == "unassigned" or (row.status == "assigned" and row.agent_id == agent_id)
+    }
+    session.rollback()
+    return sorted(set(ids) - live)
 
 
 def assign(session: DbSession, queue: TicketQueue, agent_id: int, lease_seconds: int) -> Holding:
@@ -190,24 +200,24 @@ def assign(session: DbSession, queue: TicketQueue, agent_id: int, lease_seconds:
     capacity = current.capacity
     tickets = current.tickets
     committed = False
+    checked = False
     rounds = 0
     try:
         for _ in range(MAX_POPS):
-            reservation = queue.reserve(agent_id, capacity, lease_seconds, len(tickets))
+            # Also clears the reservations of the ids PostgreSQL lists (an
+            # earlier round or fetch confirmed them) and brings `held` in line.
+            reservation = queue.reserve(agent_id, capacity, lease_seconds, [t.id for t in tickets])
             if not reservation.ids:
-                if reservation.held_before < capacity:
-                    break  # the queue is empty
-                # Redis thinks the agent is full but PostgreSQL says it is not:
-                # stale ids in `held`, or a concurrent fetch in flight. Resync,
-                # then try again.
-                log.info(
-                    "resync held for agent %s: redis %s, postgres %s",
-                    agent_id,
-                    reservation.held_before,
-                    len(tickets),
-                )
-                tickets = resync_held(session, queue, agent_id)
-                continue
+                if reservation.queue_left and not checked and reservation.in_flight:
+                    # The agent's other slots are reservations PostgreSQL did
+                    # not list. Normally its own fetches in flight, but a sale
+                    # or release whose Redis cleanup was lost (a crash, Redis
+                    # down) leaves one too: look once, free those, go on.
+                    checked = True
+                    if stale := stale_reservations(session, agent_id, reservation.in_flight):
+                        queue.forget_held(agent_id, stale)
+                        continue
+                break  # the queue is empty, or the agent is full
             fault_point("assign.after_reserve")
             try:
                 result = confirm(session, agent_id, reservation.ids)
@@ -225,24 +235,15 @@ def assign(session: DbSession, queue: TicketQueue, agent_id: int, lease_seconds:
             committed = True
             fault_point("assign.after_confirm")
             tickets = result.tickets
+            # The confirmed ids keep their reservations until the agent's next
+            # reserve call clears them (or a sale, or the reaper once the lease
+            # ends): one script call per fetch, not two. Only ids PostgreSQL
+            # refused need a call now. A "vanished" id the agent itself holds
+            # was queued twice (a relay race) and is already its own.
             held_now = {t.id for t in tickets}
-            # A "vanished" id the agent itself holds was queued twice (a relay
-            # race); it is already confirmed, so only its reservation is cleared.
-            settled = set(result.confirmed) | (set(result.vanished) & held_now)
-            held_after = queue.settle(
-                agent_id,
-                sorted(settled),
-                sorted(set(result.vanished) - held_now),
-                result.returned,
-            )
-            if held_after != len(tickets):
-                try:
-                    tickets = resync_held(session, queue, agent_id)
-                except SQLAlchemyError as exc:
-                    # The confirm committed, so its answer stands; the next
-                    # fetch resyncs.
-                    session.rollback()
-                    log.warning("could not resync held of agent %s (%s)", agent_id, exc)
+            dropped = sorted(set(result.vanished) - held_now)
+            if dropped or result.returned:
+                queue.settle(agent_id, [], dropped, result.returned)
             rounds += bool(result.confirmed or result.returned)
             if len(tickets) >= capacity or reservation.queue_left == 0 or rounds >= MAX_ROUNDS:
                 break
@@ -250,7 +251,8 @@ def assign(session: DbSession, queue: TicketQueue, agent_id: int, lease_seconds:
         if not committed:
             raise  # nothing changed: 503
         # PostgreSQL committed this fetch, so its answer stands: the reaper
-        # clears the reservations left behind and `held` resyncs later.
+        # clears the reservations left behind and `held` is brought in line by
+        # the next fetch.
         log.warning("redis failed after the fetch of agent %s committed (%s)", agent_id, exc)
     return Holding(tickets, capacity)
 
@@ -307,7 +309,8 @@ def give_back_best_effort(queue: TicketQueue, agent_id: int, ids: Sequence[int])
 
 
 def forget_held_best_effort(queue: TicketQueue, agent_id: int, ids: Sequence[int]) -> None:
-    """Drop ids from an agent's held set; if Redis is down, the next fetch resyncs it."""
+    """Drop ids from an agent's held set and reservations; if Redis is down, the
+    next fetch brings `held` in line and the reaper ends the reservations."""
     try:
         queue.forget_held(agent_id, ids)
     except redis.exceptions.RedisError as exc:

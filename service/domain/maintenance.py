@@ -282,7 +282,7 @@ def reap(session: DbSession, queue: TicketQueue, limit: int = 1000) -> ReapResul
         )
     if result.dropped:
         log.info(
-            "reaper: dropped %d expired reservation(s) of taken or deleted tickets: %s",
+            "reaper: ended %d expired reservation(s) of tickets assigned, sold or deleted: %s",
             len(result.dropped),
             shorten(result.dropped),
         )
@@ -369,27 +369,49 @@ def _assigned_by_agent(
     return truth
 
 
+@dataclass
+class _HeldCheck:
+    """Agents whose held set differs from PostgreSQL beyond their fetches in flight,
+    and per agent the listed ids that are no fetch's: taken, sold or deleted."""
+
+    agents: list[int]
+    gone: dict[int, list[int]]
+
+
 def _disagreeing(
-    queue: TicketQueue, agent_ids: Sequence[int], truth: dict[int, set[int]]
-) -> list[int]:
-    """Agents whose held set differs from PostgreSQL beyond their fetches in flight."""
+    session: DbSession,
+    queue: TicketQueue,
+    agent_ids: Sequence[int],
+    truth: dict[int, set[int]],
+) -> _HeldCheck:
     held = queue.held_sets(agent_ids)
     extra = sorted({i for a in agent_ids for i in held[a] - truth.get(a, set())})
-    in_flight = queue.reserved_among(extra) if extra else set()
-    return [
-        a
-        for a in agent_ids
-        if truth.get(a, set()) - held[a] or (held[a] - truth.get(a, set())) - in_flight
-    ]
+    # In flight: reserved and still unassigned. A reserved id PostgreSQL has as
+    # assigned is a confirmed one whose lease lingers until its agent's next
+    # fetch: in any other agent's held set it is junk. (Read without a lock: an
+    # id dropped by mistake only costs its agent a surplus pop, which its
+    # confirm refuses and gives back.)
+    in_flight = (
+        queue.reserved_among(extra) & set(unassigned_among(session, extra)) if extra else set()
+    )
+    check = _HeldCheck([], {})
+    for a in agent_ids:
+        listed, known = held[a], truth.get(a, set())
+        gone = sorted(listed - known - in_flight)
+        if known - listed or gone:
+            check.agents.append(a)
+            check.gone[a] = gone
+    return check
 
 
 def fix_held(session: DbSession, queue: TicketQueue, *, dry_run: bool = False) -> list[int]:
     """Resync every agent's held set that disagrees with PostgreSQL; return those agents.
 
-    Ids still reserved are kept (``resync.lua``): they belong to fetches in flight.
+    Ids reserved and still unassigned are kept (``resync.lua``): they belong to
+    fetches in flight.
     """
     agents = all_agent_ids(session, queue)
-    suspects = _disagreeing(queue, agents, _assigned_by_agent(session, None))
+    suspects = _disagreeing(session, queue, agents, _assigned_by_agent(session, None)).agents
     session.rollback()
     if dry_run or not suspects:
         return suspects
@@ -408,9 +430,12 @@ def fix_held(session: DbSession, queue: TicketQueue, *, dry_run: bool = False) -
                 .with_for_update(key_share=True)
             ).all()
             truth = _assigned_by_agent(session, batch, lock=True)
-            for agent_id in _disagreeing(queue, batch, truth):
+            check = _disagreeing(session, queue, batch, truth)
+            for agent_id in check.agents:
                 before = queue.held(agent_id)
-                queue.resync_held(agent_id, sorted(truth.get(agent_id, set())))
+                queue.resync_held(
+                    agent_id, sorted(truth.get(agent_id, set())), check.gone[agent_id]
+                )
                 log.info(
                     "reconcile: resynced held set of agent %s (redis had %s, postgres has %s)",
                     agent_id,

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 from sqlalchemy import select
 
-from ..models import RevokedToken, utcnow
+from ..models import RevokedToken, Ticket, utcnow
 from ..queue import TicketQueue
 from . import DbSession
 from .maintenance import (
@@ -26,8 +26,8 @@ from .maintenance import (
     Progress,
     end_reservations,
     fix_held,
+    ids_in,
     repair_queue,
-    unassigned_among,
 )
 
 log = logging.getLogger(__name__)
@@ -101,10 +101,12 @@ def rebuild(
 def _clear_reservations(
     session: DbSession, queue: TicketQueue, summary: RebuildSummary, dry_run: bool
 ) -> None:
-    """Return expired reservations; drop those of tickets taken or deleted.
+    """Return expired reservations; drop live ones of tickets sold or deleted.
 
-    A reservation with a live lease on an unassigned ticket is a fetch in
-    flight: it stays, and the fetch settles it.
+    A live lease on an unassigned ticket is a fetch in flight: it stays, and
+    the fetch settles it. One on an assigned ticket is a confirmed ticket's,
+    which its agent's next fetch clears (or the reaper, once the lease ends):
+    it stays too.
     """
     now = queue.now()
     entries = queue.reservations()
@@ -117,11 +119,17 @@ def _clear_reservations(
         )
         cleared += len(result)
     if live:
-        # Only reservations of taken or deleted tickets go; no row lock is
+        # Only reservations of sold or deleted tickets go; no row lock is
         # needed (nothing is queued), so confirms in flight never wait for us.
-        still = set(unassigned_among(session, live))
+        status = dict(
+            session.execute(
+                select(Ticket.id, Ticket.status).where(ids_in(session, Ticket.id, live))
+            )
+            .tuples()
+            .all()
+        )
         session.rollback()
-        stale = [i for i in live if i not in still]
+        stale = [i for i in live if status.get(i, "sold") == "sold"]
         if dry_run:
             cleared += len(stale)
         else:

@@ -5,21 +5,42 @@
 -- KEYS[3]  reserved  zset  ticket id -> lease deadline (unix seconds)
 -- ARGV[1]  capacity  the agent's capacity
 -- ARGV[2]  lease     seconds a reservation lives before the reaper returns it
--- ARGV[3]  known     how many unsold tickets PostgreSQL says the agent holds
+-- ARGV[3..] known    the agent's unsold tickets as PostgreSQL listed them just before
 --
--- Returns {held_before, {id, ...}, queue_left}.
--- Counting `held` and popping are one step, so concurrent calls by one agent
--- can never pop more than its free slots. `held` is short of the truth only
--- after Redis lost data: then it holds just the agent's fetches in flight (ids
--- still reserved), and PostgreSQL's count plus those bounds the pop, so a
--- wiped agent is not handed tickets it has no room for.
-local members = redis.call('SMEMBERS', KEYS[2])
-local held_before = #members
-local in_flight = 0
-for _, id in ipairs(members) do
-  if redis.call('ZSCORE', KEYS[3], id) then in_flight = in_flight + 1 end
+-- Returns {slots_used, {popped id, ...}, queue_left, {in-flight id, ...}}: the
+-- in-flight ids are the reserved ones PostgreSQL did not list.
+--
+-- First `held` is made to agree with PostgreSQL: it becomes the known ids plus
+-- the ids still reserved (fetches in flight, or confirmed after the list was
+-- read). A known id of ours that is still reserved was confirmed by an earlier
+-- fetch, which leaves its reservation for this call to clear: that saves every
+-- fetch a second script call after its commit. Ids neither known nor reserved
+-- (sold, released, given back) leave `held`.
+-- Then the free slots are popped from the queue head. Counting and popping are
+-- one step, so concurrent calls by one agent never pop more than its free slots.
+local known = {}
+for i = 3, #ARGV do known[ARGV[i]] = true end
+
+local used = 0
+local in_flight = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if known[id] then
+    redis.call('ZREM', KEYS[3], id)
+    known[id] = nil
+    used = used + 1
+  elseif redis.call('ZSCORE', KEYS[3], id) then
+    in_flight[#in_flight + 1] = id
+    used = used + 1
+  else
+    redis.call('SREM', KEYS[2], id)
+  end
 end
-local used = math.max(held_before, tonumber(ARGV[3]) + in_flight)
+-- Known ids `held` lacked: Redis lost them (a wipe, a failover).
+for id in pairs(known) do
+  redis.call('SADD', KEYS[2], id)
+  used = used + 1
+end
+
 local need = tonumber(ARGV[1]) - used
 local ids = {}
 if need > 0 then
@@ -37,4 +58,4 @@ if need > 0 then
     redis.call('ZADD', KEYS[3], unpack(leases))
   end
 end
-return {held_before, ids, redis.call('ZCARD', KEYS[1])}
+return {used, ids, redis.call('ZCARD', KEYS[1]), in_flight}

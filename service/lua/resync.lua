@@ -2,17 +2,23 @@
 --
 -- KEYS[1]  held      set   the agent's held ids
 -- KEYS[2]  reserved  zset  ticket id -> lease deadline
--- ARGV     the ids PostgreSQL says the agent holds, unsold
+-- ARGV[1]  n, then n ids PostgreSQL says the agent holds, unsold
+-- then     ids to drop even if reserved: PostgreSQL has them assigned to
+--          someone else, sold or deleted, so no fetch of this agent can be
+--          confirming them (a confirmed ticket's reservation lingers until
+--          its agent's next fetch)
 --
--- A member that PostgreSQL does not know is kept only while it is still
--- reserved: it belongs to one of the agent's own fetches in flight.
+-- Any other member that PostgreSQL does not list is kept only while it is
+-- still reserved: it belongs to one of the agent's own fetches in flight.
 -- Returns the size of `held` afterwards.
-local truth = {}
-for _, id in ipairs(ARGV) do truth[id] = true end
+local n = tonumber(ARGV[1])
+local truth, gone = {}, {}
+for i = 2, n + 1 do truth[ARGV[i]] = true end
+for i = n + 2, #ARGV do gone[ARGV[i]] = true end
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if not truth[id] and not redis.call('ZSCORE', KEYS[2], id) then
+  if not truth[id] and (gone[id] or not redis.call('ZSCORE', KEYS[2], id)) then
     redis.call('SREM', KEYS[1], id)
   end
 end
-if #ARGV > 0 then redis.call('SADD', KEYS[1], unpack(ARGV)) end
+for i = 2, n + 1 do redis.call('SADD', KEYS[1], ARGV[i]) end
 return redis.call('SCARD', KEYS[1])
