@@ -114,60 +114,72 @@ _LOCK_AGENT = (
 )
 
 
-def confirm(session: DbSession, agent_id: int, ids: Sequence[int]) -> Confirmation:
-    """Assign the reserved ``ids`` the agent has room for, in one short transaction:
-    lock the agent, list what it holds, assign, log the events."""
-    session.rollback()  # start from a fresh snapshot
-    conn = session.connection()
-    params = {"agent_id": agent_id}
-    agent = conn.execute(_LOCK_AGENT, params).one_or_none()
-    active = agent is not None and agent.is_active and agent.capacity is not None
-    held: Sequence[Any] = []
-    room = 0
-    if agent is not None and active:
-        held = conn.execute(_UNSOLD, params).all()
-        room = max(agent.capacity - len(held), 0)
-
-    assigned: Sequence[Any] = []
-    if room and ids:
-        now = utcnow()
-        # The row locks of this guarded UPDATE make a double assignment
-        # impossible, whatever Redis handed out.
-        candidates = (
+# The guarded UPDATE: of the reserved ids, those still unassigned, oldest
+# first, at most the agent's room. Their row locks make a double assignment
+# impossible, whatever Redis handed out.
+_ASSIGN = (
+    update(_tickets)
+    .where(
+        _tickets.c.id.in_(
             select(_tickets.c.id)
-            .where(_tickets.c.id.in_(ids), _tickets.c.status == "unassigned")
+            .where(
+                _tickets.c.id.in_(bindparam("ids", expanding=True)),
+                _tickets.c.status == "unassigned",
+            )
             .order_by(_tickets.c.id)
-            .limit(room)
+            .limit(bindparam("room"))
             .with_for_update()
             .scalar_subquery()
         )
-        assigned = conn.execute(
-            update(_tickets)
-            .where(_tickets.c.id.in_(candidates))
-            .values(status="assigned", agent_id=agent_id, assigned_at=now, updated_at=now)
-            .returning(*_tickets.c)
-        ).all()
-        events.record(
-            session,
-            "assigned",
-            sorted(t.id for t in assigned),
-            actor_id=agent_id,
-            at=now,
-            agent_id=agent_id,
-        )
-    confirmed = sorted(t.id for t in assigned)
-    rest = sorted(set(ids) - set(confirmed))
+    )
+    .values(
+        status="assigned",
+        agent_id=bindparam("agent_id"),
+        assigned_at=bindparam("now"),
+        updated_at=bindparam("now"),
+    )
+    .returning(*_tickets.c)
+)
+_STILL_UNASSIGNED = select(_tickets.c.id).where(
+    _tickets.c.id.in_(bindparam("ids", expanding=True)), _tickets.c.status == "unassigned"
+)
+
+
+def confirm(session: DbSession, agent_id: int, ids: Sequence[int]) -> Confirmation:
+    """Assign the reserved ``ids`` the agent has room for, in one short transaction:
+    lock the agent, list what it holds, assign, log the events.
+
+    A Core transaction of its own: the ORM session has nothing to track here.
+    """
+    params = {"agent_id": agent_id}
+    held: Sequence[Any] = []
+    assigned: Sequence[Any] = []
     returned: list[int] = []
-    if rest:
-        returned = sorted(
-            conn.execute(
-                select(_tickets.c.id).where(
-                    _tickets.c.id.in_(rest), _tickets.c.status == "unassigned"
-                )
-            ).scalars()
-        )
-    fault_point("assign.before_commit")
-    session.commit()
+    with session.get_bind().engine.begin() as conn:
+        agent = conn.execute(_LOCK_AGENT, params).one_or_none()
+        active = agent is not None and agent.is_active and agent.capacity is not None
+        room = 0
+        if agent is not None and active:
+            held = conn.execute(_UNSOLD, params).all()
+            room = max(agent.capacity - len(held), 0)
+        if room and ids:
+            now = utcnow()
+            assigned = conn.execute(
+                _ASSIGN, {"ids": list(ids), "room": room, "agent_id": agent_id, "now": now}
+            ).all()
+            events.record(
+                conn,
+                "assigned",
+                sorted(t.id for t in assigned),
+                actor_id=agent_id,
+                agent_id=agent_id,
+                at=now,
+            )
+        confirmed = sorted(t.id for t in assigned)
+        rest = sorted(set(ids) - set(confirmed))
+        if rest:
+            returned = sorted(conn.execute(_STILL_UNASSIGNED, {"ids": rest}).scalars())
+        fault_point("assign.before_commit")
     metrics.tickets_assigned(len(confirmed))
     if not active:
         raise errors.Unauthorized("the account is inactive or no longer exists")
@@ -282,18 +294,18 @@ def sell(session: DbSession, queue: TicketQueue, agent_id: int, ticket_id: int) 
     """Close a ticket the agent holds; return its row. A sold ticket stays with its seller."""
     now = utcnow()
     params = {"sale_ticket": ticket_id, "seller": agent_id, "sold_now": now}
-    conn = session.connection()
-    ticket = conn.execute(_SELL, params).one_or_none()
+    with session.get_bind().engine.begin() as conn:
+        ticket = conn.execute(_SELL, params).one_or_none()
+        if ticket is None:
+            why = conn.execute(_SALE_REFUSED, params).one_or_none()
+        else:
+            events.record(conn, "sold", [ticket_id], actor_id=agent_id, agent_id=agent_id, at=now)
     if ticket is None:
-        why = conn.execute(_SALE_REFUSED, params).one_or_none()
-        session.rollback()
         if why is None or not why.is_active:
             raise errors.Unauthorized("the account is inactive or no longer exists")
         if why.agent_id == agent_id and why.status == "sold":
             raise errors.Conflict(f"ticket {ticket_id} is already sold", code="already_sold")
         raise errors.NotFound(f"you hold no ticket {ticket_id}")
-    events.record(session, "sold", [ticket_id], actor_id=agent_id, agent_id=agent_id, at=now)
-    session.commit()
     metrics.ticket_sold()
     fault_point("sell.after_commit")
     forget_held_best_effort(queue, agent_id, [ticket_id])

@@ -6,13 +6,16 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import insert, select
+from sqlalchemy.engine import Connection
 
 from ..models import TicketEvent, utcnow
 from . import DbSession
 
+_INSERT = insert(TicketEvent.__table__)
+
 
 def record(
-    session: DbSession,
+    db: DbSession | Connection,
     kind: str,
     ticket_ids: Iterable[int],
     *,
@@ -20,15 +23,19 @@ def record(
     agent_id: int | None = None,
     at: datetime | None = None,
 ) -> None:
-    """Append one event per ticket, in one multi-row INSERT."""
+    """Append one event per ticket, in one INSERT, on the session's or ``db``'s
+    connection (Core, no ORM work)."""
     at = at or utcnow()
     rows = [
         {"ticket_id": tid, "kind": kind, "actor_id": actor_id, "agent_id": agent_id, "at": at}
         for tid in ticket_ids
     ]
-    if rows:
-        # Core, on the session's connection: one multi-row INSERT, no ORM work.
-        session.connection().execute(insert(TicketEvent.__table__), rows)
+    if not rows:
+        return
+    conn = db if isinstance(db, Connection) else db.connection()
+    # One row (a sale, most top-ups) as a plain execute: the many-rows path
+    # costs more Python than the INSERT itself.
+    conn.execute(_INSERT, rows[0] if len(rows) == 1 else rows)
 
 
 def history(session: DbSession, ticket_id: int) -> list[TicketEvent]:
