@@ -13,10 +13,10 @@ from flask import Flask
 from sqlalchemy import inspect
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import metrics
+from . import metrics, ratelimit
 from .config import load_config
 from .database import replace_closed_connections, serialise_sqlite
-from .extensions import db, jwt, limiter, migrate
+from .extensions import db, jwt, migrate
 from .json_provider import OrjsonProvider
 from .logging import ensure_logging
 from .logging import init_app as init_request_logging
@@ -78,7 +78,7 @@ def register_extensions(app: Flask) -> None:
     metrics.init_app(app)
     jwt.init_app(app)
     register_jwt_callbacks(app)
-    limiter.init_app(app)
+    ratelimit.init_app(app)
     client = make_redis(app.config["REDIS_URL"], app.config["REDIS_CLUSTER"])
     app.extensions["ticket_queue"] = TicketQueue(client, app.config["REDIS_KEY_PREFIX"])
     with app.app_context():

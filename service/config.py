@@ -139,7 +139,7 @@ def read_seconds(
 def _rate_limit_config(
     env: Mapping[str, str], redis_url: str | None, cluster: bool
 ) -> dict[str, Any]:
-    """Flask-Limiter's settings: login attempts counted in the service's Redis."""
+    """The login limit's settings (service/ratelimit.py): counted in the service's Redis."""
     from limits import parse_many
 
     login_limit = env.get("LOGIN_RATE_LIMIT") or "10 per minute"
@@ -166,8 +166,4 @@ def _rate_limit_config(
         "RATELIMIT_STORAGE_OPTIONS": options,
         # Limiter keys carry the service's hash tag, like every other key.
         "RATELIMIT_KEY_PREFIX": f"{env.get('REDIS_KEY_PREFIX') or '{tq}'}:limits",
-        "RATELIMIT_HEADERS_ENABLED": True,
-        # Logging in needs only PostgreSQL: with Redis down the limit is not
-        # enforced rather than every login failing.
-        "RATELIMIT_SWALLOW_ERRORS": True,
     }

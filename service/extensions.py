@@ -1,8 +1,6 @@
 """Extension objects, created here and bound to the app in ``create_app``."""
 
 from flask_jwt_extended import JWTManager
-from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
 from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
@@ -19,5 +17,3 @@ db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
 migrate = Migrate()
 jwt = JWTManager()
 rest_api = Api()
-# Only the routes that ask for it are limited (login: service/api/auth.py).
-limiter = Limiter(key_func=get_remote_address)

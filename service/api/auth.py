@@ -4,31 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app, g, request
-from flask_limiter.util import get_remote_address
+from flask import g
 
 from .. import auth, errors
-from ..extensions import limiter
+from ..ratelimit import limit_login_attempts
 from ..schemas import AccessTokenSchema, ErrorSchema, LoginSchema, TokenSchema
 from . import RETRY_AFTER, Blueprint
 
 blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Tokens")
 
 
-def _login_attempt_key() -> str:
-    """Attempts are counted per client address and username, so one client guessing
-    one account is slowed while other users behind the same address log in."""
-    body = request.get_json(silent=True)
-    username = body.get("username") if isinstance(body, dict) else None
-    return f"{get_remote_address()}|{username[:64] if isinstance(username, str) else ''}"
-
-
 @blp.route("/token/", methods=["POST"])
-@limiter.limit(
-    lambda: str(current_app.config["LOGIN_RATE_LIMIT"]),
-    key_func=_login_attempt_key,
-    error_message="too many login attempts; retry later",
-)
+@limit_login_attempts
 @blp.arguments(LoginSchema)
 @blp.response(200, TokenSchema)
 @blp.alt_response(401, schema=ErrorSchema, description="Wrong username or password")
