@@ -281,7 +281,9 @@ def reap(session: DbSession, queue: TicketQueue, limit: int = 1000) -> ReapResul
             shorten(result.returned),
         )
     if result.dropped:
-        log.info(
+        # Routine: a confirmed ticket keeps its reservation until its agent's
+        # next fetch, and an agent that stops fetching leaves it to the reaper.
+        log.debug(
             "reaper: ended %d expired reservation(s) of tickets assigned, sold or deleted: %s",
             len(result.dropped),
             shorten(result.dropped),

@@ -1,4 +1,6 @@
--- Settle a reservation after PostgreSQL answered.
+-- Settle a reservation after PostgreSQL answered. A fetch calls it only when
+-- PostgreSQL refused ids: confirmed ones keep their reservation until the
+-- agent's next reserve.lua call clears it.
 --
 -- KEYS[1]  queue     zset  ticket id -> ticket id
 -- KEYS[2]  held      set   the agent's held ids
