@@ -221,6 +221,22 @@ def test_a_deleted_queued_ticket_is_never_handed_out(client, factory, admin_head
     assert fetch(client, factory, alice) == [ids[1]] + ids[3:]
 
 
+def test_a_sale_whose_redis_cleanup_was_lost_does_not_cost_the_agent_a_slot(client, factory, app):
+    """The sold ticket is still held and reserved in Redis, as if the sale's process
+    died after its commit: the next fetch looks the slot up and tops up in full."""
+    alice = factory.user("alice", capacity=3)
+    ids = factory.tickets(6)
+    assert fetch(client, factory, alice) == ids[:3]
+    sell(client, factory, alice, ids[0])
+    with app.app_context():
+        queue = ticket_queue()
+        queue.client.sadd(queue.held_key(alice.id), ids[0])
+        queue.client.zadd(queue.reserved_key, {str(ids[0]): queue.now() + 60})
+    assert fetch(client, factory, alice) == [ids[1], ids[2], ids[3]]
+    assert held_set(app, alice.id) == {ids[1], ids[2], ids[3]}
+    assert in_flight(app) == []
+
+
 def test_a_deleted_ticket_left_in_redis_is_still_never_handed_out(client, factory, app):
     """If the Redis cleanup after a delete is lost, PostgreSQL's confirm refuses the id."""
     alice = factory.user("alice", capacity=3)
