@@ -61,7 +61,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"`{meta['command']}` on {meta['started']} (commit {meta['commit']}),"
         f" {meta['cpus']} CPUs, load average {meta['load_average']} at the start.",
-        f"gunicorn: `{' '.join(meta['gunicorn'])}`; wrk: {meta['wrk_threads']} threads,"
+        f"gunicorn: `{' '.join(meta['gunicorn'])}`, {meta.get('workers', 'default')} workers;"
+        f" wrk: {meta['wrk_threads']} threads,"
         f" up to {meta['connections']} connections, {meta['duration']} s per run.",
         "",
         "req/s counts every answered request (in scenario 2 and the deep top-up, a sale and"

@@ -82,6 +82,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, help="wrk connections (default 32)")
     p.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     p.add_argument("--capacity", type=int, default=15, help="tickets per agent (default 15)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("WEB_CONCURRENCY") or 2 * (os.cpu_count() or 1) + 1),
+        help="gunicorn workers for every target (default: WEB_CONCURRENCY, else the"
+        " production default of 2 x cores + 1)",
+    )
     p.add_argument("--scenarios", type=_ints, default=[1, 2, 3, 4], help="e.g. 1,2")
     p.add_argument("--targets", default=",".join(TARGETS), help="ceiling,product,baseline")
     p.add_argument(
@@ -240,7 +247,11 @@ class Bench:
 
     def run_target(self, target: str) -> None:
         args = self.args
-        env = {**self.settings.service_env(), "BENCH_DATABASE_URL": self.settings.database_url}
+        env = {
+            **self.settings.service_env(),
+            "BENCH_DATABASE_URL": self.settings.database_url,
+            "WEB_CONCURRENCY": str(args.workers),
+        }
         wanted = [s for s in args.scenarios if target in SCENARIO_TARGETS[s]]
         if target not in args.targets or not wanted:
             return
@@ -310,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
         "python": platform.python_version(),
         "gunicorn": servers.gunicorn_settings(),
+        "workers": args.workers,
         "wrk_threads": args.threads,
         "connections": args.connections,
         "duration": args.duration,
