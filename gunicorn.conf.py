@@ -14,8 +14,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from dotenv import load_dotenv
+
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+
+# The settings below (and the embedded-mode decision) may come from .env too, as
+# in service.config.load_env_file. Read here with python-dotenv directly: importing
+# the service package now would load prometheus_client before the metrics
+# directory below is set, and every worker would count on its own.
+load_dotenv(ROOT / ".env")
 
 
 def _env_int(name: str, default: int) -> int:

@@ -8,13 +8,12 @@ from logging import getLogger
 from pathlib import Path
 from typing import Any
 
-from dotenv import load_dotenv
 from flask import Flask
 from sqlalchemy import inspect
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import metrics, ratelimit
-from .config import load_config
+from .config import load_config, load_env_file
 from .database import replace_closed_connections, serialise_sqlite
 from .extensions import db, jwt, migrate
 from .json_provider import OrjsonProvider
@@ -29,7 +28,7 @@ log = getLogger(__name__)
 def create_app(env: Mapping[str, str] | None = None, **overrides: Any) -> Flask:
     """Build the app from the environment (or ``env``), then apply ``overrides``."""
     if env is None:
-        load_dotenv(Path(__file__).resolve().parent.parent / ".env")
+        load_env_file()
         # A process of its own (the flask CLI, another WSGI server, a script)
         # logs like the rest of the service.
         ensure_logging()

@@ -131,7 +131,7 @@ def role_required(
             return view(*args, **kwargs)
 
         # Read by the API blueprint to document the bearer scheme and the 401/403.
-        wrapper.auth_required = {"role": role, "token": token}  # type: ignore[attr-defined]
+        wrapper.auth_required = {"role": role}  # type: ignore[attr-defined]
         return wrapper
 
     return decorator

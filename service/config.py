@@ -15,11 +15,23 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from dotenv import load_dotenv
+
 MIN_SECRET_BYTES = 32
 
 
 class ConfigError(RuntimeError):
     """Raised when the environment cannot produce a working configuration."""
+
+
+ENV_FILE = Path(__file__).resolve().parent.parent / ".env"
+
+
+def load_env_file() -> None:
+    """Read the repository's ``.env`` (if any) into the environment, without
+    overriding what is already set. Every entry point calls it before it reads
+    a setting: the app factory, gunicorn's config file, the workers."""
+    load_dotenv(ENV_FILE)
 
 
 def _bool(value: str | None, default: bool = False) -> bool:

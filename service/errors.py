@@ -161,28 +161,25 @@ def handle_http_exception(exc: HTTPException) -> Response:
     return error_response(status, code, message, headers=headers)
 
 
-def handle_service_error(exc: ServiceError) -> Response:
+def handle_service_error(exc: ServiceError, cause: BaseException | None = None) -> Response:
     if exc.status >= 500:
         db.session.rollback()
-        log.warning("dependency unavailable: %s", exc.message)
+        log.warning("dependency unavailable: %s (%s)", exc.message, cause or "reported")
     return error_response(exc.status, exc.code, exc.message, exc.fields)
 
 
 def handle_database_error(exc: DBAPIError | PoolTimeoutError) -> Response:
-    db.session.rollback()
     if isinstance(exc, DBAPIError) and not (
         exc.connection_invalidated or isinstance(exc, OperationalError)
     ):
+        db.session.rollback()
         log.exception("database error")
         return error_response(500, "internal_error", "internal server error")
-    log.warning("database unavailable: %s", exc)
-    return handle_service_error(DatabaseUnavailable())
+    return handle_service_error(DatabaseUnavailable(), exc)
 
 
 def handle_redis_error(exc: redis.exceptions.RedisError) -> Response:
-    db.session.rollback()
-    log.warning("redis unavailable: %s", exc)
-    return handle_service_error(RedisUnavailable())
+    return handle_service_error(RedisUnavailable(), exc)
 
 
 def handle_unexpected(exc: Exception) -> Response:

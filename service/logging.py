@@ -24,7 +24,7 @@ from flask import Flask, Response, g, has_request_context, request
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Accepted as given: short and made of characters safe in a log and a header.
-_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _HANDLER_NAME = "service"
 
 # Attributes every LogRecord has; anything else on a record came in `extra`.
@@ -122,7 +122,7 @@ def ensure_logging() -> None:
 # -- per-request -------------------------------------------------------------
 def _request_id() -> str:
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    if _SANE_REQUEST_ID.fullmatch(incoming):
+    if SANE_REQUEST_ID.fullmatch(incoming):
         return incoming
     return uuid.uuid4().hex
 

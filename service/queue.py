@@ -131,10 +131,13 @@ class TicketQueue:
 
     # -- queue -------------------------------------------------------------
     def remove(self, ids: Iterable[int]) -> None:
+        """Out of the queue and the reservations, in one round trip."""
         ids = list(ids)
         if ids:
-            self.client.zrem(self.queue_key, *ids)
-            self.client.zrem(self.reserved_key, *ids)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zrem(self.queue_key, *ids)
+            pipe.zrem(self.reserved_key, *ids)
+            pipe.execute()
 
     def depth(self) -> tuple[int, int]:
         """(queued, reserved)."""

@@ -26,8 +26,10 @@ EXIT_CONFIG = 2
 
 
 def main() -> int:
+    from service.config import load_env_file
     from service.logging import configure_logging
 
+    load_env_file()  # before any setting is read, the log settings included
     try:
         configure_logging()
     except ValueError as exc:  # a bad LOG_FORMAT
@@ -60,8 +62,8 @@ def run() -> int:
     metrics.start_worker_exporter()
 
     def end_session() -> None:
-        # Return the connection after every step; a dead one is replaced on
-        # next use (pool_pre_ping), so an outage never wedges the loop.
+        # Return the connection after every step; one the server closed is
+        # replaced on its next checkout, so an outage never wedges the loop.
         try:
             db.session.remove()
         except Exception as exc:  # noqa: BLE001

@@ -54,7 +54,7 @@ CPU_STEPS = [
     ("metrics (before/after)", "_observe", "service/metrics.py"),
     ("all SQLAlchemy Session.execute", "execute", "sqlalchemy/orm/session.py"),
     ("  of which in the driver (cursor.execute)", "do_execute", "sqlalchemy/engine/default.py"),
-    ("pool checkout (pre-ping included)", "_checkout", "sqlalchemy/pool/base.py"),
+    ("pool checkout (the closed-socket check included)", "_checkout", "sqlalchemy/pool/base.py"),
     ("all Redis commands", "execute_command", "redis/client.py"),
 ]
 

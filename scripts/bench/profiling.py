@@ -44,7 +44,6 @@ STEPS: list[tuple[str, str, str]] = [
 ]
 # What the innermost frame is doing, whatever the step.
 LEAVES: list[tuple[str, str]] = [
-    ("PostgreSQL: pool pre-ping (SELECT 1)", ":do_ping"),
     ("PostgreSQL: statements", "sqlalchemy/engine/default.py:do_execute"),
     ("PostgreSQL: ROLLBACK", ":do_rollback"),
     ("PostgreSQL: COMMIT", ":do_commit"),

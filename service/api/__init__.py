@@ -11,22 +11,21 @@ from webargs.core import is_json
 from webargs.flaskparser import FlaskParser, abort
 
 from ..extensions import rest_api
+from ..logging import SANE_REQUEST_ID
 from ..schemas import ErrorSchema
 
 SECURITY_SCHEME = "bearerAuth"
 
-# What each error status means on this API (API.md, "Errors"); every operation
-# documents the ones it can answer with, all with the one error shape.
+# What each error status that follows from how a view is declared means (API.md,
+# "Errors"); a view declares its own others (409, 429) with alt_response.
 ERROR_DESCRIPTIONS = {
     400: "Malformed JSON, a body that is not an object, or a missing, wrong-typed or "
     "out-of-range field or query parameter (`fields` names each one)",
     401: "No token, a bad signature, an expired or revoked token, or a deactivated account",
     403: "A valid token of the wrong role",
     404: "No such resource",
-    409: "The request conflicts with the current state",
     413: "The body is over the configured limit",
     415: "The body is not application/json",
-    429: "Too many attempts; retry after `Retry-After` seconds",
     503: "PostgreSQL or Redis is unreachable; nothing was changed, the client may retry",
 }
 RETRY_AFTER = {
@@ -40,20 +39,17 @@ RETRY_AFTER = {
 REQUEST_ID = {
     "X-Request-ID": {
         "description": "The request's id, as logged; a sane incoming X-Request-ID is kept",
-        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+        "schema": {"type": "string", "pattern": f"^{SANE_REQUEST_ID.pattern}$"},
     }
 }
 
 
-def error_doc(status: int, description: str | None = None) -> dict[str, Any]:
+def error_doc(status: int) -> dict[str, Any]:
     """An OpenAPI response object for an error ``status`` in the ``ErrorSchema`` shape."""
-    doc: dict[str, Any] = {
-        "description": description or ERROR_DESCRIPTIONS[status],
+    return {
+        "description": ERROR_DESCRIPTIONS[status],
         "content": {"application/json": {"schema": ErrorSchema}},
     }
-    if status == 429:
-        doc["headers"] = RETRY_AFTER
-    return doc
 
 
 class Parser(FlaskParser):

@@ -38,6 +38,7 @@ from ..models import Ticket, User, utcnow
 from ..queue import TicketQueue
 from . import DbSession, events
 from .faults import fault_point
+from .maintenance import ticket_states
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ def confirm(session: DbSession, agent_id: int, ids: Sequence[int]) -> Confirmati
         agent = conn.execute(_LOCK_AGENT, params).one_or_none()
         active = agent is not None and agent.is_active and agent.capacity is not None
         room = 0
-        if agent is not None and active:
+        if agent is not None and active:  # (spelled out for the type checker)
             held = conn.execute(_UNSOLD, params).all()
             room = max(agent.capacity - len(held), 0)
         if room and ids:
@@ -167,15 +168,9 @@ def confirm(session: DbSession, agent_id: int, ids: Sequence[int]) -> Confirmati
             assigned = conn.execute(
                 _ASSIGN, {"ids": list(ids), "room": room, "agent_id": agent_id, "now": now}
             ).all()
-            events.record(
-                conn,
-                "assigned",
-                sorted(t.id for t in assigned),
-                actor_id=agent_id,
-                agent_id=agent_id,
-                at=now,
-            )
         confirmed = sorted(t.id for t in assigned)
+        if confirmed:
+            events.record(conn, "assigned", confirmed, actor_id=agent_id, agent_id=agent_id, at=now)
         rest = sorted(set(ids) - set(confirmed))
         if rest:
             returned = sorted(conn.execute(_STILL_UNASSIGNED, {"ids": rest}).scalars())
@@ -192,16 +187,14 @@ def confirm(session: DbSession, agent_id: int, ids: Sequence[int]) -> Confirmati
 def stale_reservations(session: DbSession, agent_id: int, ids: Sequence[int]) -> list[int]:
     """Those of ``ids`` no fetch of the agent can still confirm: sold, deleted, or
     another agent's. (Unassigned ones may be in flight; the agent's own are held.)"""
-    found = session.connection().execute(
-        select(_tickets.c.id, _tickets.c.status, _tickets.c.agent_id).where(_tickets.c.id.in_(ids))
-    )
-    live = {
-        row.id
-        for row in found
-        if row.status == "unassigned" or (row.status == "assigned" and row.agent_id == agent_id)
-    }
+    states = ticket_states(session, ids)
     session.rollback()
-    return sorted(set(ids) - live)
+    return [
+        i
+        for i in sorted(ids)
+        if i not in states
+        or not (states[i][0] == "unassigned" or states[i] == ("assigned", agent_id))
+    ]
 
 
 def assign(session: DbSession, queue: TicketQueue, agent_id: int, lease_seconds: int) -> Holding:
@@ -234,8 +227,9 @@ def assign(session: DbSession, queue: TicketQueue, agent_id: int, lease_seconds:
             try:
                 result = confirm(session, agent_id, reservation.ids)
             except errors.Unauthorized:
-                # Deactivated while fetching: every popped id goes back.
-                queue.settle(agent_id, [], [], reservation.ids)
+                # Deactivated while fetching: every popped id goes back (if
+                # Redis fails here, the reaper returns them; the 401 stands).
+                give_back_best_effort(queue, agent_id, reservation.ids)
                 raise
             except SQLAlchemyError:
                 # PostgreSQL failed: the fetch answers 503, so its ids go back

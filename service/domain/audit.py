@@ -11,7 +11,6 @@ consistent snapshot and need no second look.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,7 +19,13 @@ from sqlalchemy import func, select, text
 from ..models import Ticket, User
 from ..queue import TicketQueue
 from . import DbSession
-from .maintenance import BATCH, all_agent_ids, compare_queue, ids_in, unassigned_among
+from .maintenance import (
+    BATCH,
+    compare_queue,
+    holders,
+    ticket_states,
+    unassigned_among,
+)
 
 
 @dataclass(frozen=True)
@@ -143,12 +148,9 @@ def _database_checks(session: DbSession) -> list[Violation]:
 
 def _duplicate_holders(session: DbSession, queue: TicketQueue) -> dict[int, list[int]]:
     """ticket id -> agents, for every ticket in more than one held set."""
-    holders: dict[int, list[int]] = defaultdict(list)
-    for agent_id, members in queue.held_sets(all_agent_ids(session, queue)).items():
-        for ticket_id in members:
-            holders[ticket_id].append(agent_id)
+    listed_by = holders(session, queue)
     session.rollback()
-    return {t: agents for t, agents in holders.items() if len(agents) > 1}
+    return {t: list(agents) for t, agents in listed_by.items() if len(agents) > 1}
 
 
 def _recheck_duplicates(queue: TicketQueue, duplicates: dict[int, list[int]]) -> list[Violation]:
@@ -215,11 +217,7 @@ def _recheck_stray(
     ids = sorted(set(suspects))
     if not ids:
         return found
-    status = dict(
-        session.execute(select(Ticket.id, Ticket.status).where(ids_in(session, Ticket.id, ids)))
-        .tuples()
-        .all()
-    )
+    status = {i: state for i, (state, _) in ticket_states(session, ids).items()}
     session.rollback()
     for ticket_id, score in zip(ids, queue.queue_scores(ids), strict=True):
         if score is not None and status.get(ticket_id) != "unassigned":

@@ -115,6 +115,20 @@ def _slice(ids: list[int], queued: list[int], odd: list[tuple[str, float]]) -> Q
     )
 
 
+def ticket_states(
+    session: DbSession, ids: Sequence[int], *, lock: bool = False
+) -> dict[int, tuple[str, int | None]]:
+    """(status, agent id) of those of ``ids`` that exist (a missing one was deleted).
+
+    With ``lock`` the rows are locked in id order, as a confirm locks them, until
+    the caller ends the transaction.
+    """
+    query = select(Ticket.id, Ticket.status, Ticket.agent_id).where(ids_in(session, Ticket.id, ids))
+    if lock:
+        query = query.order_by(Ticket.id).with_for_update()
+    return {row.id: (row.status, row.agent_id) for row in session.connection().execute(query)}
+
+
 def unassigned_among(session: DbSession, ids: Sequence[int], *, lock: bool = False) -> list[int]:
     """Those of ``ids`` that are unassigned, ascending; with ``lock``, row-locked.
 
@@ -197,9 +211,10 @@ def repair_queue(
     re-check under their row locks, reset wrong scores.
     """
     fixes = QueueRepair()
-    total = session.scalar(select(func.count()).where(Ticket.status == "unassigned")) or 0
-    session.rollback()
+    total = 0
     if progress:
+        total = session.scalar(select(func.count()).where(Ticket.status == "unassigned")) or 0
+        session.rollback()
         progress("queue", 0, total)
     for part in compare_queue(session, queue, batch):
         fixes.unassigned += len(part.unassigned)
@@ -305,13 +320,12 @@ def end_reservations(
     Ids still unassigned go back to the queue when ``requeue`` (else they stay
     reserved: a fetch in flight); the others are dropped.
     """
-    query = select(Ticket.id, Ticket.status).where(ids_in(session, Ticket.id, ids))
-    if not dry_run:
-        # A confirm in progress holds these rows: wait for it, so its outcome,
-        # not the state before it, decides between requeue and drop.
-        query = query.order_by(Ticket.id).with_for_update()
     try:
-        status = dict(session.execute(query).tuples().all())
+        # Locked unless a dry run: a confirm in progress holds these rows, so
+        # its outcome, not the state before it, decides between requeue and drop.
+        status = {
+            i: state for i, (state, _) in ticket_states(session, ids, lock=not dry_run).items()
+        }
         unassigned = sorted(i for i in ids if status.get(i) == "unassigned")
         taken = sorted(i for i in ids if i in status and status[i] != "unassigned")
         deleted = sorted(i for i in ids if i not in status)
@@ -322,10 +336,10 @@ def end_reservations(
         # Nobody may keep an unassigned or deleted ticket in its held set: the
         # agent whose fetch died still lists it there.
         stale = (unassigned if requeue else []) + deleted
-        holders = _holders(session, queue, stale) if stale else {}
+        listed_by = holders(session, queue, stale) if stale else {}
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for ticket_id in stale:
-            groups[holders.get(ticket_id, ())].append(ticket_id)
+            groups[listed_by.get(ticket_id, ())].append(ticket_id)
         gone = set(deleted)
         for agents, group in groups.items():
             back = [i for i in group if i not in gone]
@@ -344,14 +358,14 @@ def all_agent_ids(session: DbSession, queue: TicketQueue) -> list[int]:
     return sorted(known | queue.held_agent_ids())
 
 
-def _holders(
-    session: DbSession, queue: TicketQueue, ticket_ids: Iterable[int]
+def holders(
+    session: DbSession, queue: TicketQueue, ticket_ids: Iterable[int] | None = None
 ) -> dict[int, tuple[int, ...]]:
-    """ticket id -> the agents whose held set lists it."""
-    wanted = set(ticket_ids)
+    """ticket id -> the agents whose held set lists it (of ``ticket_ids``, or of all)."""
+    wanted = None if ticket_ids is None else set(ticket_ids)
     found: dict[int, list[int]] = defaultdict(list)
     for agent_id, members in queue.held_sets(all_agent_ids(session, queue)).items():
-        for ticket_id in members & wanted:
+        for ticket_id in members if wanted is None else members & wanted:
             found[ticket_id].append(agent_id)
     return {ticket_id: tuple(sorted(agents)) for ticket_id, agents in found.items()}
 
@@ -373,11 +387,15 @@ def _assigned_by_agent(
 
 @dataclass
 class _HeldCheck:
-    """Agents whose held set differs from PostgreSQL beyond their fetches in flight,
-    and per agent the listed ids that are no fetch's: taken, sold or deleted."""
+    """Per agent whose held set differs from PostgreSQL beyond its fetches in flight:
+    the listed ids that are no fetch's (taken, sold or deleted), and what Redis listed."""
 
-    agents: list[int]
     gone: dict[int, list[int]]
+    listed: dict[int, set[int]]
+
+    @property
+    def agents(self) -> list[int]:
+        return list(self.gone)
 
 
 def _disagreeing(
@@ -396,13 +414,13 @@ def _disagreeing(
     in_flight = (
         queue.reserved_among(extra) & set(unassigned_among(session, extra)) if extra else set()
     )
-    check = _HeldCheck([], {})
+    check = _HeldCheck({}, {})
     for a in agent_ids:
         listed, known = held[a], truth.get(a, set())
         gone = sorted(listed - known - in_flight)
         if known - listed or gone:
-            check.agents.append(a)
             check.gone[a] = gone
+            check.listed[a] = listed
     return check
 
 
@@ -434,14 +452,13 @@ def fix_held(session: DbSession, queue: TicketQueue, *, dry_run: bool = False) -
             truth = _assigned_by_agent(session, batch, lock=True)
             check = _disagreeing(session, queue, batch, truth)
             for agent_id in check.agents:
-                before = queue.held(agent_id)
                 queue.resync_held(
                     agent_id, sorted(truth.get(agent_id, set())), check.gone[agent_id]
                 )
                 log.info(
                     "reconcile: resynced held set of agent %s (redis had %s, postgres has %s)",
                     agent_id,
-                    shorten(sorted(before)),
+                    shorten(sorted(check.listed[agent_id])),
                     shorten(sorted(truth.get(agent_id, set()))),
                 )
                 fixed.append(agent_id)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 from sqlalchemy import select
 
-from ..models import RevokedToken, Ticket, utcnow
+from ..models import RevokedToken, utcnow
 from ..queue import TicketQueue
 from . import DbSession
 from .maintenance import (
@@ -26,8 +26,8 @@ from .maintenance import (
     Progress,
     end_reservations,
     fix_held,
-    ids_in,
     repair_queue,
+    ticket_states,
 )
 
 log = logging.getLogger(__name__)
@@ -121,15 +121,9 @@ def _clear_reservations(
     if live:
         # Only reservations of sold or deleted tickets go; no row lock is
         # needed (nothing is queued), so confirms in flight never wait for us.
-        status = dict(
-            session.execute(
-                select(Ticket.id, Ticket.status).where(ids_in(session, Ticket.id, live))
-            )
-            .tuples()
-            .all()
-        )
+        states = ticket_states(session, live)
         session.rollback()
-        stale = [i for i in live if status.get(i, "sold") == "sold"]
+        stale = [i for i in live if states.get(i, ("sold", None))[0] == "sold"]
         if dry_run:
             cleared += len(stale)
         else:
