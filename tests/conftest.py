@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -87,17 +88,30 @@ def reset_state(app: Flask) -> None:
         ticket_queue().client.flushdb()
 
 
-@pytest.fixture
-def app(_schema: None) -> Iterator[Flask]:
-    app = create_app(env=service_env())
-    app.config["TESTING"] = True
-    reset_state(app)
-    yield app
+def close_app(app: Flask) -> None:
+    """Give back every connection an app holds to PostgreSQL and Redis."""
     with app.app_context():
         db.session.remove()
         db.engine.dispose()
-    ticket_queue_client = app.extensions["ticket_queue"].client
-    ticket_queue_client.close()
+    app.extensions["ticket_queue"].client.close()
+
+
+@contextmanager
+def fresh_app(**env: str) -> Iterator[Flask]:
+    """An app on the test databases (``env`` overrides), emptied first, closed after."""
+    app = create_app(env=service_env(**env))
+    app.config["TESTING"] = True
+    reset_state(app)
+    try:
+        yield app
+    finally:
+        close_app(app)
+
+
+@pytest.fixture
+def app(_schema: None) -> Iterator[Flask]:
+    with fresh_app() as app:
+        yield app
 
 
 @pytest.fixture

@@ -1,8 +1,16 @@
-"""Assertions shared by the route tests."""
+"""Assertions and readers shared by the tests."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import sqlalchemy as sa
+from flask import Flask
+
+from service.extensions import db
+from service.models import Ticket
+from service.queue import TicketQueue
+from service.state import ticket_queue
 
 
 def assert_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
@@ -16,3 +24,47 @@ def assert_error(response: Any, status: int, code: str | None = None) -> dict[st
     if code is not None:
         assert body["error"]["code"] == code
     return body["error"]
+
+
+def queued_ids(queue: TicketQueue) -> list[int]:
+    """The Redis queue, head first."""
+    return [int(m) for m in queue.client.zrange(queue.queue_key, 0, -1)]
+
+
+def reserved_ids(queue: TicketQueue) -> set[int]:
+    return {int(m) for m in queue.client.zrange(queue.reserved_key, 0, -1)}
+
+
+def queued_in(app: Flask) -> list[int]:
+    """The Redis queue of ``app``, head first."""
+    with app.app_context():
+        return queued_ids(ticket_queue())
+
+
+def insert_unqueued(
+    count: int, status: str = "unassigned", agent_id: int | None = None
+) -> list[int]:
+    """Tickets in PostgreSQL only, as if every process died before pushing them
+    (inside an app context)."""
+    ids = list(
+        db.session.scalars(
+            sa.insert(Ticket).returning(Ticket.id),
+            [
+                {"title": f"t{i}", "description": "", "status": status, "agent_id": agent_id}
+                for i in range(count)
+            ],
+        )
+    )
+    db.session.commit()
+    return sorted(ids)
+
+
+def fetch(client: Any, factory: Any, agent: Any, method: str = "GET") -> list[int]:
+    """The agent fetches; the ids it holds, all its own and assigned."""
+    response = client.open(
+        "/api/agent/tickets/assign/", method=method, headers=factory.headers(agent)
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    tickets = response.get_json()["tickets"]
+    assert all(t["agent_id"] == agent.id and t["status"] == "assigned" for t in tickets)
+    return [t["id"] for t in tickets]

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import assert_error
+from helpers import assert_error, fetch, queued_in
 
 from service.extensions import db
 from service.models import Ticket, TicketEvent
@@ -48,21 +48,10 @@ def state(app) -> dict[str, Any]:
         }
 
 
-def queued(app) -> list[int]:
-    with app.app_context():
-        return [int(i) for i in ticket_queue().client.zrange(ticket_queue().queue_key, 0, -1)]
-
-
 def create(client, headers, title: str = "printer on fire", **extra: Any) -> dict[str, Any]:
     response = client.post("/api/admin/tickets/", json={"title": title, **extra}, headers=headers)
     assert response.status_code == 201, response.get_data(as_text=True)
     return response.get_json()
-
-
-def assign(client, factory, agent) -> list[int]:
-    response = client.get("/api/agent/tickets/assign/", headers=factory.headers(agent))
-    assert response.status_code == 200
-    return [t["id"] for t in response.get_json()["tickets"]]
 
 
 # -- create --------------------------------------------------------------------
@@ -82,7 +71,7 @@ def test_create_ticket(client, admin_headers, app):
     assert body["assigned_at"] is None and body["sold_at"] is None
     created = datetime.fromisoformat(body["created_at"])
     assert created.utcoffset() is not None and created.utcoffset().total_seconds() == 0
-    assert queued(app) == [body["id"]]
+    assert queued_in(app) == [body["id"]]
     shown = client.get(f"/api/admin/tickets/{body['id']}/", headers=admin_headers).get_json()
     assert shown == body
 
@@ -97,7 +86,7 @@ def test_create_defaults_and_limits(client, admin_headers, app):
     # Without the trailing slash too; each joins the queue behind the older ones.
     other = client.post("/api/admin/tickets", json={"title": "x"}, headers=admin_headers)
     assert other.status_code == 201
-    assert queued(app) == [plain["id"], longest["id"], unicode["id"], other.get_json()["id"]]
+    assert queued_in(app) == [plain["id"], longest["id"], unicode["id"], other.get_json()["id"]]
 
 
 @pytest.mark.parametrize(
@@ -194,8 +183,8 @@ def test_list_default_limit_is_50(client, admin_headers, factory):
 def test_list_filters_by_status_and_agent(client, admin_headers, factory):
     alice, bob = factory.user("alice", capacity=2), factory.user("bob", capacity=2)
     ids = factory.tickets(6)
-    assert assign(client, factory, alice) == ids[:2]
-    assert assign(client, factory, bob) == ids[2:4]
+    assert fetch(client, factory, alice) == ids[:2]
+    assert fetch(client, factory, bob) == ids[2:4]
     sold = client.post(f"/api/agent/tickets/sell/{ids[0]}/", headers=factory.headers(alice))
     assert sold.status_code == 200
 
@@ -271,7 +260,7 @@ def test_put_replaces_title_and_description(client, admin_headers, app):
     )
     assert cleared.status_code == 200
     assert cleared.get_json()["description"] == ""
-    assert queued(app) == [ticket["id"]]
+    assert queued_in(app) == [ticket["id"]]
 
 
 def test_patch_changes_only_what_it_names(client, admin_headers):
@@ -371,7 +360,7 @@ def test_delete_ticket(client, admin_headers, app):
     assert response.status_code == 204
     assert response.get_data() == b""
     assert_error(client.get(f"/api/admin/tickets/{gone['id']}/", headers=admin_headers), 404)
-    assert queued(app) == [keep["id"]]
+    assert queued_in(app) == [keep["id"]]
     listed = client.get("/api/admin/tickets/", headers=admin_headers).get_json()
     assert [t["id"] for t in listed["items"]] == [keep["id"]]
     # Deleting again, or without the slash, finds nothing.

@@ -8,6 +8,7 @@ from datetime import datetime
 import pytest
 import sqlalchemy as sa
 from flask import Flask
+from helpers import fetch, queued_in, reserved_ids
 
 from service import errors
 from service.domain import assignment
@@ -15,16 +16,7 @@ from service.extensions import db
 from service.models import Ticket, TicketEvent, User
 from service.state import ticket_queue
 
-
 # -- helpers -------------------------------------------------------------------
-def fetch(client, factory, agent, method: str = "GET") -> list[int]:
-    response = client.open(
-        "/api/agent/tickets/assign/", method=method, headers=factory.headers(agent)
-    )
-    assert response.status_code == 200, response.get_data(as_text=True)
-    tickets = response.get_json()["tickets"]
-    assert all(t["agent_id"] == agent.id and t["status"] == "assigned" for t in tickets)
-    return [t["id"] for t in tickets]
 
 
 def held_now(client, factory, agent) -> list[int]:
@@ -36,12 +28,6 @@ def held_now(client, factory, agent) -> list[int]:
 def sell(client, factory, agent, ticket_id: int) -> None:
     response = client.post(f"/api/agent/tickets/sell/{ticket_id}/", headers=factory.headers(agent))
     assert response.status_code == 200, response.get_data(as_text=True)
-
-
-def queue_ids(app: Flask) -> list[int]:
-    with app.app_context():
-        queue = ticket_queue()
-        return [int(i) for i in queue.client.zrange(queue.queue_key, 0, -1)]
 
 
 def held_set(app: Flask, agent_id: int) -> set[int]:
@@ -56,7 +42,7 @@ def in_flight(app: Flask) -> list[int]:
     """
     with app.app_context():
         queue = ticket_queue()
-        ids = [int(i) for i in queue.client.zrange(queue.reserved_key, 0, -1)]
+        ids = sorted(reserved_ids(queue))
         assigned = set(
             db.session.scalars(
                 sa.select(Ticket.id).where(Ticket.id.in_(ids), Ticket.status == "assigned")
@@ -116,7 +102,7 @@ def test_agents_get_the_oldest_tickets_in_creation_order(client, factory, app):
     assert fetch(client, factory, c) == ids[30:40]
     assert fetch(client, factory, d) == []
     assert holdings(app) == {a.id: ids[:15], b.id: ids[15:30], c.id: ids[30:40]}
-    assert queue_ids(app) == []
+    assert queued_in(app) == []
     assert in_flight(app) == []  # every reservation was confirmed
     assert_invariants(app)
 
@@ -126,12 +112,12 @@ def test_a_repeat_fetch_returns_the_same_list_and_assigns_nothing(client, factor
     factory.tickets(20)
     first = client.get("/api/agent/tickets/assign/", headers=factory.headers(agent)).get_json()
     assigned_events = len(events_of(app, "assigned"))
-    queue = queue_ids(app)
+    queue = queued_in(app)
     second = client.get("/api/agent/tickets/assign/", headers=factory.headers(agent)).get_json()
     assert second == first
     assert len(second["tickets"]) == 15
     assert len(events_of(app, "assigned")) == assigned_events == 15
-    assert queue_ids(app) == queue
+    assert queued_in(app) == queue
 
 
 def test_selling_one_then_fetching_tops_up_by_exactly_the_next_oldest(client, factory, app):
@@ -203,7 +189,7 @@ def test_listing_held_tickets_assigns_nothing(client, factory, admin_headers, ap
     for _ in range(3):
         assert held_now(client, factory, alice) == []
     assert holdings(app) == {}
-    assert queue_ids(app) == ids
+    assert queued_in(app) == ids
     assert client.get("/api/admin/queue/", headers=admin_headers).get_json() == stats
     assert events_of(app, "assigned") == []
 
@@ -217,7 +203,7 @@ def test_a_deleted_queued_ticket_is_never_handed_out(client, factory, admin_head
             client.delete(f"/api/admin/tickets/{ticket_id}/", headers=admin_headers).status_code
             == 204
         )
-    assert queue_ids(app) == [ids[1]] + ids[3:]
+    assert queued_in(app) == [ids[1]] + ids[3:]
     assert fetch(client, factory, alice) == [ids[1]] + ids[3:]
 
 
@@ -244,9 +230,9 @@ def test_a_deleted_ticket_left_in_redis_is_still_never_handed_out(client, factor
     with app.app_context():
         db.session.execute(sa.delete(Ticket).where(Ticket.id == ids[0]))
         db.session.commit()
-    assert ids[0] in queue_ids(app)
+    assert ids[0] in queued_in(app)
     assert fetch(client, factory, alice) == ids[1:4]
-    assert ids[0] not in queue_ids(app)
+    assert ids[0] not in queued_in(app)
     assert held_set(app, alice.id) == set(ids[1:4])
     assert in_flight(app) == []
 
@@ -282,7 +268,7 @@ def test_edits_keep_the_holder_and_the_queue_order(client, factory, admin_header
         assert edited["agent_id"] == expected_holder
         assert edited["status"] == ("assigned" if expected_holder else "unassigned")
     assert holdings(app) == {alice.id: ids[:2]}
-    assert queue_ids(app) == ids[2:]
+    assert queued_in(app) == ids[2:]
     assert fetch(client, factory, alice) == ids[:2]
     bob_got = client.get("/api/agent/tickets/assign/", headers=factory.headers(bob)).get_json()
     assert [(t["id"], t["title"]) for t in bob_got["tickets"]] == [
@@ -302,14 +288,14 @@ def test_deactivating_an_agent_returns_its_unsold_tickets_in_creation_order(
     sell(client, factory, alice, ids[1])
     assert fetch(client, factory, alice) == [ids[0], ids[2], ids[3]]
     assert fetch(client, factory, bob) == ids[4:7]
-    assert queue_ids(app) == []
+    assert queued_in(app) == []
 
     response = client.patch(
         f"/api/admin/users/{alice.id}/", json={"is_active": False}, headers=admin_headers
     )
     assert response.status_code == 200
     # Back at the front of the queue, oldest first; the sold one stays with its seller.
-    assert queue_ids(app) == [ids[0], ids[2], ids[3]]
+    assert queued_in(app) == [ids[0], ids[2], ids[3]]
     assert held_set(app, alice.id) == set()
     assert holdings(app) == {bob.id: ids[4:7]}
     with app.app_context():
@@ -326,7 +312,7 @@ def test_deactivating_an_agent_returns_its_unsold_tickets_in_creation_order(
         locked = client.open(path, method=method, headers=alice_headers)
         assert locked.status_code == 401
         assert locked.get_json()["error"]["code"] == "unauthorized"
-    assert queue_ids(app) == [ids[0], ids[2], ids[3]]
+    assert queued_in(app) == [ids[0], ids[2], ids[3]]
 
     # The returned tickets go out before any younger one.
     sell(client, factory, bob, ids[5])
@@ -345,7 +331,7 @@ def test_lowering_capacity_releases_the_youngest_excess(client, factory, admin_h
     assert response.status_code == 200
     assert holdings(app) == {alice.id: ids[:2]}
     assert held_set(app, alice.id) == set(ids[:2])
-    assert queue_ids(app) == ids[2:]
+    assert queued_in(app) == ids[2:]
     assert fetch(client, factory, alice) == ids[:2]
     assert fetch(client, factory, bob) == ids[2:7]
     assert_invariants(app)
@@ -442,7 +428,7 @@ def test_a_redis_wipe_between_fetches_loses_and_doubles_nothing(client, factory,
     sell(client, factory, alice, ids[0])
     with app.app_context():
         rebuild(db.session, ticket_queue())
-    assert queue_ids(app) == ids[15:]
+    assert queued_in(app) == ids[15:]
     assert fetch(client, factory, alice) == ids[1:16]
     assert fetch(client, factory, bob) == ids[16:31]
     assert_invariants(app)
@@ -460,7 +446,7 @@ def test_a_wiped_redis_refilled_with_every_id_still_never_doubles(
         ticket_queue().enqueue(ids)
     # Alice is full in PostgreSQL: her fetch answers from it and pops nothing.
     assert fetch(client, factory, alice) == ids[:15]
-    assert queue_ids(app) == ids
+    assert queued_in(app) == ids
     # Once she sells, her fetch pops her own sold and held ids back from the queue
     # head: PostgreSQL refuses them, they are dropped, and she gets the next oldest.
     sell(client, factory, alice, ids[0])
@@ -468,7 +454,7 @@ def test_a_wiped_redis_refilled_with_every_id_still_never_doubles(
     assert held_set(app, alice.id) == set(ids[1:16])
     assert fetch(client, factory, bob) == ids[16:31]
     assert fetch(client, factory, carol) == ids[31:40]
-    assert queue_ids(app) == []
+    assert queued_in(app) == []
     assert in_flight(app) == []
     assert holdings(app) == {alice.id: ids[1:16], bob.id: ids[16:31], carol.id: ids[31:40]}
     assert_invariants(app)
@@ -485,7 +471,7 @@ def test_a_wipe_then_a_second_agent_first(client, factory, app, redis_client):
     assert fetch(client, factory, bob) == ids[3:6]
     assert holdings(app) == {alice.id: ids[:3], bob.id: ids[3:6]}
     # Alice's ids were not queued again: they are hers.
-    assert queue_ids(app) == ids[6:]
+    assert queued_in(app) == ids[6:]
     assert fetch(client, factory, alice) == ids[:3]
     assert_invariants(app, redis_held_sets=False)
     # Alice's held set was lost with the wipe; her next fetch with a free slot resyncs it.
@@ -542,7 +528,7 @@ def test_domain_assign_refuses_an_inactive_agent_and_takes_nothing(app, factory)
         with pytest.raises(errors.Unauthorized):
             assignment.assign(db.session, ticket_queue(), alice.id, lease_seconds=30)
         db.session.rollback()
-    assert queue_ids(app) == ids
+    assert queued_in(app) == ids
     assert holdings(app) == {}
 
 

@@ -16,9 +16,10 @@ import pytest
 import redis
 import requests
 import sqlalchemy as sa
-from conftest import PASSWORD, Factory, reset_state, service_env
+from conftest import PASSWORD, Factory, close_app, reset_state, service_env
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers import fetch, queued_in, reserved_ids
 from live import live_server
 
 from service import create_app
@@ -38,16 +39,7 @@ def app(_schema: None, redis_cluster: Any) -> Iterator[Flask]:
     app.config["TESTING"] = True
     reset_state(app)  # FLUSHDB reaches every primary of the cluster
     yield app
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
-    app.extensions["ticket_queue"].client.close()
-
-
-def fetch(client: FlaskClient, factory: Factory, agent: Any) -> list[int]:
-    response = client.get("/api/agent/tickets/assign/", headers=factory.headers(agent))
-    assert response.status_code == 200, response.get_data(as_text=True)
-    return [t["id"] for t in response.get_json()["tickets"]]
+    close_app(app)
 
 
 def holding(app: Flask, agent_id: int) -> list[int]:
@@ -59,12 +51,6 @@ def holding(app: Flask, agent_id: int) -> list[int]:
                 .order_by(Ticket.id)
             )
         )
-
-
-def queued(app: Flask) -> list[int]:
-    with app.app_context():
-        queue = ticket_queue()
-        return [int(i) for i in queue.client.zrange(queue.queue_key, 0, -1)]
 
 
 def test_the_app_runs_on_the_cluster_client_and_keeps_every_key_in_one_slot(
@@ -90,7 +76,7 @@ def test_fetch_hands_out_the_oldest_tickets_up_to_capacity(
     assert fetch(client, factory, alice) == ids[:5]
     assert fetch(client, factory, alice) == ids[:5]  # full: the same list again
     assert fetch(client, factory, bob) == ids[5:10]
-    assert queued(app) == ids[10:]
+    assert queued_in(app) == ids[10:]
     assert holding(app, alice.id) == ids[:5]
 
 
@@ -185,9 +171,8 @@ def test_concurrent_fetches_by_one_agent_from_several_processes(
         queue = ticket_queue()
         assert queue.held(agent.id) == set(held)
         assert queue.depth()[0] == 35
-        reserved = {int(i) for i in queue.client.zrange(queue.reserved_key, 0, -1)}
-        assert reserved <= set(held)
-    assert queued(app) == ids[5:]
+        assert reserved_ids(queue) <= set(held)
+    assert queued_in(app) == ids[5:]
     assert holding(app, other.id) == []
     # The login limit is kept in the cluster too, shared by the three workers.
     assert logins == [401, 401, 429]

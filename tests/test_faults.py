@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import pytest
 import requests
 import sqlalchemy as sa
-from conftest import TEST_DATABASE_URL, Factory, reset_state, service_env
+from conftest import TEST_DATABASE_URL, Factory, close_app, reset_state, service_env
 from flask import Flask
 from live import ROOT, Server, gunicorn, stop
 from proxy import tcp_proxy
@@ -178,10 +178,7 @@ def stack(_schema: None, redis_server: RedisServer, tmp_path: Path) -> Iterator[
     s.agents = factory.agents(2, capacity=3)
     yield s
     redis_server.start()
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
-    app.extensions["ticket_queue"].client.close()
+    close_app(app)
 
 
 @contextmanager

@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import Factory, service_env
 from flask import Flask
+from helpers import insert_unqueued, queued_ids, reserved_ids
 from live import ROOT
 
 from service.domain.assignment import assign, sell
@@ -37,33 +38,8 @@ def ctx(app: Flask) -> Iterator[TicketQueue]:
         db.session.rollback()
 
 
-def insert_unqueued(
-    count: int, status: str = "unassigned", agent_id: int | None = None
-) -> list[int]:
-    """Tickets in PostgreSQL only, as if every process died before pushing them."""
-    ids = list(
-        db.session.scalars(
-            sa.insert(Ticket).returning(Ticket.id),
-            [
-                {"title": f"t{i}", "description": "", "status": status, "agent_id": agent_id}
-                for i in range(count)
-            ],
-        )
-    )
-    db.session.commit()
-    return sorted(ids)
-
-
 def queued(queue: TicketQueue) -> list[tuple[str, float]]:
     return [(m, s) for m, s in queue.client.zrange(queue.queue_key, 0, -1, withscores=True)]
-
-
-def queued_ids(queue: TicketQueue) -> list[int]:
-    return [int(m) for m in queue.client.zrange(queue.queue_key, 0, -1)]
-
-
-def reserved_ids(queue: TicketQueue) -> set[int]:
-    return {int(m) for m in queue.client.zrange(queue.reserved_key, 0, -1)}
 
 
 def expire_all(queue: TicketQueue) -> None:

@@ -16,7 +16,7 @@ import pytest
 import requests
 import schemathesis
 import sqlalchemy as sa
-from conftest import Factory, reset_state, service_env
+from conftest import Factory, close_app, reset_state, service_env
 from flask_jwt_extended import create_access_token, create_refresh_token
 from hypothesis import HealthCheck, settings
 from live import live_server
@@ -90,10 +90,7 @@ def seeded(_schema: None) -> Iterator[Seeded]:
     factory.tickets(5)
     with live_server(service_env(), workers=2) as url:
         yield Seeded(url, app, admin.id, agent.id)
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
-    app.extensions["ticket_queue"].client.close()
+    close_app(app)
 
 
 def _document() -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import PASSWORD, TEST_DATABASE_URL, Factory, reset_state, service_env
+from conftest import PASSWORD, TEST_DATABASE_URL, Factory, close_app, fresh_app, service_env
 from flask import Flask
 from flask.testing import FlaskClient
 from helpers import assert_error
@@ -98,35 +98,25 @@ def world(_schema: None, redis_server: RedisServer, pg_proxy: TcpProxy) -> Itera
     redis_server.start()
     pg_proxy.restore()
     proxied = sa.engine.make_url(TEST_DATABASE_URL).set(host="127.0.0.1", port=pg_proxy.port)
-    app = create_app(
-        env=service_env(
-            DATABASE_URL=proxied.render_as_string(hide_password=False),
-            REDIS_URL=redis_server.url,
+    with fresh_app(
+        DATABASE_URL=proxied.render_as_string(hide_password=False), REDIS_URL=redis_server.url
+    ) as app:
+        factory = Factory(app)
+        admin = factory.user("admin", role="admin")
+        w = World(
+            app=app,
+            client=app.test_client(),
+            factory=factory,
+            redis=redis_server,
+            proxy=pg_proxy,
+            admin=factory.headers(admin),
+            alice=factory.user("alice", capacity=3),
+            bob=factory.user("bob", capacity=3),
         )
-    )
-    app.config["TESTING"] = True
-    reset_state(app)
-    factory = Factory(app)
-    admin = factory.user("admin", role="admin")
-    w = World(
-        app=app,
-        client=app.test_client(),
-        factory=factory,
-        redis=redis_server,
-        proxy=pg_proxy,
-        admin=factory.headers(admin),
-        alice=factory.user("alice", capacity=3),
-        bob=factory.user("bob", capacity=3),
-    )
-    w.rebuild()  # what the workers do first: mark Redis as built from PostgreSQL
-    yield w
-    pg_proxy.restore()
-    redis_server.start()
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
-    ticket_queue_client = app.extensions["ticket_queue"].client
-    ticket_queue_client.close()
+        w.rebuild()  # what the workers do first: mark Redis as built from PostgreSQL
+        yield w
+        pg_proxy.restore()
+        redis_server.start()
 
 
 def ids(response: Any) -> list[int]:
@@ -218,7 +208,7 @@ def test_a_hung_redis_costs_one_timeout_per_call_not_one_per_retry(world: World)
 def test_redis_lost_after_the_confirm_commits_answers_what_postgres_says(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Redis dies between the committed confirm and the cleanup: the fetch stands."""
+    """Redis dies right after the confirm commits: the fetch stands (it needs Redis no more)."""
     c, alice = world.client, world.headers(world.alice)
     tickets = world.factory.tickets(4)
 
@@ -228,6 +218,7 @@ def test_redis_lost_after_the_confirm_commits_answers_what_postgres_says(
 
     monkeypatch.setattr(assignment, "fault_point", redis_dies)
     got = c.get(ASSIGN, headers=alice)
+    assert not world.redis.running, "the fetch never reached the confirm"
     assert ids(got) == tickets[:3]  # PostgreSQL committed them: not a 503
     monkeypatch.undo()
 
@@ -235,6 +226,33 @@ def test_redis_lost_after_the_confirm_commits_answers_what_postgres_says(
     world.rebuild()
     assert ids(c.get(ASSIGN, headers=alice)) == tickets[:3]
     assert ids(c.get(ASSIGN, headers=world.headers(world.bob))) == [tickets[3]]
+
+
+def test_redis_lost_when_a_committed_fetch_needs_it_again_answers_what_postgres_says(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A confirm that committed can still need Redis: here to drop a deleted id it
+    popped. Redis is gone by then; the fetch answers what PostgreSQL committed."""
+    c, alice = world.client, world.headers(world.alice)
+    tickets = world.factory.tickets(5)
+    with world.app.app_context():  # deleted behind the API's back: still queued
+        db.session.execute(sa.text("DELETE FROM tickets WHERE id = :i"), {"i": tickets[0]})
+        db.session.commit()
+    calls_after: list[str] = []
+
+    def redis_dies(name: str) -> None:
+        if name == "assign.after_confirm":
+            world.redis.stop()
+            calls_after.append(name)
+
+    monkeypatch.setattr(assignment, "fault_point", redis_dies)
+    got = c.get(ASSIGN, headers=alice)
+    monkeypatch.undo()
+    assert calls_after == ["assign.after_confirm"]
+    assert ids(got) == tickets[1:3]  # committed; the settle that failed changes nothing
+    world.redis.start()
+    world.rebuild()
+    assert ids(c.get(ASSIGN, headers=alice)) == tickets[1:4]
 
 
 # -- PostgreSQL down -----------------------------------------------------------
@@ -464,7 +482,4 @@ def test_an_app_built_during_an_outage_serves_once_it_ends(world: World) -> None
         assert c.get("/readyz").status_code == 200
         assert ids(c.get(ASSIGN, headers=world.headers(world.alice))) == tickets
     finally:
-        with app.app_context():
-            db.session.remove()
-            db.engine.dispose()
-        app.extensions["ticket_queue"].client.close()
+        close_app(app)

@@ -26,11 +26,10 @@ from typing import Any
 import pytest
 import redis
 import sqlalchemy as sa
-from conftest import TEST_DATABASE_URL, reset_state, service_env
+from conftest import TEST_DATABASE_URL, fresh_app
 from flask import Flask
 from proxy import TcpProxy, tcp_proxy
 
-from service import create_app
 from service.domain.rebuild import rebuild
 from service.extensions import db
 from service.state import ticket_queue
@@ -76,15 +75,9 @@ def app(_schema: None) -> Iterator[Flask]:
     target = sa.engine.make_url(TEST_DATABASE_URL)
     with tcp_proxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
         proxied = target.set(host="127.0.0.1", port=proxy.port)
-        app = create_app(env=service_env(DATABASE_URL=proxied.render_as_string(False)))
-        app.config["TESTING"] = True
-        app.extensions["test_proxy"] = proxy
-        reset_state(app)
-        yield app
-        with app.app_context():
-            db.session.remove()
-            db.engine.dispose()
-        ticket_queue_client(app).close()
+        with fresh_app(DATABASE_URL=proxied.render_as_string(False)) as app:
+            app.extensions["test_proxy"] = proxy
+            yield app
 
 
 @contextmanager

@@ -6,6 +6,7 @@ import time
 
 import fakeredis
 import pytest
+from helpers import queued_ids
 
 from service.queue import Reservation, TicketQueue, make_redis
 
@@ -22,10 +23,6 @@ def queue(redis_client: fakeredis.FakeRedis) -> TicketQueue:
     return TicketQueue(redis_client)
 
 
-def queued(queue: TicketQueue) -> list[int]:
-    return [int(i) for i in queue.client.zrange(queue.queue_key, 0, -1)]
-
-
 def leases(queue: TicketQueue) -> dict[int, float]:
     return {int(i): s for i, s in queue.client.zrange(queue.reserved_key, 0, -1, withscores=True)}
 
@@ -35,7 +32,7 @@ def test_push_orders_by_ticket_id_whatever_the_push_order(queue):
     assert len(queue.enqueue([10, 3])) == 2
     assert len(queue.enqueue([7])) == 1
     assert len(queue.enqueue([1])) == 1  # an older ticket returned to the pool goes ahead
-    assert queued(queue) == [1, 3, 7, 10]
+    assert queued_ids(queue) == [1, 3, 7, 10]
 
 
 def test_push_is_idempotent(queue):
@@ -43,14 +40,14 @@ def test_push_is_idempotent(queue):
     assert len(queue.enqueue([2, 3, 4])) == 1
     assert len(queue.enqueue([1, 1, 1])) == 0
     assert len(queue.enqueue([])) == 0
-    assert queued(queue) == [1, 2, 3, 4]
+    assert queued_ids(queue) == [1, 2, 3, 4]
 
 
 def test_remove_takes_an_id_out_of_the_queue_and_the_reservations(queue):
     queue.enqueue([1, 2, 3])
     queue.reserve(agent_id=7, capacity=1, lease_seconds=LEASE, known=[])
     queue.remove([1, 2])
-    assert queued(queue) == [3]
+    assert queued_ids(queue) == [3]
     assert leases(queue) == {}
     queue.remove([])  # nothing to do, no error
 
@@ -61,7 +58,7 @@ def test_reserve_pops_the_oldest_first_and_records_leases(queue):
     before = time.time()
     reservation = queue.reserve(agent_id=7, capacity=2, lease_seconds=LEASE, known=[])
     assert reservation == Reservation(used=0, ids=[1, 3], queue_left=2)
-    assert queued(queue) == [5, 9]
+    assert queued_ids(queue) == [5, 9]
     assert queue.held(7) == {1, 3}
     deadlines = leases(queue)
     assert set(deadlines) == {1, 3}
@@ -80,7 +77,7 @@ def test_reserve_never_pops_more_than_the_free_slots(queue):
     again = queue.reserve(agent_id=7, capacity=5, lease_seconds=LEASE, known=[100, 101])
     assert again == Reservation(used=5, ids=[], queue_left=17, in_flight=[1, 2, 3])
     assert set(leases(queue)) == {1, 2, 3}
-    assert queued(queue) == list(range(4, 21))
+    assert queued_ids(queue) == list(range(4, 21))
 
 
 def test_reserve_rebuilds_a_lost_held_set_from_postgresqls_list(queue):
@@ -91,7 +88,7 @@ def test_reserve_rebuilds_a_lost_held_set_from_postgresqls_list(queue):
     assert reservation.used == 14
     assert reservation.ids == [1]
     assert queue.held(7) == {*known, 1}
-    assert queued(queue) == list(range(2, 21))
+    assert queued_ids(queue) == list(range(2, 21))
 
 
 def test_reserve_drops_held_ids_neither_known_nor_in_flight(queue):
@@ -123,7 +120,7 @@ def test_reserve_for_an_agent_over_capacity_pops_nothing(queue):
     queue.client.sadd(queue.held_key(7), 50, 51, 52)
     reservation = queue.reserve(agent_id=7, capacity=2, lease_seconds=LEASE, known=[50, 51, 52])
     assert reservation == Reservation(used=3, ids=[], queue_left=2)
-    assert queued(queue) == [1, 2]
+    assert queued_ids(queue) == [1, 2]
 
 
 def test_reserve_from_a_short_or_empty_queue(queue):
@@ -156,7 +153,7 @@ def test_settle_clears_confirmed_drops_vanished_and_returns_refused(queue):
     assert held_after == 2
     assert queue.held(7) == {1, 2}  # confirmed stay held
     assert leases(queue) == {}  # every reservation answered
-    assert queued(queue) == [4, 5, 6, 7]  # refused ids back at the head; 3 is gone
+    assert queued_ids(queue) == [4, 5, 6, 7]  # refused ids back at the head; 3 is gone
 
 
 def test_settle_only_returns_ids_whose_reservation_was_still_ours(queue):
@@ -171,7 +168,7 @@ def test_settle_only_returns_ids_whose_reservation_was_still_ours(queue):
     held_after = queue.settle(7, confirmed=[], dropped=[], returned=[1, 2, 3])
     assert held_after == 0
     assert queue.held(7) == set()
-    assert queued(queue) == [1, 3]  # 2 was not ours to return any more
+    assert queued_ids(queue) == [1, 3]  # 2 was not ours to return any more
     assert set(leases(queue)) == {2}  # agent 8's reservation is untouched
     assert queue.held(8) == {2}
 
@@ -183,7 +180,7 @@ def test_settle_never_requeues_an_id_whose_reservation_is_gone(queue):
     # still listed in the held set.
     queue.client.zrem(queue.reserved_key, 1)
     assert queue.settle(7, confirmed=[], dropped=[], returned=[1, 2]) == 0
-    assert queued(queue) == [2]
+    assert queued_ids(queue) == [2]
     assert queue.held(7) == set()
 
 
@@ -196,7 +193,7 @@ def test_settle_of_a_dropped_id_never_requeues_it(queue):
     queue.enqueue([1])
     queue.reserve(agent_id=7, capacity=1, lease_seconds=LEASE, known=[])
     assert queue.settle(7, confirmed=[], dropped=[1], returned=[]) == 0
-    assert queued(queue) == []
+    assert queued_ids(queue) == []
     assert leases(queue) == {}
 
 
@@ -256,8 +253,8 @@ def test_every_key_shares_one_hash_tag(queue):
     assert all(key.startswith("{tq}:") for key in keys)
     other = TicketQueue(queue.client, prefix="{other}")
     other.enqueue([1])
-    assert queued(other) == [1]
-    assert queued(queue) == []
+    assert queued_ids(other) == [1]
+    assert queued_ids(queue) == []
 
 
 def test_the_embedded_client_runs_the_scripts():

@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import reset_state
 from flask import Flask
+from helpers import reserved_ids
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -271,7 +272,7 @@ class Service(RuleBasedStateMachine):
         members = queue.client.zrange(queue.queue_key, 0, -1, withscores=True)
         queued = [int(m) for m, _ in members]
         assert all(float(m) == s for m, s in members)  # I3: scored by id
-        reserved = {int(m) for m in queue.client.zrange(queue.reserved_key, 0, -1)}
+        reserved = reserved_ids(queue)
         pool = set(self.pool())
         assert set(queued) <= pool  # I5: nothing queued that is not unassigned
         assert not set(queued) & reserved

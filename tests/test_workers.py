@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 import redis
-import sqlalchemy as sa
 from conftest import Factory, service_env
 from flask import Flask
+from helpers import insert_unqueued, queued_ids
 from live import ROOT, free_port, stop, wait_for
 
 from service.domain.rebuild import rebuild
 from service.extensions import db
-from service.models import Ticket
 from service.queue import TicketQueue
 from service.state import ticket_queue
 
@@ -82,21 +81,6 @@ def queue(app: Flask) -> Iterator[TicketQueue]:
         rebuild(db.session, queue)  # Redis counts as built: no rebuild at start
         yield queue
         db.session.rollback()
-
-
-def insert_unqueued(count: int) -> list[int]:
-    ids = list(
-        db.session.scalars(
-            sa.insert(Ticket).returning(Ticket.id),
-            [{"title": f"t{i}", "description": "", "status": "unassigned"} for i in range(count)],
-        )
-    )
-    db.session.commit()
-    return sorted(ids)
-
-
-def queued_ids(queue: TicketQueue) -> list[int]:
-    return [int(m) for m in queue.client.zrange(queue.queue_key, 0, -1)]
 
 
 def test_a_ticket_never_pushed_gets_queued(tmp_path, queue):
