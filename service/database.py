@@ -54,6 +54,12 @@ def autocommit(conn: Connection) -> Iterator[Connection]:
             driver.autocommit = False
 
 
+def writes_in_ctes(conn: Connection | Engine) -> bool:
+    """Whether the database runs data-modifying CTEs (``WITH x AS (UPDATE ...)``),
+    so a change and its event log can be one statement: PostgreSQL, not SQLite."""
+    return conn.dialect.name == "postgresql"
+
+
 def _readable(fd: int) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)

@@ -24,7 +24,7 @@ from proxy import TcpProxy
 from redis_server import RedisServer
 
 from service import create_app
-from service.domain import assignment, events, maintenance
+from service.domain import assignment, maintenance
 from service.domain.rebuild import rebuild
 from service.extensions import db
 from service.models import User
@@ -381,47 +381,59 @@ def test_postgres_lost_between_pop_and_confirm_gives_the_tickets_back(
 
 
 @pytest.mark.parametrize("other", ["deactivate", "reconcile"])
-def test_a_sale_and_a_lock_on_its_agent_do_not_deadlock(
-    world: World, monkeypatch: pytest.MonkeyPatch, other: str
-) -> None:
+def test_a_sale_and_a_lock_on_its_agent_do_not_deadlock(world: World, other: str) -> None:
     """A sale holds its ticket's row, then checks the agent's row (its event's foreign key).
     A deactivation, or the reconcile worker, holds the agent's row, then needs the agent's
-    tickets. Neither may be failed by a deadlock."""
+    tickets. Neither may be failed by a deadlock.
+
+    The sale is one statement, so the test stops it inside PostgreSQL: a trigger
+    on its event's INSERT (after the ticket's UPDATE, before the foreign-key
+    check) waits for an advisory lock the test holds until the other side waits
+    on the ticket's row."""
     c, alice = world.client, world.headers(world.alice)
     tickets = world.factory.tickets(3)
     assert ids(c.get(ASSIGN, headers=alice)) == tickets
     if other == "reconcile":
         with world.redis.client() as r:  # a drifted held set: reconcile will fix it
             r.delete(f"{{tq}}:held:{world.alice.id}")
-    engine = sa.create_engine(TEST_DATABASE_URL)
-    sale_holds_ticket = threading.Event()
-    other_waited = threading.Event()
-    real_record = events.record
+    engine = sa.create_engine(TEST_DATABASE_URL, isolation_level="AUTOCOMMIT")
+    gate = engine.connect()
+    gate.execute(
+        sa.text(
+            "CREATE FUNCTION test_sale_gate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " PERFORM pg_advisory_lock(4711); PERFORM pg_advisory_unlock(4711);"
+            " RETURN NEW; END $$"
+        )
+    )
+    gate.execute(
+        sa.text(
+            "CREATE TRIGGER test_sale_gate BEFORE INSERT ON ticket_events FOR EACH ROW"
+            f" WHEN (NEW.kind = 'sold' AND NEW.ticket_id = {tickets[0]})"
+            " EXECUTE FUNCTION test_sale_gate()"
+        )
+    )
+    gate.execute(sa.text("SELECT pg_advisory_lock(4711)"))
 
-    def lock_waiters() -> int:
-        with engine.connect() as probe:
-            return int(
-                probe.scalar(
-                    sa.text(
-                        "SELECT count(*) FROM pg_stat_activity "
-                        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                    )
-                )
-                or 0
+    def waiting_on(*kinds: str) -> int:
+        return int(
+            gate.scalar(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND wait_event = ANY(:kinds)"
+                ),
+                {"kinds": list(kinds)},
             )
+            or 0
+        )
 
-    def record_once_the_other_waits(*args: Any, **kwargs: Any) -> None:
-        if args[1] == "sold":  # the ticket row is locked, the event not yet written
-            sale_holds_ticket.set()
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                if lock_waiters() > 0:
-                    other_waited.set()
-                    break
-                time.sleep(0.02)
-        real_record(*args, **kwargs)
+    def until(condition: Any) -> bool:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if condition():
+                return True
+            time.sleep(0.02)
+        return False
 
-    monkeypatch.setattr(assignment.events, "record", record_once_the_other_waits)
     results: dict[str, Any] = {}
 
     def sell() -> None:
@@ -430,24 +442,46 @@ def test_a_sale_and_a_lock_on_its_agent_do_not_deadlock(
 
     seller = threading.Thread(target=sell)
     seller.start()
+    other_waited = False
     try:
-        assert sale_holds_ticket.wait(10)
+        # The sale holds its ticket's row and waits at the gate...
+        assert until(lambda: waiting_on("advisory") == 1)
         if other == "deactivate":
-            patched = c.patch(
-                f"/api/admin/users/{world.alice.id}/",
-                json={"is_active": False},
-                headers=world.admin,
+            patcher = threading.Thread(
+                target=lambda: results.update(
+                    other=c.patch(
+                        f"/api/admin/users/{world.alice.id}/",
+                        json={"is_active": False},
+                        headers=world.admin,
+                    )
+                )
             )
-            assert patched.status_code == 200, patched.get_data(as_text=True)
         else:
-            with world.app.app_context():
-                assert maintenance.reconcile(db.session, ticket_queue()) == 1
-    finally:
+
+            def run_reconcile() -> None:
+                with world.app.app_context():
+                    results["other"] = maintenance.reconcile(db.session, ticket_queue())
+
+            patcher = threading.Thread(target=run_reconcile)
+        patcher.start()
+        # ...until the other side holds the agent's row and waits for the ticket's.
+        other_waited = until(lambda: waiting_on("transactionid", "tuple") > 0)
+        gate.execute(sa.text("SELECT pg_advisory_unlock(4711)"))
         seller.join(timeout=20)
+        patcher.join(timeout=20)
+    finally:
+        gate.execute(sa.text("SELECT pg_advisory_unlock_all()"))
+        gate.execute(sa.text("DROP TRIGGER IF EXISTS test_sale_gate ON ticket_events"))
+        gate.execute(sa.text("DROP FUNCTION IF EXISTS test_sale_gate()"))
+        gate.close()
         engine.dispose()
+    if other == "deactivate":
+        assert results["other"].status_code == 200, results["other"].get_data(as_text=True)
+    else:
+        assert results["other"] == 1
     assert results["sell"].status_code == 200, results["sell"].get_data(as_text=True)
     # The race really happened: the other side waited on a lock the sale held.
-    assert other_waited.is_set()
+    assert other_waited
     rows = {row[0]: row[1:3] for row in world.db_state()[0]}
     assert rows[tickets[0]] == ("sold", world.alice.id)
     if other == "deactivate":

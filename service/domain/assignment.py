@@ -33,7 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .. import errors, metrics
 from ..auth import ensure_active
-from ..database import autocommit
+from ..database import autocommit, writes_in_ctes
 from ..models import Ticket, User, utcnow
 from ..queue import TicketQueue
 from . import DbSession, events
@@ -141,6 +141,10 @@ _ASSIGN = (
     )
     .returning(*_tickets.c)
 )
+# On PostgreSQL the assignment and its events are one statement.
+_ASSIGN_LOGGED = events.logged(
+    "assigned", _ASSIGN.cte("assigned"), actor="agent_id", agent="agent_id", at="now"
+)
 _STILL_UNASSIGNED = select(_tickets.c.id).where(
     _tickets.c.id.in_(bindparam("ids", expanding=True)), _tickets.c.status == "unassigned"
 )
@@ -148,7 +152,8 @@ _STILL_UNASSIGNED = select(_tickets.c.id).where(
 
 def confirm(session: DbSession, agent_id: int, ids: Sequence[int]) -> Confirmation:
     """Assign the reserved ``ids`` the agent has room for, in one short transaction:
-    lock the agent, list what it holds, assign, log the events.
+    lock the agent, list what it holds, assign and log the events (one statement
+    on PostgreSQL).
 
     A Core transaction of its own: the ORM session has nothing to track here.
     """
@@ -165,12 +170,20 @@ def confirm(session: DbSession, agent_id: int, ids: Sequence[int]) -> Confirmati
             room = max(agent.capacity - len(held), 0)
         if room and ids:
             now = utcnow()
-            assigned = conn.execute(
-                _ASSIGN, {"ids": list(ids), "room": room, "agent_id": agent_id, "now": now}
-            ).all()
+            given = {"ids": list(ids), "room": room, "agent_id": agent_id, "now": now}
+            if writes_in_ctes(conn):
+                assigned = conn.execute(_ASSIGN_LOGGED, given).all()
+            else:
+                assigned = conn.execute(_ASSIGN, given).all()
+                events.record(
+                    conn,
+                    "assigned",
+                    sorted(t.id for t in assigned),
+                    actor_id=agent_id,
+                    agent_id=agent_id,
+                    at=now,
+                )
         confirmed = sorted(t.id for t in assigned)
-        if confirmed:
-            events.record(conn, "assigned", confirmed, actor_id=agent_id, agent_id=agent_id, at=now)
         rest = sorted(set(ids) - set(confirmed))
         if rest:
             returned = sorted(conn.execute(_STILL_UNASSIGNED, {"ids": rest}).scalars())
@@ -284,16 +297,33 @@ _SALE_REFUSED = (
 )
 
 
+# On PostgreSQL the sale and its event are one statement, run in autocommit:
+# atomic, and one round trip instead of BEGIN, UPDATE, INSERT and COMMIT.
+_SELL_LOGGED = events.logged(
+    "sold", _SELL.cte("sold"), actor="seller", agent="seller", at="sold_now"
+)
+
+
 def sell(session: DbSession, queue: TicketQueue, agent_id: int, ticket_id: int) -> Any:
     """Close a ticket the agent holds; return its row. A sold ticket stays with its seller."""
     now = utcnow()
     params = {"sale_ticket": ticket_id, "seller": agent_id, "sold_now": now}
-    with session.get_bind().engine.begin() as conn:
-        ticket = conn.execute(_SELL, params).one_or_none()
-        if ticket is None:
-            why = conn.execute(_SALE_REFUSED, params).one_or_none()
-        else:
-            events.record(conn, "sold", [ticket_id], actor_id=agent_id, agent_id=agent_id, at=now)
+    why = None
+    engine = session.get_bind().engine
+    if writes_in_ctes(engine):
+        with engine.connect() as conn, autocommit(conn):
+            ticket = conn.execute(_SELL_LOGGED, params).one_or_none()
+            if ticket is None:
+                why = conn.execute(_SALE_REFUSED, params).one_or_none()
+    else:
+        with engine.begin() as conn:
+            ticket = conn.execute(_SELL, params).one_or_none()
+            if ticket is None:
+                why = conn.execute(_SALE_REFUSED, params).one_or_none()
+            else:
+                events.record(
+                    conn, "sold", [ticket_id], actor_id=agent_id, agent_id=agent_id, at=now
+                )
     if ticket is None:
         if why is None or not why.is_active:
             raise errors.Unauthorized("the account is inactive or no longer exists")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import CTE, Select, bindparam, insert, literal, select
 from sqlalchemy.engine import Connection
 
 from ..models import TicketEvent, utcnow
@@ -36,6 +37,18 @@ def record(
     # One row (a sale, most top-ups) as a plain execute: the many-rows path
     # costs more Python than the INSERT itself.
     conn.execute(_INSERT, rows[0] if len(rows) == 1 else rows)
+
+
+def logged(kind: str, changed: CTE, *, actor: str, agent: str, at: str) -> Select[Any]:
+    """The rows of ``changed`` (a data-modifying CTE over tickets, with RETURNING)
+    with one ``kind`` event per row written in the same statement: the change and
+    its events are one round trip. ``actor``, ``agent`` and ``at`` name bind
+    parameters. PostgreSQL only (SQLite has no data-modifying CTEs)."""
+    log = insert(TicketEvent.__table__).from_select(
+        ["ticket_id", "kind", "actor_id", "agent_id", "at"],
+        select(changed.c.id, literal(kind), bindparam(actor), bindparam(agent), bindparam(at)),
+    )
+    return select(changed).add_cte(log.cte(f"{changed.name}_events"))
 
 
 def history(session: DbSession, ticket_id: int) -> list[TicketEvent]:
