@@ -58,9 +58,11 @@ max_requests_jitter = _env_int("GUNICORN_MAX_REQUESTS_JITTER", 500)
 # The heartbeat file lives in memory, not on a container's overlay disk.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
-# The access log goes to stdout ("" turns it off: the app's own request line,
-# JSON on stderr, carries the request id, user and route too).
-accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None
+# No access log by default: the app writes one JSON line per request already
+# (with the request id, user, route and duration), and a second line per
+# request only doubled the logging work. "-" sends gunicorn's own
+# access log to stdout, a path to a file.
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = (os.environ.get("LOG_LEVEL") or "info").lower()
 # gunicorn 23+ opens a control socket by default; nothing here uses it.

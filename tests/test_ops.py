@@ -452,7 +452,8 @@ def test_gunicorn_production_defaults() -> None:
     assert int(settings["workers"]) == 2 * (os.cpu_count() or 1) + 1
     assert settings["worker_class"] == "sync"
     assert settings["control_socket_disable"] == "True"
-    assert settings["accesslog"] == "-"
+    # The app logs every request itself: no second line from gunicorn unless asked.
+    assert settings["accesslog"] == "None"
     assert (settings["timeout"], settings["graceful_timeout"]) == ("30", "20")
     assert int(settings["max_requests"]) > 0 and int(settings["max_requests_jitter"]) > 0
     assert settings["bind"] == "['0.0.0.0:8000']"
@@ -466,14 +467,14 @@ def test_gunicorn_settings_follow_the_environment() -> None:
             WEB_CONCURRENCY="3",
             GUNICORN_THREADS="4",
             PORT="9001",
-            GUNICORN_ACCESS_LOG="",
+            GUNICORN_ACCESS_LOG="-",
             GUNICORN_MAX_REQUESTS="100",
         )
     )
     assert (settings["workers"], settings["threads"]) == ("3", "4")
     assert settings["worker_class"] == "gthread"
     assert settings["bind"] == "['0.0.0.0:9001']"
-    assert settings["accesslog"] == "None"
+    assert settings["accesslog"] == "-"
     assert settings["max_requests"] == "100"
 
 
