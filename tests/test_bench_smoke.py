@@ -2,7 +2,8 @@
 
 Runs ``python -m scripts.bench`` for a second per scenario against its own
 database (the test database's name + ``_bench``) and the test Redis db, then
-checks that every scenario ran on every target it should, that the audit ran
+checks that every scenario ran on every target it should (the floor on the fast
+path, a paced steady state on the product), that the audit ran
 and found nothing, and that the table and the plot were written. Also runs the
 in-process hot-path probe for a few requests.
 """
@@ -67,9 +68,11 @@ def test_benchmark_runs_every_scenario_and_audits(tmp_path):
     ran = {(r["scenario"], r["target"]) for r in result["results"]}
     assert ran == {
         ("fast", "ceiling"),
+        ("fast", "floor"),
         ("fast", "product"),
         ("steady", "ceiling"),
         ("steady", "product"),
+        ("steady-paced", "product"),
         ("steady", "baseline"),
         ("cold", "ceiling"),
         ("cold", "product"),
@@ -84,12 +87,17 @@ def test_benchmark_runs_every_scenario_and_audits(tmp_path):
     for row in result["results"]:
         assert row["rps"] > 0 and row["p99_ms"] > 0, row
         assert not row["problems"], row
-        if row["target"] == "ceiling":
-            assert row["audit"] is None
+        if row["target"] in ("ceiling", "floor"):
+            assert row["audit"] is None  # they change nothing
         else:
             assert row["audit"]["violations"] == [], row
+        if row["scenario"] == "steady-paced":
+            # Each connection pauses between requests: part of the maximum.
+            assert row["think_ms"] > 0 and row["vs_ceiling"] is None, row
+            assert row["of_max"] > 0, row
+        elif row["target"] != "ceiling":
             assert row["vs_ceiling"] is not None
-        if row["scenario"] in ("steady", "deep-topup"):
+        if row["scenario"] in ("steady", "steady-paced", "deep-topup"):
             # Every cycle is a sale and a fetch that tops up.
             assert row["load"]["sells"] > 0 and row["load"]["fetches"] > 0, row
         if row["scenario"] == "cold":

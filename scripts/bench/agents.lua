@@ -1,6 +1,6 @@
 -- wrk script: agents fetching and selling tickets, each with its own token.
 --
---   wrk -t T -c C -d D -s agents.lua URL -- MODE TOKENS T CAPACITY DONE_DIR
+--   wrk -t T -c C -d D -s agents.lua URL -- MODE TOKENS T CAPACITY DONE_DIR [THINK_MS]
 --
 -- MODE      fetch  every request of an agent is a fetch (GET assign)
 --           topup  an agent fetches, sells its oldest ticket, fetches again (a top-up),
@@ -10,6 +10,9 @@
 -- TOKENS    file of lines "<agent id> <access token>"
 -- T         the wrk thread count (thread n drives the agents on lines n, n+T, n+2T, ...)
 -- CAPACITY  tickets per agent: a fetch answered with fewer counts as "short"
+-- THINK_MS  fetch and topup: a connection waits this long after each answer before
+--           its next request (an agent at work between requests); 0, the default,
+--           keeps every connection busy: the server runs at its maximum
 --
 -- Each agent has at most one request in flight, like a person at a desk; wrk's
 -- connections take whichever agent is ready next. The agent of a response is
@@ -43,7 +46,7 @@ function setup(thread)
 end
 
 -- thread state ------------------------------------------------------------
-local mode, capacity, done_dir
+local mode, capacity, done_dir, think_ms
 local agents = {} -- this thread's agents
 local by_id = {}
 local ready, head, tail = {}, 1, 0 -- FIFO of agents with nothing in flight
@@ -71,6 +74,7 @@ end
 
 function init(args)
   mode, capacity, done_dir = args[1], tonumber(args[4]), args[5]
+  think_ms = tonumber(args[6] or "0")
   local nthreads = tonumber(args[3])
   local line_no = 0
   for line in io.lines(args[2]) do
@@ -99,8 +103,9 @@ function delay()
       return 3600000
     end
     claimed = claimed + 1
+    return 0
   end
-  return 0
+  return think_ms
 end
 
 function request()

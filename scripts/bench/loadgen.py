@@ -96,8 +96,10 @@ def run(
     connections: int,
     seconds: float,
     timeout: float = 60.0,
+    think_ms: int = 0,
 ) -> Load:
-    """One wrk run. ``cold`` runs until every agent is answered (or ``timeout``)."""
+    """One wrk run. ``cold`` runs until every agent is answered (or ``timeout``).
+    ``think_ms``: each connection's pause after an answer (0: flat out)."""
     if mode == "cold":
         return cold_fill(url, tokens, capacity, connections, timeout)
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
@@ -124,6 +126,7 @@ def run(
             str(threads),
             str(capacity),
             str(done_dir),
+            str(think_ms),
         ]
         env = {**os.environ, "BENCH_WRK_OUT": str(out)}
         proc = subprocess.Popen(

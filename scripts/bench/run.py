@@ -32,11 +32,12 @@ from . import audit as audits  # noqa: E402
 from . import cpu, loadgen, profiling, report, seed, servers  # noqa: E402
 
 ROOT = seed.ROOT
-TARGETS = ("ceiling", "product", "baseline")
+TARGETS = ("ceiling", "floor", "product", "baseline")
 # Which targets each scenario runs on: the baseline only where it has something
-# to say (the top-up path), the ceiling wherever there is a ratio to give.
+# to say (the top-up path), the ceiling wherever there is a ratio to give, the
+# floor on the fast path (what its required work alone reaches).
 SCENARIO_TARGETS = {
-    1: ("ceiling", "product"),
+    1: ("ceiling", "floor", "product"),
     2: ("ceiling", "product", "baseline"),
     3: ("ceiling", "product", "baseline"),
     4: ("product",),
@@ -89,8 +90,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="gunicorn workers for every target (default: WEB_CONCURRENCY, else the"
         " production default of 2 x cores + 1)",
     )
+    p.add_argument(
+        "--paced",
+        type=float,
+        default=0.7,
+        help="after each of the product's steady-state runs, run it again with each"
+        " connection pausing between requests, offering about this fraction of the"
+        " req/s it just reached: the latency at a load below the maximum (0: off;"
+        " default 0.7)",
+    )
     p.add_argument("--scenarios", type=_ints, default=[1, 2, 3, 4], help="e.g. 1,2")
-    p.add_argument("--targets", default=",".join(TARGETS), help="ceiling,product,baseline")
+    p.add_argument("--targets", default=",".join(TARGETS), help="ceiling,floor,product,baseline")
     p.add_argument(
         "--database-url",
         default=os.environ.get(
@@ -156,6 +166,7 @@ class Bench:
         mode: str,
         queued: int,
         depth: int | None = None,
+        think_ms: int = 0,
     ) -> dict[str, Any]:
         args = self.args
         cold = mode == "cold"
@@ -185,6 +196,7 @@ class Bench:
             connections,
             args.duration,
             timeout=max(60.0, args.duration * 4),
+            think_ms=think_ms,
         )
         cpu_ms = cpu.per_request(cpu_before, cpu.snapshot(server.pid), load.requests)
         if sampler is not None:
@@ -194,7 +206,7 @@ class Bench:
         time.sleep(0.3)  # requests the server still had in hand finish
         audit = None
         queued_after = None
-        if target != "ceiling":
+        if target in ("product", "baseline"):  # the others change nothing
             queued_after, _ = self.seeder.queue_depth()
             by, violations = (
                 audits.audit_product(self.seeder.app)
@@ -210,6 +222,7 @@ class Bench:
             "queued": queued,
             "queued_after": queued_after if target == "product" else None,
             "connections": connections,
+            "think_ms": think_ms,
             "rps": load.rps,
             "p50_ms": load.fetch_p50_ms,
             "p99_ms": load.fetch_p99_ms,
@@ -234,6 +247,21 @@ class Bench:
             + (f"  PROBLEMS: {'; '.join(row['problems'])}" if row["problems"] else "")
         )
         return row
+
+    def paced(self, server: servers.Server, agents: int, flat_out: dict[str, Any]) -> None:
+        """Steady state again, each connection pausing after every answer so that
+        together they offer about ``--paced`` of ``flat_out``'s req/s: the latency
+        an operator sees below the maximum, where a flat-out run measures mostly
+        the wait in the listen queue. The pause ignores the requests' own time,
+        so the load offered comes out a little under the aim; the row says what
+        it reached."""
+        connections = flat_out["connections"]
+        think_ms = max(1, round(1000 * connections / (self.args.paced * flat_out["rps"])))
+        queued = self.prepare("product", agents, self.args.capacity - 1, self.args.tickets)
+        row = self.measure(
+            server, "product", "steady-paced", agents, "topup", queued, think_ms=think_ms
+        )
+        row["of_max"] = round(row["rps"] / flat_out["rps"], 3)
 
     def topup_headroom(self) -> int:
         """Tickets a top-up run consumes (one per cycle), from scenario 2's pace, doubled."""
@@ -264,7 +292,9 @@ class Bench:
                     self.measure(server, target, "fast", agents, "fetch", queued)
                 if 2 in wanted:
                     queued = self.prepare(target, agents, short, args.tickets)
-                    self.measure(server, target, "steady", agents, "topup", queued)
+                    flat_out = self.measure(server, target, "steady", agents, "topup", queued)
+                    if target == "product" and args.paced > 0 and flat_out["rps"]:
+                        self.paced(server, agents, flat_out)
             if 3 in wanted:
                 cold = args.cold_agents
                 pool = max(args.tickets, 2 * cold * args.capacity)

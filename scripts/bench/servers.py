@@ -24,6 +24,7 @@ APPS = {
     "product": "wsgi:app",
     "ceiling": "scripts.bench.ceiling_app:app",
     "baseline": "scripts.bench.baseline_app:app",
+    "floor": "scripts.bench.floor_app:app",
 }
 
 
