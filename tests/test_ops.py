@@ -237,6 +237,39 @@ def test_metrics_are_summed_over_gunicorn_workers(tmp_path: Path) -> None:
     assert totals == {sent}
 
 
+def test_recycled_workers_fork_from_the_loaded_app_and_serve(
+    tmp_path: Path, factory: Factory
+) -> None:
+    """gunicorn preloads the app and forks each worker from it; a worker recycled
+    after max_requests is such a fork too. Each must work with its own PostgreSQL
+    and Redis connections, never the master's or a predecessor's."""
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    agent = factory.user("alice")
+    headers = factory.headers(agent)
+    tickets = factory.tickets(20)
+    env = service_env(
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+        GUNICORN_MAX_REQUESTS="3",
+        GUNICORN_MAX_REQUESTS_JITTER="0",
+    )
+    held: list[int] = []
+    with live_server(env, workers=1) as url:
+        for _ in range(5):
+            sold = held.pop(0) if held else None
+            if sold is not None:
+                reply = requests.post(f"{url}/api/agent/tickets/sell/{sold}/", headers=headers)
+                assert reply.status_code == 200, reply.text
+            reply = requests.get(f"{url}/api/agent/tickets/assign/", headers=headers, timeout=10)
+            assert reply.status_code == 200, reply.text
+            held = [t["id"] for t in reply.json()["tickets"]]
+        # Each worker writes its own metrics file on its first request.
+        workers = {p.stem.rsplit("_", 1)[-1] for p in metrics_dir.glob("histogram_*.db")}
+    assert len(workers) >= 3, workers  # 10 requests (and the health checks), 3 per worker
+    # Oldest first, one holder each: the 4 sold, then the next 15 held.
+    assert held == tickets[4:19]
+
+
 # -- readiness ----------------------------------------------------------------
 @pytest.fixture
 def silent_redis() -> Iterator[str]:
@@ -454,6 +487,7 @@ def test_gunicorn_production_defaults() -> None:
     assert settings["control_socket_disable"] == "True"
     # The app logs every request itself: no second line from gunicorn unless asked.
     assert settings["accesslog"] == "None"
+    assert settings["preload_app"] == "True"  # workers fork from the loaded app
     assert (settings["timeout"], settings["graceful_timeout"]) == ("30", "20")
     assert int(settings["max_requests"]) > 0 and int(settings["max_requests_jitter"]) > 0
     assert settings["bind"] == "['0.0.0.0:8000']"
@@ -482,6 +516,8 @@ def test_gunicorn_serves_embedded_mode_from_one_threaded_process() -> None:
     env = {k: v for k, v in service_env().items() if k not in ("DATABASE_URL", "REDIS_URL")}
     settings = gunicorn_settings(**env, DATABASE_URL="", REDIS_URL="", WEB_CONCURRENCY="5")
     assert (settings["workers"], settings["worker_class"]) == ("1", "gthread")
+    # Its Redis lives in the process: a recycled worker must not inherit a stale copy.
+    assert settings["preload_app"] == "False"
 
 
 # -- behind a load balancer ----------------------------------------------------------
