@@ -96,7 +96,8 @@ def post_fork(server: Any, worker: Any) -> None:
     """A forked worker must not share the master's database connections (it has
     none, but a pool copied across a fork is never safe): start with an empty pool."""
     app = getattr(server.app, "callable", None)
-    if app is not None:
+    # (Another app under this configuration, such as the benchmark's, may have no database.)
+    if "sqlalchemy" in getattr(app, "extensions", {}):
         from service.extensions import db
 
         with app.app_context():
