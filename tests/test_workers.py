@@ -83,12 +83,18 @@ def queue(app: Flask) -> Iterator[TicketQueue]:
         db.session.rollback()
 
 
+def logged(proc: Workers, line: str) -> None:
+    """Wait for ``line`` in the workers' log: a step logs what it did a moment after its
+    effect shows in Redis (and the runner logs a recovery once the step returns)."""
+    wait_for(lambda: line in proc.log, f"the log to say {line!r}", 10)
+
+
 def test_a_ticket_never_pushed_gets_queued(tmp_path, queue):
     with workers(tmp_path) as proc:
         wait_for(lambda: "workers started" in proc.log, "the workers to start")
         ids = insert_unqueued(2)  # as if the API died right after the INSERT
         wait_for(lambda: queued_ids(queue) == ids, "the relay to queue the tickets", 10)
-        assert f"relay: queued 2 missing ticket(s): {ids[0]}, {ids[1]}" in proc.log
+        logged(proc, f"relay: queued 2 missing ticket(s): {ids[0]}, {ids[1]}")
         assert proc.proc.poll() is None
 
 
@@ -106,9 +112,7 @@ def test_an_expired_reservation_returns_to_the_queue(tmp_path, queue, factory: F
         wait_for(lambda: queue.depth() == (3, 0), "the reaper to return the ids", 10)
         assert queued_ids(queue) == ids
         assert queue.held(agent) == set()
-        assert f"reaper: returned 2 expired reservation(s) to the queue: {ids[0]}, {ids[1]}" in (
-            proc.log
-        )
+        logged(proc, f"reaper: returned 2 expired reservation(s) to the queue: {ids[0]}, {ids[1]}")
 
 
 def test_a_wiped_redis_is_rebuilt(tmp_path, queue, factory: Factory):
@@ -118,8 +122,8 @@ def test_a_wiped_redis_is_rebuilt(tmp_path, queue, factory: Factory):
         queue.client.flushdb()
         wait_for(queue.is_built, "the epoch to come back", 10)
         assert queued_ids(queue) == ids
-        assert "Redis has no epoch" in proc.log
-        assert "rebuild: done, fixed:" in proc.log
+        logged(proc, "Redis has no epoch")
+        logged(proc, "rebuild: done, fixed:")
 
 
 def test_drift_is_reconciled(tmp_path, queue, factory: Factory):
@@ -131,8 +135,8 @@ def test_drift_is_reconciled(tmp_path, queue, factory: Factory):
         wait_for(lambda: queue.held(agent) == set(), "reconcile to fix the held set", 10)
         wait_for(lambda: queued_ids(queue) == ids, "reconcile to tidy the queue", 10)
         assert queue.client.zscore(queue.queue_key, str(ids[1])) == ids[1]
-        assert f"resynced held set of agent {agent}" in proc.log
-        assert "queue: took out 1 stray id(s): 424243" in proc.log
+        logged(proc, f"resynced held set of agent {agent}")
+        logged(proc, "queue: took out 1 stray id(s): 424243")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -216,8 +220,7 @@ def test_outages_are_retried_never_fatal(tmp_path, queue):
                     return False
 
             wait_for(rebuilt, "the workers to rebuild the new Redis", 20)
-            # Logged when the step that did it returns, a moment after its effect shows.
-            wait_for(lambda: "working again" in proc.log, "the recovery to be logged", 10)
+            logged(proc, "working again")
             assert "Traceback" not in proc.log
             private.close()
         finally:
