@@ -175,7 +175,23 @@ def handle_database_error(exc: DBAPIError | PoolTimeoutError) -> Response:
         db.session.rollback()
         log.exception("database error")
         return error_response(500, "internal_error", "internal server error")
+    if _gave_up(exc):
+        return handle_service_error(
+            DatabaseUnavailable(
+                "PostgreSQL gave up on the request (a lock conflict or a timeout);"
+                " nothing was changed, retry later"
+            ),
+            exc,
+        )
     return handle_service_error(DatabaseUnavailable(), exc)
+
+
+# SQLSTATE classes of a statement PostgreSQL itself ended, the server still up:
+# 40 (transaction rollback: deadlock, serialization) and 57014 (query canceled:
+# the statement timeout). The transaction rolled back, so it changed nothing.
+def _gave_up(exc: DBAPIError | PoolTimeoutError) -> bool:
+    code = getattr(getattr(exc, "orig", None), "pgcode", None) or ""
+    return code.startswith("40") or code == "57014"
 
 
 def handle_redis_error(exc: redis.exceptions.RedisError) -> Response:

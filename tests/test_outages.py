@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from conftest import PASSWORD, TEST_DATABASE_URL, Factory, close_app, fresh_app, service_env
 from flask import Flask
 from flask.testing import FlaskClient
-from helpers import assert_error
+from helpers import assert_error, queued_ids, reserved_ids
 from proxy import TcpProxy
 from redis_server import RedisServer
 
@@ -27,7 +27,7 @@ from service import create_app
 from service.domain import assignment, maintenance
 from service.domain.rebuild import rebuild
 from service.extensions import db
-from service.models import User
+from service.models import Ticket, User
 from service.state import ticket_queue
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
@@ -490,6 +490,40 @@ def test_a_sale_and_a_lock_on_its_agent_do_not_deadlock(world: World, other: str
         assert [rows[t] for t in tickets[1:]] == [("assigned", world.alice.id)] * 2
         with world.redis.client() as r:
             assert r.smembers(f"{{tq}}:held:{world.alice.id}") == {str(t) for t in tickets[1:]}
+
+
+def test_a_fetch_stuck_past_the_statement_timeout_answers_503_and_changes_nothing(
+    _schema: None,
+) -> None:
+    """A confirm that waits on a lock past ``DB_STATEMENT_TIMEOUT_MS`` is cancelled by
+    PostgreSQL: the fetch answers 503 saying so, and its reserved ids go back."""
+    with fresh_app(DB_STATEMENT_TIMEOUT_MS="300") as app:
+        factory = Factory(app)
+        alice = factory.user("alice", capacity=3)
+        tickets = factory.tickets(3)
+        engine = sa.create_engine(TEST_DATABASE_URL)
+        try:
+            with engine.connect() as blocker:  # holds the agent's row, as a stuck session would
+                blocker.execute(
+                    sa.text("SELECT 1 FROM users WHERE id = :id FOR UPDATE"), {"id": alice.id}
+                )
+                started = time.monotonic()
+                reply = app.test_client().get(ASSIGN, headers=factory.headers(alice))
+                waited = time.monotonic() - started
+                blocker.rollback()
+        finally:
+            engine.dispose()
+        body = assert_error(reply, 503, "database_unavailable")
+        assert "gave up" in body["message"] and "nothing was changed" in body["message"]
+        assert waited < 5  # the timeout ended the wait, not the test's lock
+        with app.app_context():
+            queue = ticket_queue()
+            assert (queued_ids(queue), reserved_ids(queue)) == (tickets, set())
+            assert queue.held(alice.id) == set()
+            rows = db.session.execute(sa.select(Ticket.status, Ticket.agent_id)).all()
+        assert rows == [("unassigned", None)] * 3
+        # Once the lock is gone, the same fetch goes through.
+        assert ids(app.test_client().get(ASSIGN, headers=factory.headers(alice))) == tickets
 
 
 def test_an_app_built_during_an_outage_serves_once_it_ends(world: World) -> None:
