@@ -60,6 +60,19 @@ def writes_in_ctes(conn: Connection | Engine) -> bool:
     return conn.dialect.name == "postgresql"
 
 
+@contextmanager
+def single_write(engine: Engine) -> Iterator[Connection]:
+    """A connection for one write that is a single statement where the database
+    allows it (``writes_in_ctes``), and the reads beside it: on PostgreSQL in
+    autocommit, one round trip per statement; elsewhere one transaction."""
+    if writes_in_ctes(engine):
+        with engine.connect() as conn, autocommit(conn):
+            yield conn
+    else:
+        with engine.begin() as conn:
+            yield conn
+
+
 def _readable(fd: int) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)

@@ -74,6 +74,17 @@ class DatabaseUnavailable(DependencyUnavailable):
         super().__init__(message)
 
 
+class DatabaseGaveUp(DatabaseUnavailable):
+    """PostgreSQL is up but ended the statement (a deadlock, the statement timeout)."""
+
+    def __init__(
+        self,
+        message: str = "PostgreSQL gave up on the request (a lock conflict or a timeout);"
+        " nothing was changed, retry later",
+    ) -> None:
+        super().__init__(message)
+
+
 # Codes for the HTTP errors werkzeug raises on its own.
 _HTTP_CODES = {
     400: "bad_request",
@@ -175,15 +186,7 @@ def handle_database_error(exc: DBAPIError | PoolTimeoutError) -> Response:
         db.session.rollback()
         log.exception("database error")
         return error_response(500, "internal_error", "internal server error")
-    if _gave_up(exc):
-        return handle_service_error(
-            DatabaseUnavailable(
-                "PostgreSQL gave up on the request (a lock conflict or a timeout);"
-                " nothing was changed, retry later"
-            ),
-            exc,
-        )
-    return handle_service_error(DatabaseUnavailable(), exc)
+    return handle_service_error(DatabaseGaveUp() if _gave_up(exc) else DatabaseUnavailable(), exc)
 
 
 # SQLSTATE classes of a statement PostgreSQL itself ended, the server still up:

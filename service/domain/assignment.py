@@ -33,7 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .. import errors, metrics
 from ..auth import ensure_active
-from ..database import autocommit, writes_in_ctes
+from ..database import autocommit, single_write
 from ..models import Ticket, User, utcnow
 from ..queue import TicketQueue
 from . import DbSession, events
@@ -141,9 +141,9 @@ _ASSIGN = (
     )
     .returning(*_tickets.c)
 )
-# On PostgreSQL the assignment and its events are one statement.
-_ASSIGN_LOGGED = events.logged(
-    "assigned", _ASSIGN.cte("assigned"), actor="agent_id", agent="agent_id", at="now"
+# With its events: one statement on PostgreSQL.
+_ASSIGN_LOGGED = events.LoggedChange(
+    "assigned", _ASSIGN, actor="agent_id", agent="agent_id", at="now"
 )
 _STILL_UNASSIGNED = select(_tickets.c.id).where(
     _tickets.c.id.in_(bindparam("ids", expanding=True)), _tickets.c.status == "unassigned"
@@ -171,18 +171,7 @@ def confirm(session: DbSession, agent_id: int, ids: Sequence[int]) -> Confirmati
         if room and ids:
             now = utcnow()
             given = {"ids": list(ids), "room": room, "agent_id": agent_id, "now": now}
-            if writes_in_ctes(conn):
-                assigned = conn.execute(_ASSIGN_LOGGED, given).all()
-            else:
-                assigned = conn.execute(_ASSIGN, given).all()
-                events.record(
-                    conn,
-                    "assigned",
-                    sorted(t.id for t in assigned),
-                    actor_id=agent_id,
-                    agent_id=agent_id,
-                    at=now,
-                )
+            assigned = _ASSIGN_LOGGED.execute(conn, given)
         confirmed = sorted(t.id for t in assigned)
         rest = sorted(set(ids) - set(confirmed))
         if rest:
@@ -297,34 +286,19 @@ _SALE_REFUSED = (
 )
 
 
-# On PostgreSQL the sale and its event are one statement, run in autocommit:
-# atomic, and one round trip instead of BEGIN, UPDATE, INSERT and COMMIT.
-_SELL_LOGGED = events.logged(
-    "sold", _SELL.cte("sold"), actor="seller", agent="seller", at="sold_now"
-)
+# With its event: on PostgreSQL one statement in autocommit, atomic, and one
+# round trip instead of BEGIN, UPDATE, INSERT and COMMIT.
+_SELL_LOGGED = events.LoggedChange("sold", _SELL, actor="seller", agent="seller", at="sold_now")
 
 
 def sell(session: DbSession, queue: TicketQueue, agent_id: int, ticket_id: int) -> Any:
     """Close a ticket the agent holds; return its row. A sold ticket stays with its seller."""
     now = utcnow()
     params = {"sale_ticket": ticket_id, "seller": agent_id, "sold_now": now}
-    why = None
-    engine = session.get_bind().engine
-    if writes_in_ctes(engine):
-        with engine.connect() as conn, autocommit(conn):
-            ticket = conn.execute(_SELL_LOGGED, params).one_or_none()
-            if ticket is None:
-                why = conn.execute(_SALE_REFUSED, params).one_or_none()
-    else:
-        with engine.begin() as conn:
-            ticket = conn.execute(_SELL, params).one_or_none()
-            if ticket is None:
-                why = conn.execute(_SALE_REFUSED, params).one_or_none()
-            else:
-                events.record(
-                    conn, "sold", [ticket_id], actor_id=agent_id, agent_id=agent_id, at=now
-                )
-    if ticket is None:
+    with single_write(session.get_bind().engine) as conn:
+        sold = _SELL_LOGGED.execute(conn, params)
+        why = None if sold else conn.execute(_SALE_REFUSED, params).one_or_none()
+    if not sold:
         if why is None or not why.is_active:
             raise errors.Unauthorized("the account is inactive or no longer exists")
         if why.agent_id == agent_id and why.status == "sold":
@@ -333,7 +307,7 @@ def sell(session: DbSession, queue: TicketQueue, agent_id: int, ticket_id: int) 
     metrics.ticket_sold()
     fault_point("sell.after_commit")
     forget_held_best_effort(queue, agent_id, [ticket_id])
-    return ticket
+    return sold[0]
 
 
 def give_back_best_effort(queue: TicketQueue, agent_id: int, ids: Sequence[int]) -> None:

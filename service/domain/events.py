@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CTE, Select, bindparam, insert, literal, select
+from sqlalchemy import Select, Update, bindparam, insert, literal, select
 from sqlalchemy.engine import Connection
 
+from ..database import writes_in_ctes
 from ..models import TicketEvent, utcnow
 from . import DbSession
 
@@ -39,16 +41,54 @@ def record(
     conn.execute(_INSERT, rows[0] if len(rows) == 1 else rows)
 
 
-def logged(kind: str, changed: CTE, *, actor: str, agent: str, at: str) -> Select[Any]:
-    """The rows of ``changed`` (a data-modifying CTE over tickets, with RETURNING)
-    with one ``kind`` event per row written in the same statement: the change and
-    its events are one round trip. ``actor``, ``agent`` and ``at`` name bind
-    parameters. PostgreSQL only (SQLite has no data-modifying CTEs)."""
-    log = insert(TicketEvent.__table__).from_select(
-        ["ticket_id", "kind", "actor_id", "agent_id", "at"],
-        select(changed.c.id, literal(kind), bindparam(actor), bindparam(agent), bindparam(at)),
-    )
-    return select(changed).add_cte(log.cte(f"{changed.name}_events"))
+@dataclass(frozen=True)
+class LoggedChange:
+    """A guarded change of tickets (an ``UPDATE … RETURNING`` of ticket rows) that
+    writes one ``kind`` event per changed row. ``actor``, ``agent`` and ``at`` name
+    the change's bind parameters the events take their values from.
+
+    On PostgreSQL the change and its events are one statement (a data-modifying
+    CTE): one round trip, atomic even in autocommit. SQLite has no such CTEs: there
+    it is the UPDATE, then ``record``, in the caller's transaction.
+    """
+
+    kind: str
+    change: Update
+    actor: str
+    agent: str
+    at: str
+    one_statement: Select[Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        changed = self.change.cte(f"{self.kind}_rows")
+        log = insert(TicketEvent.__table__).from_select(
+            ["ticket_id", "kind", "actor_id", "agent_id", "at"],
+            select(
+                changed.c.id,
+                literal(self.kind),
+                bindparam(self.actor),
+                bindparam(self.agent),
+                bindparam(self.at),
+            ),
+        )
+        object.__setattr__(
+            self, "one_statement", select(changed).add_cte(log.cte(f"{self.kind}_events"))
+        )
+
+    def execute(self, conn: Connection, params: Mapping[str, Any]) -> Sequence[Any]:
+        """Run the change on ``conn``; return the changed rows."""
+        if writes_in_ctes(conn):
+            return conn.execute(self.one_statement, params).all()
+        rows = conn.execute(self.change, params).all()
+        record(
+            conn,
+            self.kind,
+            sorted(row.id for row in rows),
+            actor_id=params[self.actor],
+            agent_id=params[self.agent],
+            at=params[self.at],
+        )
+        return rows
 
 
 def history(session: DbSession, ticket_id: int) -> list[TicketEvent]:
