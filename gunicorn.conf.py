@@ -12,7 +12,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from dotenv import load_dotenv
 
@@ -26,6 +26,12 @@ sys.path.insert(0, str(ROOT))
 load_dotenv(ROOT / ".env")
 
 
+def _refuse(problem: str) -> NoReturn:
+    """Stop with one line on stderr and exit code 2, as the workers do."""
+    print(f"configuration error: {problem}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name, "")
     if not raw:
@@ -33,7 +39,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        sys.exit(f"configuration error: {name} must be an integer, got {raw!r}")
+        _refuse(f"{name} must be an integer, got {raw!r}")
 
 
 # Embedded mode (no DATABASE_URL, no REDIS_URL) keeps Redis inside the process,
@@ -73,6 +79,17 @@ control_socket_disable = True
 _OWN_METRICS_DIR = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 if _OWN_METRICS_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tq-metrics-")
+# Counters of an earlier run would be summed with this one's: clear them before
+# anything (the preloaded app included) opens a file there.
+_metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+if _metrics_dir.is_dir():
+    for _child in _metrics_dir.iterdir():
+        if _child.is_dir():
+            shutil.rmtree(_child)
+        else:
+            _child.unlink()
+else:
+    _metrics_dir.mkdir(parents=True)
 
 
 # Refuse to start on a broken configuration, with a message naming the variable,
@@ -82,7 +99,7 @@ from service.config import ConfigError, load_config  # noqa: E402  (after the me
 try:
     load_config(Path(os.environ.get("INSTANCE_PATH") or ROOT / "instance"), os.environ)
 except ConfigError as exc:
-    sys.exit(f"configuration error: {exc}")
+    _refuse(str(exc))
 
 # The master loads the app once and forks the workers from it: a worker that is
 # recycled (max_requests) or replaced starts in milliseconds instead of
@@ -93,8 +110,9 @@ preload_app = not EMBEDDED
 
 
 def post_fork(server: Any, worker: Any) -> None:
-    """A forked worker must not share the master's database connections (it has
-    none, but a pool copied across a fork is never safe): start with an empty pool."""
+    """A forked worker must not share the master's database connections. The master
+    opens none today; this keeps it so if app start-up ever does (a pool copied
+    across a fork is never safe)."""
     app = getattr(server.app, "callable", None)
     # (Another app under this configuration, such as the benchmark's, may have no database.)
     if "sqlalchemy" in getattr(app, "extensions", {}):
@@ -105,18 +123,7 @@ def post_fork(server: Any, worker: Any) -> None:
 
 
 def on_starting(server: Any) -> None:
-    """Clear the metrics directory and route gunicorn's log through the app's."""
-    # Counters of an earlier run would be summed with this one's.
-    metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-    if metrics_dir.is_dir():
-        for child in metrics_dir.iterdir():
-            if child.is_dir():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
-    else:
-        metrics_dir.mkdir(parents=True)
-
+    """Route gunicorn's log through the app's handler, at gunicorn's log level."""
     from service.logging import configure_logging
 
     configure_logging(level=server.cfg.loglevel)

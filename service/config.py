@@ -29,8 +29,9 @@ ENV_FILE = Path(__file__).resolve().parent.parent / ".env"
 
 def load_env_file() -> None:
     """Read the repository's ``.env`` (if any) into the environment, without
-    overriding what is already set. Every entry point calls it before it reads
-    a setting: the app factory, gunicorn's config file, the workers."""
+    overriding what is already set. The app factory and the workers call it
+    before they read a setting; gunicorn.conf.py reads the same file itself,
+    before the metrics directory is set and this package may be imported."""
     load_dotenv(ENV_FILE)
 
 
