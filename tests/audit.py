@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import redis
 import sqlalchemy as sa
+from helpers import pending
 
 
 @dataclass
@@ -158,11 +159,9 @@ def audit(
         for member, score in client.zrange(f"{prefix}:queue", 0, -1, withscores=True)
     ]
     reserved = {int(member) for member in client.zrange(f"{prefix}:reserved", 0, -1)}
-    # A confirmed ticket keeps its reservation until its agent's next fetch
-    # (or the lease's end): only the others are pending.
-    pending = {i for i in reserved if tickets.get(i, ("deleted", None))[0] != "assigned"}
     queued = [ticket_id for ticket_id, _ in report.queue]
-    report.queued, report.reserved = len(queued), len(pending)
+    left = pending(reserved, tickets)
+    report.queued, report.reserved = len(queued), len(left)
     stranded = sorted(set(report.unassigned_ids) - set(queued) - reserved)
     if stranded:
         problems.append(
@@ -178,10 +177,10 @@ def audit(
             )
         if any(float(ticket_id) != score for ticket_id, score in report.queue):
             problems.append("a queued ticket's score is not its id: the queue order is wrong")
-        if pending:
+        if left:
             problems.append(
-                f"{len(pending)} reservations of tickets not assigned left with no fetch"
-                f" in flight: {sorted(pending)[:20]}"
+                f"{len(left)} reservations of tickets not assigned left with no fetch"
+                f" in flight: {left[:20]}"
             )
         held_keys = set(client.scan_iter(match=f"{prefix}:held:*", count=1000))
         agents = set(holdings) | {int(key.rsplit(":", 1)[1]) for key in held_keys}

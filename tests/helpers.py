@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,6 +34,13 @@ def queued_ids(queue: TicketQueue) -> list[int]:
 
 def reserved_ids(queue: TicketQueue) -> set[int]:
     return {int(m) for m in queue.client.zrange(queue.reserved_key, 0, -1)}
+
+
+def pending(reserved: Iterable[int], tickets: Mapping[int, tuple[Any, ...]]) -> list[int]:
+    """The reservations still pending: of tickets not assigned (``tickets`` maps id ->
+    (status, ...); a missing id was deleted). A confirmed ticket keeps its reservation
+    until its agent's next fetch, so an assigned one's is not pending."""
+    return sorted(i for i in reserved if i not in tickets or tickets[i][0] != "assigned")
 
 
 def queued_in(app: Flask) -> list[int]:

@@ -16,13 +16,12 @@ import pytest
 import redis
 import requests
 import sqlalchemy as sa
-from conftest import PASSWORD, Factory, close_app, reset_state, service_env
+from conftest import PASSWORD, Factory, fresh_app, service_env
 from flask import Flask
 from flask.testing import FlaskClient
 from helpers import fetch, queued_in, reserved_ids
 from live import live_server
 
-from service import create_app
 from service.extensions import db
 from service.models import Ticket
 from service.state import ticket_queue
@@ -35,11 +34,9 @@ def cluster_env(cluster: Any, **extra: str) -> dict[str, str]:
 @pytest.fixture
 def app(_schema: None, redis_cluster: Any) -> Iterator[Flask]:
     """The conftest ``app``, on the cluster: every fixture built on it follows."""
-    app = create_app(env=cluster_env(redis_cluster))
-    app.config["TESTING"] = True
-    reset_state(app)  # FLUSHDB reaches every primary of the cluster
-    yield app
-    close_app(app)
+    # (Its FLUSHDB reaches every primary of the cluster.)
+    with fresh_app(REDIS_URL=redis_cluster.url, REDIS_CLUSTER="true") as app:
+        yield app
 
 
 def holding(app: Flask, agent_id: int) -> list[int]:

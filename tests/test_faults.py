@@ -27,13 +27,13 @@ from typing import Any, TypeVar
 import pytest
 import requests
 import sqlalchemy as sa
-from conftest import TEST_DATABASE_URL, Factory, close_app, reset_state, service_env
+from conftest import TEST_DATABASE_URL, Factory, fresh_app, service_env
 from flask import Flask
+from helpers import pending
 from live import ROOT, Server, gunicorn, stop
 from proxy import tcp_proxy
 from redis_server import RedisServer
 
-from service import create_app
 from service.domain.audit import audit
 from service.extensions import db
 from service.state import ticket_queue
@@ -110,10 +110,7 @@ class Stack:
 
         (A confirmed ticket keeps its reservation until its agent's next fetch.)
         """
-        tickets = self.tickets()
-        return [
-            i for i in self.reservations() if tickets.get(i, ("deleted", None))[0] != "assigned"
-        ]
+        return pending(self.reservations(), self.tickets())
 
     def problems(self, recheck_after: float = 0.0) -> list[str]:
         """Broken invariants (the audit) and any drift of Redis from PostgreSQL.
@@ -136,8 +133,8 @@ class Stack:
             if queued != unassigned:
                 found.append(f"queue {queued} is not the unassigned tickets {unassigned}")
             reserved = [int(i) for i in r.zrange("{tq}:reserved", 0, -1)]
-            if pending := [i for i in reserved if tickets.get(i, ("", None))[0] != "assigned"]:
-                found.append(f"reservations of tickets not assigned left: {pending}")
+            if left := pending(reserved, tickets):
+                found.append(f"reservations of tickets not assigned left: {left}")
             agents = set(holdings) | {int(k.rsplit(":", 1)[1]) for k in r.keys("{tq}:held:*")}
             for agent in sorted(agents):
                 held = {int(i) for i in r.smembers(f"{{tq}}:held:{agent}")}
@@ -170,15 +167,14 @@ def poll(check: Callable[[], T], timeout: float, explain: Callable[[], Any] = la
 @pytest.fixture
 def stack(_schema: None, redis_server: RedisServer, tmp_path: Path) -> Iterator[Stack]:
     redis_server.start()
-    app = create_app(env=service_env(REDIS_URL=redis_server.url))
-    reset_state(app)  # an empty database and an empty (unbuilt) Redis
-    factory = Factory(app)
-    s = Stack(app=app, factory=factory, redis=redis_server, tmp=tmp_path)
-    s.admin = factory.user("admin", role="admin").id
-    s.agents = factory.agents(2, capacity=3)
-    yield s
-    redis_server.start()
-    close_app(app)
+    # An empty database and an empty (unbuilt) Redis.
+    with fresh_app(REDIS_URL=redis_server.url) as app:
+        factory = Factory(app)
+        s = Stack(app=app, factory=factory, redis=redis_server, tmp=tmp_path)
+        s.admin = factory.user("admin", role="admin").id
+        s.agents = factory.agents(2, capacity=3)
+        yield s
+        redis_server.start()
 
 
 @contextmanager

@@ -16,7 +16,7 @@ import pytest
 import requests
 import schemathesis
 import sqlalchemy as sa
-from conftest import Factory, close_app, reset_state, service_env
+from conftest import Factory, fresh_app, service_env
 from flask_jwt_extended import create_access_token, create_refresh_token
 from hypothesis import HealthCheck, settings
 from live import live_server
@@ -82,15 +82,13 @@ class Seeded:
 
 @pytest.fixture(scope="module")
 def seeded(_schema: None) -> Iterator[Seeded]:
-    app = create_app(env=service_env())
-    reset_state(app)
-    factory = Factory(app)
-    admin = factory.user("admin", role="admin")
-    agent = factory.user("agent", role="agent", capacity=3)
-    factory.tickets(5)
-    with live_server(service_env(), workers=2) as url:
-        yield Seeded(url, app, admin.id, agent.id)
-    close_app(app)
+    with fresh_app() as app:
+        factory = Factory(app)
+        admin = factory.user("admin", role="admin")
+        agent = factory.user("agent", role="agent", capacity=3)
+        factory.tickets(5)
+        with live_server(service_env(), workers=2) as url:
+            yield Seeded(url, app, admin.id, agent.id)
 
 
 def _document() -> dict[str, Any]:

@@ -20,6 +20,7 @@ from conftest import PASSWORD, TEST_DATABASE_URL, Factory, close_app, fresh_app,
 from flask import Flask
 from flask.testing import FlaskClient
 from helpers import assert_error, queued_ids, reserved_ids
+from live import wait_for
 from proxy import TcpProxy
 from redis_server import RedisServer
 
@@ -426,14 +427,6 @@ def test_a_sale_and_a_lock_on_its_agent_do_not_deadlock(world: World, other: str
             or 0
         )
 
-    def until(condition: Any) -> bool:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if condition():
-                return True
-            time.sleep(0.02)
-        return False
-
     results: dict[str, Any] = {}
 
     def sell() -> None:
@@ -442,10 +435,9 @@ def test_a_sale_and_a_lock_on_its_agent_do_not_deadlock(world: World, other: str
 
     seller = threading.Thread(target=sell)
     seller.start()
-    other_waited = False
     try:
         # The sale holds its ticket's row and waits at the gate...
-        assert until(lambda: waiting_on("advisory") == 1)
+        wait_for(lambda: waiting_on("advisory") == 1, "the sale to wait at the gate", 10)
         if other == "deactivate":
             patcher = threading.Thread(
                 target=lambda: results.update(
@@ -464,8 +456,9 @@ def test_a_sale_and_a_lock_on_its_agent_do_not_deadlock(world: World, other: str
 
             patcher = threading.Thread(target=run_reconcile)
         patcher.start()
-        # ...until the other side holds the agent's row and waits for the ticket's.
-        other_waited = until(lambda: waiting_on("transactionid", "tuple") > 0)
+        # ...until the other side holds the agent's row and waits for the ticket's:
+        # the race really happens.
+        wait_for(lambda: waiting_on("transactionid", "tuple") > 0, "the other side to wait", 10)
         gate.execute(sa.text("SELECT pg_advisory_unlock(4711)"))
         seller.join(timeout=20)
         patcher.join(timeout=20)
@@ -480,8 +473,6 @@ def test_a_sale_and_a_lock_on_its_agent_do_not_deadlock(world: World, other: str
     else:
         assert results["other"] == 1
     assert results["sell"].status_code == 200, results["sell"].get_data(as_text=True)
-    # The race really happened: the other side waited on a lock the sale held.
-    assert other_waited
     rows = {row[0]: row[1:3] for row in world.db_state()[0]}
     assert rows[tickets[0]] == ("sold", world.alice.id)
     if other == "deactivate":
