@@ -6,15 +6,27 @@ on the command line overrides both.
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import shutil
-import sys
-import tempfile
-from pathlib import Path
-from typing import Any, NoReturn
+# gevent first, before anything else is imported (the preloaded app included):
+# sockets, locks and sleeps become cooperative, and psycopg2 waits through
+# gevent instead of blocking the process. See service/serving.py for why the
+# service is served by gevent workers.
+from gevent import monkey
 
-from dotenv import load_dotenv
+monkey.patch_all()
+
+from psycogreen.gevent import patch_psycopg  # noqa: E402
+
+patch_psycopg()
+
+import multiprocessing  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, NoReturn  # noqa: E402
+
+from dotenv import load_dotenv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
@@ -42,15 +54,34 @@ def _env_int(name: str, default: int) -> int:
         _refuse(f"{name} must be an integer, got {raw!r}")
 
 
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        _refuse(f"{name} must be a number of seconds, got {raw!r}")
+    if value <= 0:
+        _refuse(f"{name} must be above 0, got {raw!r}")
+    return value
+
+
 # Embedded mode (no DATABASE_URL, no REDIS_URL) keeps Redis inside the process,
-# so it is served by one process with threads.
+# so it is served by one process.
 EMBEDDED = not os.environ.get("DATABASE_URL") and not os.environ.get("REDIS_URL")
 
 bind = os.environ.get("BIND") or f"0.0.0.0:{_env_int('PORT', 8000)}"
-# The requests are short and I/O-bound: the usual 2 x cores + 1 sync workers.
-workers = 1 if EMBEDDED else _env_int("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1)
-threads = 8 if EMBEDDED else _env_int("GUNICORN_THREADS", 1)
-worker_class = "gthread" if threads > 1 else "sync"
+# gevent workers (service/serving.py): each serves many connections at once,
+# so a slow client, a long-poll or an event stream holds a greenlet, not a
+# process. The work is CPU between waits on PostgreSQL and Redis: one process
+# per core, plus one so a core is not idle while another waits.
+worker_class = "service.serving.Worker"
+workers = 1 if EMBEDDED else _env_int("WEB_CONCURRENCY", multiprocessing.cpu_count() + 1)
+# Connections one worker serves at once; more wait in the listen queue.
+worker_connections = _env_int("GUNICORN_WORKER_CONNECTIONS", 1000)
+# Checked here so a bad value stops the master with one line (the worker reads it).
+_env_seconds("GUNICORN_CLIENT_TIMEOUT", 10.0)
 # A request that takes longer than this is stuck (statement timeouts are 5 s);
 # the worker is killed and replaced.
 timeout = _env_int("GUNICORN_TIMEOUT", 30)

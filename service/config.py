@@ -97,7 +97,10 @@ def load_config(instance_path: Path, env: Mapping[str, str] | None = None) -> di
         database_url = f"sqlite:///{instance_path / 'tickets.db'}"
         engine_options: dict[str, Any] = {}
     else:
+        from .database import FairQueuePool
+
         engine_options = {
+            "poolclass": FairQueuePool,
             # No pool_pre_ping: its SELECT 1 was a round trip on every request.
             # A connection the server closed is replaced on checkout by a
             # check of its socket instead (service/database.py).
@@ -129,8 +132,17 @@ def load_config(instance_path: Path, env: Mapping[str, str] | None = None) -> di
         "MAX_CONTENT_LENGTH": _int(env, "MAX_BODY_BYTES", 64 * 1024),
         "TRUSTED_PROXY_HOPS": _int(env, "TRUSTED_PROXY_HOPS", 0, minimum=0),
         "READINESS_TIMEOUT_SECONDS": read_seconds(env, "READINESS_TIMEOUT_SECONDS", 1.0),
+        "METRICS_TOKEN": _metrics_token(env),
         **_rate_limit_config(env, redis_url, _bool(env.get("REDIS_CLUSTER"))),
     }
+
+
+def _metrics_token(env: Mapping[str, str]) -> str | None:
+    """The bearer token /metrics asks of scrapers; unset, /metrics is off."""
+    token = env.get("METRICS_TOKEN") or None
+    if token is not None and len(token) < 16:
+        raise ConfigError("METRICS_TOKEN must be at least 16 characters long")
+    return token
 
 
 def read_seconds(
@@ -149,19 +161,29 @@ def read_seconds(
     return value
 
 
+def _limit(env: Mapping[str, str], name: str, default: str) -> str:
+    """A rate limit in the words of ``limits``: "10 per minute", "100/hour"."""
+    from limits import parse_many
+
+    value = env.get(name) or default
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ConfigError(f"{name} must read like '10 per minute', got {value!r}") from None
+    return value
+
+
 def _rate_limit_config(
     env: Mapping[str, str], redis_url: str | None, cluster: bool
 ) -> dict[str, Any]:
     """The login limit's settings (service/ratelimit.py): counted in the service's Redis."""
-    from limits import parse_many
-
-    login_limit = env.get("LOGIN_RATE_LIMIT") or "10 per minute"
-    try:
-        parse_many(login_limit)
-    except ValueError:
-        raise ConfigError(
-            f"LOGIN_RATE_LIMIT must read like '10 per minute', got {login_limit!r}"
-        ) from None
+    # The login limits (service/ratelimit.py): per address and username, per
+    # address across usernames, per username across addresses.
+    limits = {
+        "LOGIN_RATE_LIMIT": _limit(env, "LOGIN_RATE_LIMIT", "10 per minute"),
+        "LOGIN_ADDRESS_RATE_LIMIT": _limit(env, "LOGIN_ADDRESS_RATE_LIMIT", "30 per minute"),
+        "LOGIN_ACCOUNT_RATE_LIMIT": _limit(env, "LOGIN_ACCOUNT_RATE_LIMIT", "20 per minute"),
+    }
     options: dict[str, Any] = {}
     if redis_url is None:
         storage = "memory://"  # embedded mode: one process, nothing to share
@@ -174,7 +196,7 @@ def _rate_limit_config(
     else:
         storage = redis_url
     return {
-        "LOGIN_RATE_LIMIT": login_limit,
+        **limits,
         "RATELIMIT_STORAGE_URI": storage,
         "RATELIMIT_STORAGE_OPTIONS": options,
         # Limiter keys carry the service's hash tag, like every other key.

@@ -3,13 +3,88 @@
 from __future__ import annotations
 
 import select
+import threading
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
+
+
+class FairGate:
+    """A counting gate that lets waiters through in the order they came.
+
+    A freed place is handed straight to the longest waiter, so a request that
+    just gave a connection back cannot take it again ahead of one that has been
+    waiting (threading's and gevent's semaphores let it). Cooperative under
+    gevent, whose patching turns the lock and the events into greenlet ones.
+    """
+
+    def __init__(self, places: int) -> None:
+        self._free = places
+        self._waiters: deque[threading.Event] = deque()
+        self._lock = threading.Lock()
+
+    def enter(self, timeout: float) -> bool:
+        with self._lock:
+            if self._free > 0 and not self._waiters:
+                self._free -= 1
+                return True
+            turn = threading.Event()
+            self._waiters.append(turn)
+        if turn.wait(timeout):
+            return True
+        with self._lock:
+            if turn.is_set():  # handed a place just as the wait ran out
+                return True
+            self._waiters.remove(turn)
+            return False
+
+    def leave(self) -> None:
+        with self._lock:
+            if self._waiters:
+                self._waiters.popleft().set()
+            else:
+                self._free += 1
+
+
+class FairQueuePool(QueuePool):
+    """SQLAlchemy's QueuePool, handing connections out first come, first served.
+
+    Under gevent one process serves many requests at once, and they queue for
+    the pool's connections. QueuePool lets whoever asks at the right moment take
+    a returned connection, so under load a few requests waited out the whole
+    ``DB_POOL_TIMEOUT`` (a 503) while others were served again and again. Here a
+    request first passes a gate with as many places as the pool has connections
+    (pool size plus overflow), in arrival order, and only then takes one.
+    """
+
+    def __init__(self, creator: Any, pool_size: int = 5, max_overflow: int = 10, **kw: Any):
+        super().__init__(creator, pool_size=pool_size, max_overflow=max_overflow, **kw)
+        self._gate = FairGate(pool_size + max(max_overflow, 0))
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        if not self._gate.enter(self._timeout):
+            raise exc.TimeoutError(
+                f"no PostgreSQL connection free within {self._timeout:g}s "
+                f"(pool of {self.size()} plus {self._max_overflow} overflow, all in use)",
+                code="3o7r",
+            )
+        try:
+            return super()._do_get()
+        except BaseException:
+            self._gate.leave()
+            raise
+
+    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        try:
+            super()._do_return_conn(record)
+        finally:
+            self._gate.leave()
 
 
 def replace_closed_connections(engine: Engine) -> None:
@@ -79,6 +154,15 @@ def _readable(fd: int) -> bool:
     return bool(poller.poll(0))
 
 
+# One SQLite write transaction at a time in this process, waited for here
+# rather than in SQLite's busy handler: under gevent the busy handler sleeps in
+# C and blocks every greenlet, including the one holding the lock, while this
+# lock (cooperative once gevent has patched threading) lets the others wait.
+# Reentrant: a greenlet that begins a second transaction goes on to SQLite,
+# which refuses it after busy_timeout rather than hanging.
+_sqlite_writer = threading.RLock()
+
+
 def serialise_sqlite(engine: Engine) -> None:
     """SQLite has no row locks: take the write lock at BEGIN, so transactions
     run one at a time and the confirm's count stays exact (embedded mode only)."""
@@ -94,4 +178,16 @@ def serialise_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        _sqlite_writer.acquire()
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            _sqlite_writer.release()
+            raise
+        connection.info["holds_sqlite_writer"] = True
+
+    @event.listens_for(engine, "commit")
+    @event.listens_for(engine, "rollback")
+    def _end(connection: Any) -> None:
+        if connection.info.pop("holds_sqlite_writer", False):
+            _sqlite_writer.release()

@@ -48,7 +48,6 @@ class Server:
 def gunicorn(
     env: dict[str, str],
     workers: int = 2,
-    threads: int = 1,
     graceful_timeout: int | None = 5,
 ) -> Iterator[Server]:
     """Run ``wsgi:app`` under gunicorn with ``env``; yield its URL and process; stop it after.
@@ -71,10 +70,6 @@ def gunicorn(
         f"127.0.0.1:{port}",
         "--workers",
         str(workers),
-        "--threads",
-        str(threads),
-        "--worker-class",
-        "gthread" if threads > 1 else "sync",
         "--no-control-socket",
         "--log-level",
         "warning",
@@ -113,7 +108,7 @@ def stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
 
 
 @contextmanager
-def live_server(env: dict[str, str], workers: int = 2, threads: int = 1) -> Iterator[str]:
+def live_server(env: dict[str, str], workers: int = 2) -> Iterator[str]:
     """Run ``wsgi:app`` under gunicorn with ``env``; yield its base URL; stop it after."""
-    with gunicorn(env, workers=workers, threads=threads) as server:
+    with gunicorn(env, workers=workers) as server:
         yield server.url

@@ -162,7 +162,7 @@ def test_agents_fetch_and_sell_concurrently(
 
     began = time.monotonic()
     with (
-        live_server(server_env(), workers=4, threads=4) as url,
+        live_server(server_env(), workers=4) as url,
         ClientProcesses(url, groups, tmp_path) as load,
     ):
         results = load.join()
@@ -227,7 +227,7 @@ def test_concurrent_fetches_of_one_agent_stay_within_capacity(
     expected: list[int] = []
     sold: list[int] = []
     with (
-        live_server(server_env(), workers=4, threads=4) as url,
+        live_server(server_env(), workers=4) as url,
         requests.Session() as http,
     ):
         http.headers["Authorization"] = f"Bearer {token}"
@@ -279,7 +279,7 @@ def test_redis_wipe_under_load_then_rebuild(
     # sets were wiped pop them and PostgreSQL alone keeps them within capacity.
     groups[0].append(AdminJob(factory.token(admin), count=40, pause=0.1))
 
-    with live_server(server_env(), workers=4, threads=4) as url:
+    with live_server(server_env(), workers=4) as url:
         with ClientProcesses(url, groups, tmp_path / "load") as load:
             phases = {"wiped": load.wait_for(total // 4)}
             wiped = time.time()

@@ -90,7 +90,7 @@ def test_embedded_mode_serves_the_whole_flow(tmp_path):
     assert len(secret.read_bytes().strip()) >= 32
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
 
-    with live_server(env, workers=1, threads=4) as url:
+    with live_server(env, workers=1) as url:
         api = Api(url)
         assert requests.get(f"{url}/healthz", timeout=TIMEOUT).status_code == 200
         assert requests.get(f"{url}/readyz", timeout=TIMEOUT).status_code == 200
@@ -115,7 +115,7 @@ def test_embedded_mode_serves_the_whole_flow(tmp_path):
 
     # The SQLite file and the signing key outlive the process; the in-process
     # Redis does not, and is rebuilt from the file at start.
-    with live_server(env, workers=1, threads=4) as url:
+    with live_server(env, workers=1) as url:
         api = Api(url)
         assert api.call("GET", "/api/agent/tickets/", agent)["tickets"][0]["id"] == ids[0]
         assert api.call("GET", "/api/admin/queue/", admin)["queued"] == 4

@@ -1,0 +1,77 @@
+"""How gunicorn serves the app: gevent workers whose own error pages are JSON too.
+
+gevent, not sync workers: a sync worker serves one connection at a time, so
+five clients that send a login's headers and then trickle its body hold all
+five workers until the worker timeout, and ``/healthz`` stops answering. A
+gevent worker serves each connection in a greenlet: a slow or idle client
+costs a greenlet and a socket, and long-polls and event streams stay open the
+same way. PostgreSQL (psycogreen) and Redis (gevent's sockets) wait
+cooperatively; ``gunicorn.conf.py`` patches both before anything is imported.
+
+Two things gunicorn does on its own are changed here:
+
+* its error pages (a request line or headers too large, a malformed request)
+  are HTML; the service answers every error as ``{"error": {...}}``;
+* a connection has no read deadline once its headers are in: a client that
+  sends a body one byte a minute would hold its greenlet forever. Every
+  socket operation on a client connection gets ``GUNICORN_CLIENT_TIMEOUT``
+  seconds; a client silent for longer is cut off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from gunicorn import util
+from gunicorn.workers.ggevent import GeventWorker
+
+# Seconds a client may stay silent in the middle of a request (reading its
+# body, or taking our answer) before its connection is closed.
+CLIENT_TIMEOUT_ENV = "GUNICORN_CLIENT_TIMEOUT"
+DEFAULT_CLIENT_TIMEOUT = 10.0
+
+_CODES = {
+    400: "bad_request",
+    403: "forbidden",
+    414: "uri_too_long",
+    417: "expectation_failed",
+    431: "headers_too_large",
+    501: "not_implemented",
+}
+
+
+def json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's ``util.write_error``, writing the service's JSON error shape."""
+    code = _CODES.get(status_int, "internal_error" if status_int >= 500 else "bad_request")
+    message = mesg if status_int < 500 and mesg else reason
+    body = json.dumps({"error": {"code": code, "message": message}}).encode() + b"\n"
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\n"
+        "Connection: close\r\n"
+        "Content-Type: application/json\r\n"
+        "X-Content-Type-Options: nosniff\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+# gunicorn's workers write their error pages through util.write_error (looked up
+# on the module at each call), so replacing it here changes every such page.
+util.write_error = json_error
+
+
+class Worker(GeventWorker):
+    """gunicorn's gevent worker with a read deadline on every client socket."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        raw = os.environ.get(CLIENT_TIMEOUT_ENV) or ""
+        self.client_timeout = float(raw) if raw else DEFAULT_CLIENT_TIMEOUT
+
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        # GeventWorker.handle makes the socket blocking with no timeout; this
+        # keeps it blocking (for the greenlet) but bounded per operation.
+        client.settimeout(self.client_timeout)
+        super(GeventWorker, self).handle(listener, client, addr)
