@@ -1,130 +1,278 @@
-"""Authentication: password hashing, token issue and revocation, role checks.
+"""Authentication: tokens, sessions, revocation and role checks.
 
-Tokens carry the user id (``sub``) and the role (``role`` claim). Revocation is
-kept in Redis for every process to see, with a durable copy in PostgreSQL: if
-Redis is unreachable, or lost its data since the last rebuild, the check falls
-back to PostgreSQL, so a revoked token never comes back to life.
+A login opens a *session*: an access and a refresh token that share a session
+id (``sid``), and every access token later refreshed from that refresh token
+carries it too. Logout revokes the session, so it ends all of them at once.
+
+Every token also carries the account's *token version* (``ver``). Changing a
+password or deactivating the account bumps the version in the user's row, so
+every token issued before stops working, and reactivation does not bring them
+back. The check costs no extra round trip: every route already reads the
+user's row (the agent routes inside the one query they run anyway), and the
+role in the token must match the row too.
+
+A bearer token is decoded once per request, with PyJWT, and its claims are
+checked strictly (``exp``, ``jti``, ``type``, ``sub``, ``role``, ``ver`` and
+``sid`` are required, each of the right type). flask-jwt-extended issues the
+tokens.
+
+Revoked sessions are kept in Redis, where every process sees them at once,
+with a durable copy in PostgreSQL: if Redis is unreachable, or lost its data
+since the last rebuild, the check falls back to PostgreSQL, so a revoked
+session never comes back to life.
 """
 
 from __future__ import annotations
 
 import functools
+import re
+import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
+import jwt
 import redis.exceptions
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerifyMismatchError
-from flask import Flask, current_app, g
-from flask_jwt_extended import (
-    create_access_token,
-    create_refresh_token,
-    get_jwt,
-    verify_jwt_in_request,
-)
-from sqlalchemy import select
+from flask import current_app, g, request
+from flask_jwt_extended import create_access_token, create_refresh_token
+from sqlalchemy import bindparam, func, select
 
 from . import errors
-from .extensions import db, jwt
-from .models import RevokedToken, User
+from .database import autocommit
+from .extensions import db
+from .models import ROLES, RevokedSession, User
+from .passwords import hash_password, verify_password
 from .state import ticket_queue
 
-_hasher = PasswordHasher()
+__all__ = ["hash_password", "verify_password"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
+# Claims every token must carry; a token without one of them is refused.
+REQUIRED_CLAIMS = ("exp", "iat", "jti", "type", "sub", "role", "ver", "sid")
+ALGORITHM = "HS256"
+MAX_ID = 2**31 - 1  # users.id is a 32-bit integer
+_SESSION_ID = re.compile(r"[0-9a-f]{32}")
+_USER_ID = re.compile(r"[1-9][0-9]{0,9}")
 
-def hash_password(password: str) -> str:
-    return _hasher.hash(password)
+INVALID_TOKEN = "the token is malformed, or its signature is not this service's"
 
 
-def verify_password(password_hash: str, password: str) -> bool:
-    try:
-        return _hasher.verify(password_hash, password)
-    except (VerifyMismatchError, InvalidHashError):
-        return False
+@dataclass(frozen=True)
+class Claims:
+    """What a verified token says: who, which role, which token version, which session."""
+
+    user_id: int
+    role: str
+    version: int
+    session: str
+    type: str  # "access" or "refresh"
+    expires: int  # unix seconds
+
+
+class Account(Protocol):
+    """The columns of a user's row that decide whether a token still speaks for it."""
+
+    is_active: bool
+    role: str
+    token_version: int
+
+
+# -- issuing -----------------------------------------------------------------
+def new_session() -> str:
+    return secrets.token_hex(16)
+
+
+def _claims_of(role: str, version: int, session: str) -> dict[str, Any]:
+    return {"role": role, "ver": version, "sid": session}
+
+
+def access_token(user_id: int, role: str, version: int, session: str) -> str:
+    """An access token for the account, in ``session`` (inside an app context)."""
+    claims = _claims_of(role, version, session)
+    return create_access_token(identity=str(user_id), additional_claims=claims)
+
+
+def refresh_token(user_id: int, role: str, version: int, session: str) -> str:
+    claims = _claims_of(role, version, session)
+    return create_refresh_token(identity=str(user_id), additional_claims=claims)
+
+
+def _expires_in() -> int:
+    return int(current_app.config["JWT_ACCESS_TOKEN_EXPIRES"].total_seconds())
 
 
 def issue_tokens(user: User) -> dict[str, Any]:
-    claims = {"role": user.role}
-    expires = current_app.config["JWT_ACCESS_TOKEN_EXPIRES"]
+    """Open a session: an access and a refresh token sharing a new session id."""
+    session = new_session()
     return {
-        "access_token": create_access_token(identity=str(user.id), additional_claims=claims),
-        "refresh_token": create_refresh_token(identity=str(user.id), additional_claims=claims),
+        "access_token": access_token(user.id, user.role, user.token_version, session),
+        "refresh_token": refresh_token(user.id, user.role, user.token_version, session),
         "token_type": "Bearer",
-        "expires_in": int(expires.total_seconds()),
+        "expires_in": _expires_in(),
     }
 
 
-def refresh_access_token(user: User) -> dict[str, Any]:
-    expires = current_app.config["JWT_ACCESS_TOKEN_EXPIRES"]
-    token = create_access_token(identity=str(user.id), additional_claims={"role": user.role})
-    return {"access_token": token, "expires_in": int(expires.total_seconds())}
+def refresh_access_token(user: User, claims: Claims) -> dict[str, Any]:
+    """A new access token in the refresh token's session."""
+    token = access_token(user.id, user.role, user.token_version, claims.session)
+    return {"access_token": token, "expires_in": _expires_in()}
 
 
-def revoke_current_token() -> None:
-    """Revoke the presented token at once, in every process.
+def login(username: str, password: str) -> User:
+    """The account these credentials open, or 401 ``invalid_credentials``.
 
-    Redis first: if it is down the request fails with 503 and nothing changed.
-    The PostgreSQL copy survives a Redis wipe.
+    Every failed login costs one password check, whether or not the username
+    exists and whether or not the account is active: the timing tells nothing.
     """
-    claims = get_jwt()
-    expires_at = datetime.fromtimestamp(claims["exp"], UTC)
-    ttl = int((expires_at - datetime.now(UTC)).total_seconds()) + 1
-    ticket_queue().revoke(claims["jti"], ttl)
-    db.session.merge(RevokedToken(jti=claims["jti"], expires_at=expires_at))
-    db.session.commit()
-
-
-def _revoked_in_database(jti: str) -> bool:
-    return db.session.get(RevokedToken, jti) is not None
-
-
-def is_token_revoked(jwt_header: dict[str, Any], jwt_payload: dict[str, Any]) -> bool:
-    jti = jwt_payload["jti"]
-    try:
-        revoked, trustworthy = ticket_queue().revocation(jti)
-    except redis.exceptions.RedisError:
-        # Sell and the admin writes keep working on PostgreSQL alone.
-        g.redis_unavailable = True
-        return _revoked_in_database(jti)
-    if revoked:
-        return True
-    return False if trustworthy else _revoked_in_database(jti)
-
-
-def ensure_active(user: User | None) -> User:
-    """The one rule for a deactivated or deleted account: its tokens stop working."""
-    if user is None or not user.is_active:
-        raise errors.Unauthorized("the account is inactive or no longer exists")
+    user = find_user_by_name(username)
+    usable = user is not None and user.is_active
+    matched = verify_password(user.password_hash if usable and user else None, password)
+    if not (matched and user is not None):
+        raise errors.Unauthorized("wrong username or password", code="invalid_credentials")
     return user
 
 
+def find_user_by_name(username: str) -> User | None:
+    """Usernames are unique regardless of case, and found regardless of case."""
+    return db.session.scalar(select(User).where(func.lower(User.username) == username.lower()))
+
+
+# -- verifying -----------------------------------------------------------------
+def _bearer() -> str:
+    header = request.headers.get("Authorization")
+    if not header:
+        raise errors.Unauthorized(
+            "an Authorization: Bearer <token> header is required", code="missing_token"
+        )
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise errors.Unauthorized(
+            "the Authorization header must read 'Bearer <token>'", code="invalid_token"
+        )
+    return token.strip()
+
+
+def decode(token: str) -> Claims:
+    """Verify ``token``'s signature and expiry and read its claims: one decode."""
+    try:
+        payload = jwt.decode(
+            token,
+            current_app.config["JWT_SECRET_KEY"],
+            algorithms=[ALGORITHM],
+            options={"require": list(REQUIRED_CLAIMS)},
+        )
+    except jwt.ExpiredSignatureError:
+        raise errors.Unauthorized("the token has expired", code="token_expired") from None
+    except jwt.InvalidTokenError:
+        raise errors.Unauthorized(INVALID_TOKEN, code="invalid_token") from None
+    return _claims(payload)
+
+
+def _claims(payload: dict[str, Any]) -> Claims:
+    sub, role, ver, sid = payload["sub"], payload["role"], payload["ver"], payload["sid"]
+    kind, exp = payload["type"], payload["exp"]
+    if not (
+        isinstance(sub, str)
+        and _USER_ID.fullmatch(sub)
+        and int(sub) <= MAX_ID
+        and role in ROLES
+        and isinstance(ver, int)
+        and not isinstance(ver, bool)
+        and 0 <= ver <= MAX_ID
+        and isinstance(sid, str)
+        and _SESSION_ID.fullmatch(sid)
+        and kind in ("access", "refresh")
+        and isinstance(exp, int)
+    ):
+        raise errors.Unauthorized(INVALID_TOKEN, code="invalid_token")
+    return Claims(int(sub), role, ver, sid, kind, exp)
+
+
+_REVOKED = select(RevokedSession.sid).where(RevokedSession.sid == bindparam("sid"))
+
+
+def _revoked_in_database(session: str) -> bool:
+    """PostgreSQL's copy, read on a connection of its own that is given back at once:
+    the request's ORM session must not hold a connection while the view takes another
+    (under gevent, many requests doing that at once would empty the pool)."""
+    with db.engine.connect() as conn, autocommit(conn):
+        return conn.scalar(_REVOKED, {"sid": session}) is not None
+
+
+def session_revoked(session: str) -> bool:
+    """Whether ``session`` was logged out: Redis, or PostgreSQL when Redis cannot be trusted."""
+    try:
+        revoked, trustworthy = ticket_queue().revocation(session)
+    except redis.exceptions.RedisError:
+        # Sell and the admin writes keep working on PostgreSQL alone.
+        g.redis_unavailable = True
+        return _revoked_in_database(session)
+    if revoked:
+        return True
+    return False if trustworthy else _revoked_in_database(session)
+
+
+def authenticate(kind: str = "access") -> Claims:
+    """Verify the request's bearer token (``kind``: "access", "refresh" or "any")
+    and its session; remember its claims for the request."""
+    claims = decode(_bearer())
+    if kind != "any" and claims.type != kind:
+        raise errors.Unauthorized(f"this route needs an {kind} token", code="wrong_token_type")
+    if session_revoked(claims.session):
+        raise errors.Unauthorized("the token was revoked", code="token_revoked")
+    g.token = claims
+    return claims
+
+
+def current_claims() -> Claims:
+    claims: Claims = g.token
+    return claims
+
+
 def current_user_id() -> int:
-    return int(get_jwt()["sub"])
+    return current_claims().user_id
+
+
+def ensure_current(account: Account | None, claims: Claims) -> None:
+    """The one rule for whether a verified token still speaks for its account: the
+    account exists and is active, has the token's role, and has not changed its
+    password nor been deactivated since the token was issued."""
+    if account is None or not account.is_active:
+        raise errors.Unauthorized("the account is inactive or no longer exists")
+    if account.token_version != claims.version or account.role != claims.role:
+        raise errors.Unauthorized(
+            "the token was issued before the account's password changed or it was"
+            " deactivated; log in again",
+            code="token_outdated",
+        )
 
 
 def load_current_user() -> User:
-    return ensure_active(db.session.get(User, current_user_id()))
+    claims = current_claims()
+    user = db.session.get(User, claims.user_id)
+    ensure_current(user, claims)
+    assert user is not None  # (ensure_current raised otherwise)
+    return user
 
 
 def role_required(
     role: str, *, token: str = "access", load_user: bool = True
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Require a valid, unrevoked ``token`` ("access", "refresh" or "any") of ``role``
-    ("admin", "agent", or "any" for either role).
+    """Require a valid token of kind ``token`` ("access", "refresh" or "any") of
+    ``role`` ("admin", "agent", or "any" for either role).
 
-    ``load_user=False`` leaves the active-account check to the view, for the
-    hot agent paths that fold it into the query they run anyway.
+    ``load_user=False`` leaves the account check (``ensure_current``) to the view,
+    for the hot agent paths that fold it into the query they run anyway.
     """
 
     def decorator(view: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(view)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            verify_jwt_in_request(refresh=token == "refresh", verify_type=token != "any")
-            if role != "any" and get_jwt().get("role") != role:
+            claims = authenticate(token)
+            if role != "any" and claims.role != role:
                 raise errors.Forbidden(f"this route needs the {role} role")
             if load_user:
                 g.user = load_current_user()
@@ -137,22 +285,18 @@ def role_required(
     return decorator
 
 
-def register_jwt_callbacks(app: Flask) -> None:
-    jwt.token_in_blocklist_loader(is_token_revoked)
-    jwt.unauthorized_loader(lambda reason: errors.error_response(401, "missing_token", reason))
-    jwt.invalid_token_loader(lambda reason: errors.error_response(401, "invalid_token", reason))
-    jwt.expired_token_loader(
-        lambda header, payload: errors.error_response(401, "token_expired", "the token has expired")
-    )
-    jwt.revoked_token_loader(
-        lambda header, payload: errors.error_response(401, "token_revoked", "the token was revoked")
-    )
-    jwt.needs_fresh_token_loader(
-        lambda header, payload: errors.error_response(
-            401, "fresh_token_required", "a fresh token is required"
-        )
-    )
+# -- ending sessions -------------------------------------------------------------
+def revoke_session(claims: Claims) -> None:
+    """Log the session out at once, in every process: the presented token, its
+    refresh token and every access token refreshed from it.
 
-
-def find_user_by_name(username: str) -> User | None:
-    return db.session.scalar(select(User).where(User.username == username))
+    Redis first: if it is down the request fails with 503 and nothing changed.
+    The PostgreSQL copy survives a Redis wipe. It is kept for as long as any
+    token of the session could still be valid.
+    """
+    config = current_app.config
+    lifetime = config["JWT_REFRESH_TOKEN_EXPIRES"] + config["JWT_ACCESS_TOKEN_EXPIRES"]
+    expires_at = datetime.now(UTC) + lifetime
+    ticket_queue().revoke(claims.session, int(lifetime.total_seconds()) + 1)
+    db.session.merge(RevokedSession(sid=claims.session, expires_at=expires_at))
+    db.session.commit()

@@ -9,6 +9,7 @@ request can be followed from the load balancer through the service.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -120,6 +121,23 @@ def ensure_logging() -> None:
 
 
 # -- per-request -------------------------------------------------------------
+# The route of a request that matched no URL rule (a 404, a 405).
+UNMATCHED_ROUTE = "<unmatched>"
+_RULE_ARGUMENT = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
+
+
+@functools.lru_cache(maxsize=1024)
+def _rule_label(rule: str) -> str:
+    return _RULE_ARGUMENT.sub(r"<\1>", rule)
+
+
+def route_label() -> str:
+    """The URL rule that matched, without its converters (``/api/admin/tickets/<ticket_id>/``),
+    never the raw path: what the request log and the metrics call a route."""
+    rule = request.url_rule
+    return _rule_label(rule.rule) if rule is not None else UNMATCHED_ROUTE
+
+
 def _request_id() -> str:
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     if SANE_REQUEST_ID.fullmatch(incoming):
@@ -132,13 +150,9 @@ def _begin() -> None:
     g.request_started = time.perf_counter()
 
 
-def _user_id() -> str | None:
-    from flask_jwt_extended import get_jwt
-
-    try:
-        return get_jwt().get("sub")
-    except RuntimeError:  # no token was verified for this request
-        return None
+def _user_id() -> int | None:
+    claims = g.get("token")  # set once the request's token is verified (service/auth.py)
+    return claims.user_id if claims is not None else None
 
 
 def _finish(response: Response) -> Response:
@@ -148,7 +162,6 @@ def _finish(response: Response) -> Response:
     response.headers[REQUEST_ID_HEADER] = request_id
     started = g.get("request_started")
     duration_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
-    rule = request.url_rule
     request_log.info(
         "%s %s %s",
         request.method,
@@ -156,7 +169,7 @@ def _finish(response: Response) -> Response:
         response.status_code,
         extra={
             "user_id": _user_id(),
-            "route": rule.rule if rule is not None else None,
+            "route": route_label(),
             "method": request.method,
             "path": request.path,
             "client": request.remote_addr,

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Index, String, Text, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    func,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .extensions import db
@@ -31,12 +41,19 @@ class User(db.Model):  # type: ignore[name-defined]
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    username: Mapped[str] = mapped_column(String(64), unique=True)
+    username: Mapped[str] = mapped_column(String(64))
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16))
     is_active: Mapped[bool] = mapped_column(default=True, server_default=text("true"))
     capacity: Mapped[int | None]
+    # Bumped by a password change or a deactivation: tokens carry the version
+    # they were issued under, and an older one no longer works.
+    token_version: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# ADMIN1 and admin1 are one name: usernames are unique regardless of case.
+Index("uq_users_username_lower", func.lower(User.username), unique=True)
 
 
 class Ticket(db.Model):  # type: ignore[name-defined]
@@ -64,6 +81,8 @@ class Ticket(db.Model):  # type: ignore[name-defined]
         ),
         # The admin filter by agent (any status).
         Index("ix_tickets_agent_id", "agent_id", "id"),
+        # Ids are never reused, in SQLite (embedded mode) too.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -90,6 +109,7 @@ class TicketEvent(db.Model):  # type: ignore[name-defined]
             "kind IN ('created', 'assigned', 'sold', 'released', 'deleted')",
             name="ck_ticket_events_kind",
         ),
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -100,10 +120,11 @@ class TicketEvent(db.Model):  # type: ignore[name-defined]
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-class RevokedToken(db.Model):  # type: ignore[name-defined]
-    """The durable copy of the token blocklist; Redis holds the fast copy."""
+class RevokedSession(db.Model):  # type: ignore[name-defined]
+    """The durable copy of the logged-out sessions; Redis holds the fast copy."""
 
-    __tablename__ = "revoked_tokens"
+    __tablename__ = "revoked_sessions"
 
-    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Once past, no token of the session can be valid any more.
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

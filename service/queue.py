@@ -64,8 +64,8 @@ class TicketQueue:
     def held_key(self, agent_id: int) -> str:
         return f"{self.prefix}:held:{agent_id}"
 
-    def revoked_key(self, jti: str) -> str:
-        return f"{self.prefix}:revoked:{jti}"
+    def revoked_key(self, session: str) -> str:
+        return f"{self.prefix}:revoked:{session}"
 
     # -- assignment ------------------------------------------------------
     def reserve(
@@ -148,12 +148,13 @@ class TicketQueue:
         return int(queued), int(reserved)
 
     # -- token blocklist ---------------------------------------------------
-    def revoke(self, jti: str, ttl_seconds: int) -> None:
-        self.client.set(self.revoked_key(jti), "1", ex=max(int(ttl_seconds), 1))
+    def revoke(self, session: str, ttl_seconds: int) -> None:
+        """Mark a login session as logged out, for ``ttl_seconds``."""
+        self.client.set(self.revoked_key(session), "1", ex=max(int(ttl_seconds), 1))
 
-    def revocation(self, jti: str) -> tuple[bool, bool]:
+    def revocation(self, session: str) -> tuple[bool, bool]:
         """(revoked, trustworthy). Not trustworthy once Redis lost its data."""
-        revoked, epoch = self.client.mget(self.revoked_key(jti), self.epoch_key)
+        revoked, epoch = self.client.mget(self.revoked_key(session), self.epoch_key)
         return revoked is not None, epoch is not None
 
     def mark_built(self, epoch: str) -> None:
@@ -281,17 +282,17 @@ class TicketQueue:
         return {i for i, r in zip(ids, self._zmscores(ids)[1], strict=True) if r is not None}
 
     def restore_revocations(self, entries: Iterable[tuple[str, int]], dry_run: bool = False) -> int:
-        """Write missing blocklist entries (jti, ttl seconds); return how many were missing."""
+        """Write missing blocklist entries (session, ttl seconds); return how many were missing."""
         entries = list(entries)
         restored = 0
         for start in range(0, len(entries), HELD_CHUNK):
             chunk = entries[start : start + HELD_CHUNK]
             pipe = self.client.pipeline(transaction=False)
-            for jti, ttl in chunk:
+            for session, ttl in chunk:
                 if dry_run:
-                    pipe.exists(self.revoked_key(jti))
+                    pipe.exists(self.revoked_key(session))
                 else:
-                    pipe.set(self.revoked_key(jti), "1", ex=max(int(ttl), 1), nx=True)
+                    pipe.set(self.revoked_key(session), "1", ex=max(int(ttl), 1), nx=True)
             replies = pipe.execute()
             restored += sum(1 for r in replies if (not r if dry_run else r))
         return restored

@@ -1,11 +1,19 @@
-"""The login attempt limit, counted in Redis by ``limits`` (the library Flask-Limiter is built on).
+"""Login attempt limits, counted in Redis by ``limits`` (the library Flask-Limiter is built on).
 
-Only login is limited. Flask-Limiter 4 checks its limits in an app-wide
-``before_request`` hook, which every request paid for, the agent hot path
-included (5-9% of its CPU, measured with scripts/bench/hotpath.py); here the
-check runs on the login route alone. Attempts are counted per client address
-and username in fixed windows, with the service's key prefix. If the storage
-is unreachable the attempt is let through: logging in needs only PostgreSQL.
+Three limits, each in fixed windows under the service's key prefix, checked
+before the password is (every check costs a tenth of a second of CPU):
+
+* per client address and username (``LOGIN_RATE_LIMIT``): one client guessing
+  one account is slowed, while other users behind the same address log in;
+* per client address, across usernames (``LOGIN_ADDRESS_RATE_LIMIT``): a
+  password spray from one address is bounded, and so is the CPU it costs;
+* per username, across addresses (``LOGIN_ACCOUNT_RATE_LIMIT``): one account
+  guessed from many addresses is bounded too.
+
+Every attempt counts, before the password check, so concurrent attempts cannot
+slip past a limit. Only login is limited: an app-wide hook would cost every
+request. If the storage is unreachable the attempt is let through: logging in
+needs only PostgreSQL.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
 from flask import Flask, current_app, request
@@ -28,25 +37,45 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
+# (config key, what the limit counts by): the order they are checked in.
+LIMITS = (
+    ("LOGIN_RATE_LIMIT", "address and username"),
+    ("LOGIN_ADDRESS_RATE_LIMIT", "address"),
+    ("LOGIN_ACCOUNT_RATE_LIMIT", "username"),
+)
+
+
+@dataclass(frozen=True)
+class Limit:
+    scope: str  # "address and username", "address" or "username"
+    items: list[RateLimitItem]
+
 
 class LoginLimit:
     def __init__(self, app: Flask) -> None:
         config = app.config
-        self.items: list[RateLimitItem] = parse_many(config["LOGIN_RATE_LIMIT"])
+        self.limits = [Limit(scope, parse_many(config[key])) for key, scope in LIMITS]
         storage = storage_from_string(
             config["RATELIMIT_STORAGE_URI"], **config["RATELIMIT_STORAGE_OPTIONS"]
         )
         self.limiter = FixedWindowRateLimiter(storage)
         self.prefix = config["RATELIMIT_KEY_PREFIX"]
 
-    def hit(self, key: str) -> float | None:
-        """Count one attempt; the seconds to wait if it is one too many, else None."""
-        identity = f"{self.prefix}:{key}"
+    def hit(self, address: str, username: str) -> tuple[str, float] | None:
+        """Count one attempt under every limit; (the limit's scope, seconds to wait)
+        for the first one it is one too many for, else None."""
+        keys = {
+            "address and username": f"pair:{address}|{username}",
+            "address": f"address:{address}",
+            "username": f"account:{username}",
+        }
         try:
-            for item in self.items:
-                if not self.limiter.hit(item, identity):
-                    reset_at = self.limiter.get_window_stats(item, identity).reset_time
-                    return max(reset_at - time.time(), 1.0)
+            for limit in self.limits:
+                identity = f"{self.prefix}:{keys[limit.scope]}"
+                for item in limit.items:
+                    if not self.limiter.hit(item, identity):
+                        reset_at = self.limiter.get_window_stats(item, identity).reset_time
+                        return limit.scope, max(reset_at - time.time(), 1.0)
         except Exception as exc:  # noqa: BLE001 - any storage failure: let the attempt through
             log.warning("login limit not enforced: its storage failed (%s)", exc)
         return None
@@ -56,24 +85,26 @@ def init_app(app: Flask) -> None:
     app.extensions["login_limit"] = LoginLimit(app)
 
 
-def _attempt_key() -> str:
-    """Attempts are counted per client address and username, so one client guessing
-    one account is slowed while other users behind the same address log in."""
+def _attempt() -> tuple[str, str]:
+    """(client address, username as it is matched: lower case, at most 64 characters)."""
     body = request.get_json(silent=True)
     username = body.get("username") if isinstance(body, dict) else None
-    return f"{request.remote_addr or ''}|{username[:64] if isinstance(username, str) else ''}"
+    name = username[:64].lower() if isinstance(username, str) else ""
+    return request.remote_addr or "", name
 
 
 def limit_login_attempts(view: Callable[P, R]) -> Callable[P, R]:
-    """Answer 429 with Retry-After once an address and username used up their attempts."""
+    """Answer 429 with Retry-After once an attempt is one too many for a limit."""
 
     @functools.wraps(view)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         limit: LoginLimit = current_app.extensions["login_limit"]
-        wait = limit.hit(_attempt_key())
-        if wait is not None:
+        refused = limit.hit(*_attempt())
+        if refused is not None:
+            scope, wait = refused
             raise TooManyRequests(
-                "too many login attempts; retry later", retry_after=math.ceil(wait)
+                f"too many login attempts for this {scope}; retry later",
+                retry_after=math.ceil(wait),
             )
         return view(*args, **kwargs)
 

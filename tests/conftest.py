@@ -17,11 +17,10 @@ import redis
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
-from flask_jwt_extended import create_access_token
 from redis_server import RedisServer
 
 from service import create_app
-from service.auth import hash_password
+from service.auth import access_token, hash_password, new_session
 from service.extensions import db
 from service.models import Ticket, User
 from service.state import ticket_queue
@@ -31,6 +30,9 @@ TEST_DATABASE_URL = os.environ.get(
 )
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 JWT_SECRET = "test-secret-key-that-is-long-enough-0123456789"
+METRICS_TOKEN = "test-metrics-token-0123456789"
+# Scrapes present the metrics token, as Prometheus is configured to.
+METRICS_AUTH = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 # Hashing with argon2 takes tens of milliseconds; tests that need many users
 # share one precomputed hash of PASSWORD.
 PASSWORD = "correct-horse-battery"
@@ -43,6 +45,7 @@ def service_env(**extra: str) -> dict[str, str]:
         "DATABASE_URL": TEST_DATABASE_URL,
         "REDIS_URL": TEST_REDIS_URL,
         "JWT_SECRET_KEY": JWT_SECRET,
+        "METRICS_TOKEN": METRICS_TOKEN,
     }
     env.update(extra)
     return env
@@ -68,9 +71,9 @@ def _schema() -> None:
     _ensure_database(TEST_DATABASE_URL)
     app = create_app(env=service_env())
     with app.app_context():
-        db.session.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
+        # Whatever an earlier run or revision left, the migrations start from nothing.
+        db.session.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
         db.session.commit()
-        db.drop_all()
         upgrade()
         downgrade(revision="base")  # the downgrade path works too
         upgrade()
@@ -81,7 +84,7 @@ def reset_state(app: Flask) -> None:
     with app.app_context():
         db.session.execute(
             sa.text(
-                "TRUNCATE users, tickets, ticket_events, revoked_tokens RESTART IDENTITY CASCADE"
+                "TRUNCATE users, tickets, ticket_events, revoked_sessions RESTART IDENTITY CASCADE"
             )
         )
         db.session.commit()
@@ -201,13 +204,14 @@ class Factory:
             return sorted(ids)
 
     def token(self, user: User | int, role: str | None = None) -> str:
+        """An access token in a new session: for a User, of its role and token version
+        as loaded; for a bare id, of an agent (or ``role``) at version 0."""
+        if isinstance(user, User):
+            user_id, version, role = user.id, user.token_version, role or user.role
+        else:
+            user_id, version, role = user, 0, role or "agent"
         with self.app.app_context():
-            if isinstance(user, User):
-                user_id, role = user.id, role or user.role
-            else:
-                user_id = user
-                role = role or "agent"
-            return create_access_token(identity=str(user_id), additional_claims={"role": role})
+            return access_token(user_id, role, version, new_session())
 
     def headers(self, user: User | int, role: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(user, role)}"}

@@ -8,8 +8,9 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Flask
 
+from service.auth import Claims, new_session
 from service.extensions import db
-from service.models import Ticket
+from service.models import Ticket, User
 from service.queue import TicketQueue
 from service.state import ticket_queue
 
@@ -76,3 +77,12 @@ def fetch(client: Any, factory: Any, agent: Any, method: str = "GET") -> list[in
     tickets = response.get_json()["tickets"]
     assert all(t["agent_id"] == agent.id and t["status"] == "assigned" for t in tickets)
     return [t["id"] for t in tickets]
+
+
+def caller(agent: Any, role: str = "agent") -> Claims:
+    """The claims of a freshly logged-in ``agent`` (a User or an id), for calling the
+    domain's agent functions directly (inside an app context)."""
+    agent_id = agent if isinstance(agent, int) else agent.id
+    with db.engine.connect() as conn:
+        version = conn.scalar(sa.select(User.token_version).where(User.id == agent_id))
+    return Claims(agent_id, role, version or 0, new_session(), "access", 2**31)

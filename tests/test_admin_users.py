@@ -134,6 +134,75 @@ def test_create_validation_names_the_field_and_writes_nothing(
     assert users_in_db(app) == before
 
 
+def test_usernames_that_differ_only_in_case_are_one_name(client, admin_headers, app):
+    assert (
+        client.post("/api/admin/users/", json=NEW_AGENT, headers=admin_headers).status_code == 201
+    )
+    before = users_in_db(app)
+    for name in (NEW_AGENT["username"].upper(), NEW_AGENT["username"].title()):
+        again = client.post(
+            "/api/admin/users/", json={**NEW_AGENT, "username": name}, headers=admin_headers
+        )
+        assert_error(again, 409, "duplicate_username")
+    assert users_in_db(app) == before
+
+
+def test_an_admin_with_a_capacity_is_400_on_create_as_on_edit(client, admin_headers, app):
+    before = users_in_db(app)
+    response = client.post(
+        "/api/admin/users/",
+        json={"username": "boss", "password": PASSWORD, "role": "admin", "capacity": 5},
+        headers=admin_headers,
+    )
+    error = assert_error(response, 400, "validation_error")
+    assert "capacity" in error["fields"]
+    assert users_in_db(app) == before
+
+
+def test_an_admin_cannot_deactivate_itself(client, admin_headers, admin, factory, app):
+    factory.user("other-admin", role="admin")
+    before = users_in_db(app)
+    response = client.patch(
+        f"/api/admin/users/{admin.id}/", json={"is_active": False}, headers=admin_headers
+    )
+    assert_error(response, 409, "cannot_deactivate_self")
+    assert users_in_db(app) == before
+
+
+def test_the_last_active_admin_stays_active(app, factory):
+    """Two admins deactivating each other at the same moment: one of them wins, the
+    other is refused, and one active admin is left (many tries, real connections)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for round_ in range(5):
+        a = factory.user(f"a{round_}", role="admin")
+        b = factory.user(f"b{round_}", role="admin")
+        with app.app_context():
+            db.session.execute(
+                sa.update(User).where(User.id.notin_([a.id, b.id])).values(is_active=False)
+            )
+            db.session.commit()
+        pairs = [(a, b), (b, a)]
+
+        def deactivate(pair):
+            actor, target = pair
+            return app.test_client().patch(
+                f"/api/admin/users/{target.id}/",
+                json={"is_active": False},
+                headers=factory.headers(actor),
+            )
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            results = list(pool.map(deactivate, pairs))
+        statuses = sorted(r.status_code for r in results)
+        assert statuses in ([200, 401], [200, 409]), [r.get_json() for r in results]
+        with app.app_context():
+            active = db.session.scalars(
+                sa.select(User.id).where(User.role == "admin", User.is_active)
+            ).all()
+        assert len(active) == 1
+
+
 def test_create_reports_every_bad_field_at_once(client, admin_headers):
     response = client.post(
         "/api/admin/users/",
@@ -260,6 +329,16 @@ def test_show_unknown_user_is_404(client, admin_headers, admin):
     assert_error(client.get("/api/admin/users/abc/", headers=admin_headers), 404, "not_found")
 
 
+@pytest.mark.parametrize("user_id", ["2147483648", "2899933502080377946112", "0"])
+@pytest.mark.parametrize("method", ["GET", "PATCH"])
+def test_a_user_id_beyond_the_column_is_404_not_500(client, admin_headers, method, user_id):
+    body = {"capacity": 3} if method == "PATCH" else None
+    response = client.open(
+        f"/api/admin/users/{user_id}/", method=method, json=body, headers=admin_headers
+    )
+    assert_error(response, 404, "not_found")
+
+
 def test_unsupported_methods_are_405(client, admin_headers, factory):
     agent = factory.user("alice")
     response = client.delete(f"/api/admin/users/{agent.id}/", headers=admin_headers)
@@ -313,8 +392,13 @@ def test_deactivate_and_reactivate(client, admin_headers, factory):
     )
     assert on.status_code == 200
     assert on.get_json()["is_active"] is True
-    # Reactivation lets the old token back in: it was never revoked, only locked out.
-    assert client.get("/api/agent/tickets/", headers=headers).status_code == 200
+    # Reactivation does not bring the old tokens back, access or refresh: the
+    # account logs in again.
+    assert_error(client.get("/api/agent/tickets/", headers=headers), 401, "token_outdated")
+    assert_error(client.post("/api/auth/refresh/", headers=refresh), 401, "token_outdated")
+    fresh = login(client, "alice").get_json()
+    again = {"Authorization": f"Bearer {fresh['access_token']}"}
+    assert client.get("/api/agent/tickets/", headers=again).status_code == 200
 
 
 def test_patch_several_fields_at_once(client, admin_headers, factory, app):

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import assert_error
+from helpers import assert_error, caller
 
 from service.extensions import db
 from service.models import Ticket, TicketEvent
@@ -175,6 +175,12 @@ def test_selling_a_queued_unknown_or_deleted_ticket_is_404(
     assert state(app) == before
 
 
+@pytest.mark.parametrize("ticket_id", ["2899933502080377946112", "9223372036854775808", "0"])
+def test_selling_an_id_beyond_the_column_is_404_not_500(client, factory, alice, ticket_id):
+    response = client.post(f"/api/agent/tickets/sell/{ticket_id}/", headers=factory.headers(alice))
+    assert_error(response, 404, "not_found")
+
+
 def test_unsupported_methods_on_agent_routes_are_405(client, factory, alice):
     ids = factory.tickets(1)
     headers = factory.headers(alice)
@@ -221,9 +227,9 @@ def test_the_hot_path_serialiser_matches_the_documented_schema(app, factory):
     with app.app_context():
         from service.domain.assignment import assign
 
-        assign(db.session, ticket_queue(), agent.id, lease_seconds=30)
+        assign(db.session, ticket_queue(), caller(agent), lease_seconds=30)
         db.session.commit()
-        current = holding(db.session, agent.id)
+        current = holding(db.session, caller(agent))
         assert len(current.tickets) == 3
         expected = HoldingSchema().dump({"tickets": current.tickets, "capacity": 15})
         assert as_sent(holding_json(current.tickets, 15)) == expected

@@ -8,7 +8,7 @@ from datetime import datetime
 import pytest
 import sqlalchemy as sa
 from flask import Flask
-from helpers import fetch, queued_in, reserved_ids
+from helpers import caller, fetch, queued_in, reserved_ids
 
 from service import errors
 from service.domain import assignment
@@ -514,10 +514,10 @@ def test_domain_assign_and_holding(app, factory):
     alice = factory.user("alice", capacity=4)
     ids = factory.tickets(6)
     with app.app_context():
-        result = assignment.assign(db.session, ticket_queue(), alice.id, lease_seconds=30)
+        result = assignment.assign(db.session, ticket_queue(), caller(alice), lease_seconds=30)
         assert result.capacity == 4
         assert [t.id for t in result.tickets] == ids[:4]
-        again = assignment.holding(db.session, alice.id)
+        again = assignment.holding(db.session, caller(alice))
         assert [t.id for t in again.tickets] == ids[:4]
 
 
@@ -526,7 +526,7 @@ def test_domain_assign_refuses_an_inactive_agent_and_takes_nothing(app, factory)
     ids = factory.tickets(3)
     with app.app_context():
         with pytest.raises(errors.Unauthorized):
-            assignment.assign(db.session, ticket_queue(), alice.id, lease_seconds=30)
+            assignment.assign(db.session, ticket_queue(), caller(alice), lease_seconds=30)
         db.session.rollback()
     assert queued_in(app) == ids
     assert holdings(app) == {}
@@ -560,12 +560,12 @@ def test_domain_sell_rules(app, factory):
     ids = factory.tickets(2)
     with app.app_context():
         queue = ticket_queue()
-        assignment.assign(db.session, queue, alice.id, lease_seconds=30)
-        sold = assignment.sell(db.session, queue, alice.id, ids[0])
+        assignment.assign(db.session, queue, caller(alice), lease_seconds=30)
+        sold = assignment.sell(db.session, queue, caller(alice), ids[0])
         assert (sold.status, sold.agent_id) == ("sold", alice.id)
         with pytest.raises(errors.Conflict) as conflict:
-            assignment.sell(db.session, queue, alice.id, ids[0])
+            assignment.sell(db.session, queue, caller(alice), ids[0])
         assert conflict.value.code == "already_sold"
         with pytest.raises(errors.NotFound):
-            assignment.sell(db.session, queue, bob.id, ids[1])
+            assignment.sell(db.session, queue, caller(bob), ids[1])
         assert queue.held(alice.id) == {ids[1]}

@@ -10,11 +10,13 @@ import jwt as pyjwt
 import pytest
 import sqlalchemy as sa
 from conftest import PASSWORD
-from flask_jwt_extended import create_access_token, create_refresh_token
-from helpers import assert_error
+from flask_jwt_extended import create_access_token
+from helpers import assert_error, caller
 
+from service import passwords
+from service.auth import access_token, new_session, refresh_token
 from service.extensions import db
-from service.models import RevokedToken, Ticket, TicketEvent, User
+from service.models import RevokedSession, Ticket, TicketEvent, User
 from service.state import ticket_queue
 
 # Every route of the contract that needs a token, with a body that would be
@@ -62,7 +64,7 @@ def snapshot(app: Any) -> dict[str, Any]:
                 )
             ).all(),
             "events": db.session.scalar(sa.select(sa.func.count()).select_from(TicketEvent)),
-            "revoked": db.session.scalar(sa.select(sa.func.count()).select_from(RevokedToken)),
+            "revoked": db.session.scalar(sa.select(sa.func.count()).select_from(RevokedSession)),
             "redis": {key: client.type(key) for key in client.keys("*")},
             "queue": client.zrange(ticket_queue().queue_key, 0, -1),
         }
@@ -76,7 +78,7 @@ def world(factory, admin) -> dict[str, Any]:
     with factory.app.app_context():
         from service.domain.assignment import assign
 
-        assign(db.session, ticket_queue(), agent.id, lease_seconds=30)
+        assign(db.session, ticket_queue(), caller(agent), lease_seconds=30)
     # Capacity 15 and two tickets: the agent holds both; give the queue one more.
     (extra,) = factory.tickets(1)
     return {"admin": admin, "agent": agent, "ticket": held, "queued": extra, "user": agent.id}
@@ -96,6 +98,10 @@ def login(client, username: str, password: str = PASSWORD):
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def claims_of(app, token: str) -> dict[str, Any]:
+    return pyjwt.decode(token, app.config["JWT_SECRET_KEY"], algorithms=["HS256"])
 
 
 # -- login -------------------------------------------------------------------
@@ -127,13 +133,43 @@ def test_login_without_trailing_slash(client, factory):
     assert "access_token" in response.get_json()
 
 
-@pytest.mark.parametrize(
-    "username, password",
-    [("alice", "wrong-password"), ("nobody", PASSWORD), ("ALICE", PASSWORD)],
-)
+@pytest.mark.parametrize("username, password", [("alice", "wrong-password"), ("nobody", PASSWORD)])
 def test_login_with_bad_credentials_is_401(client, factory, username, password):
     factory.user("alice")
     assert_error(login(client, username, password), 401, "invalid_credentials")
+
+
+def test_login_finds_the_username_regardless_of_case(client, factory):
+    factory.user("Alice")
+    assert login(client, "ALICE").status_code == 200
+    assert login(client, "alice").status_code == 200
+
+
+def test_every_failed_login_costs_one_password_check(client, factory, monkeypatch):
+    """An unknown or inactive username costs the same argon2 check as a wrong password,
+    so the time a failed login takes tells nothing about which usernames exist."""
+    factory.user("alice")
+    factory.user("gone", active=False)
+    passwords.verify_password(None, "warm-up")  # the decoy hash is made once per process
+    checks: list[str] = []
+
+    class Counting:
+        def __init__(self, hasher: Any) -> None:
+            self.hasher = hasher
+
+        def verify(self, password_hash: str, password: str) -> bool:
+            checks.append(password)
+            return bool(self.hasher.verify(password_hash, password))
+
+    monkeypatch.setattr(passwords, "_hasher", Counting(passwords._hasher))
+    for username, password in [
+        ("alice", "wrong-password"),
+        ("nobody-at-all", "wrong-password"),
+        ("gone", PASSWORD),
+    ]:
+        checks.clear()
+        assert_error(login(client, username, password), 401, "invalid_credentials")
+        assert checks == [password], username
 
 
 def test_login_of_a_deactivated_user_is_401(client, factory):
@@ -174,6 +210,39 @@ def test_login_with_malformed_or_non_json_body(client, factory):
     assert "body" in assert_error(not_object, 400, "validation_error")["fields"]
     plain = client.post("/api/auth/token/", data="alice:" + PASSWORD, content_type="text/plain")
     assert_error(plain, 415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 1000,
+        b"[" * 60_000,
+        b'{"username": ' + b"[" * 2000 + b"]" * 2000 + b', "password": "x"}',
+        b'{"username": "alice", "password": ' + b"9" * 4400 + b"}",
+        b'{"username": 1e999, "password": "x"}',
+        b'{"username": "\\ud800", "password": "x"}',
+        b'{"username": "alice", "password": "\xff\xfe"}',
+    ],
+    ids=[
+        "1000 brackets",
+        "100k brackets",
+        "nested 2000 deep",
+        "4400 digits",
+        "1e999",
+        "lone surrogate",
+        "invalid utf-8",
+    ],
+)
+def test_malformed_json_is_400_without_logging_in(client, app, body):
+    """Hostile bodies from anyone: a clear 400, never a 500 with a traceback."""
+    response = client.post("/api/auth/token/", data=body, content_type="application/json")
+    assert_error(response, 400, "malformed_json")
+
+
+def test_deep_but_valid_json_is_a_validation_error(client):
+    body = b'{"username": ' + b"[" * 900 + b"]" * 900 + b', "password": "x"}'
+    response = client.post("/api/auth/token/", data=body, content_type="application/json")
+    assert "username" in assert_error(response, 400, "validation_error")["fields"]
 
 
 # -- refresh -----------------------------------------------------------------
@@ -218,9 +287,9 @@ def test_refresh_of_a_deactivated_user_is_401(client, factory, app):
 def test_refresh_expired_or_garbage_is_401(client, factory, app):
     alice = factory.user("alice")
     with app.app_context():
-        expired = create_refresh_token(
+        expired = create_access_token(
             identity=str(alice.id),
-            additional_claims={"role": "agent"},
+            additional_claims={"role": "agent", "ver": 0, "sid": new_session(), "type": "x"},
             expires_delta=timedelta(seconds=-10),
         )
     assert_error(client.post("/api/auth/refresh/", headers=bearer(expired)), 401, "token_expired")
@@ -229,35 +298,98 @@ def test_refresh_expired_or_garbage_is_401(client, factory, app):
 
 
 # -- logout ------------------------------------------------------------------
-def test_logout_revokes_the_access_token_at_once(client, factory, app):
+def test_logout_ends_the_whole_session_at_once(client, factory, app):
+    """Logout revokes the presented token, its refresh token, and every access token
+    refreshed from it; another session of the same account goes on."""
     factory.user("alice")
     tokens = login(client, "alice").get_json()
+    other = login(client, "alice").get_json()
     headers = bearer(tokens["access_token"])
-    assert client.get("/api/agent/tickets/", headers=headers).status_code == 200
+    refresh = bearer(tokens["refresh_token"])
+    refreshed = client.post("/api/auth/refresh/", headers=refresh).get_json()["access_token"]
+    assert claims_of(app, refreshed)["sid"] == claims_of(app, tokens["access_token"])["sid"]
+    assert client.get("/api/agent/tickets/", headers=bearer(refreshed)).status_code == 200
+
     response = client.post("/api/auth/logout/", headers=headers)
     assert response.status_code == 204
     assert response.get_data() == b""
     assert_error(client.get("/api/agent/tickets/", headers=headers), 401, "token_revoked")
     assert_error(client.post("/api/auth/logout/", headers=headers), 401, "token_revoked")
-    # Only the presented token: the refresh token still works until revoked itself.
-    refresh = bearer(tokens["refresh_token"])
-    assert client.post("/api/auth/refresh/", headers=refresh).status_code == 200
-    assert client.post("/api/auth/logout", headers=refresh).status_code == 204
     assert_error(client.post("/api/auth/refresh/", headers=refresh), 401, "token_revoked")
+    assert_error(client.get("/api/agent/tickets/", headers=bearer(refreshed)), 401, "token_revoked")
+    assert (
+        client.get("/api/agent/tickets/", headers=bearer(other["access_token"])).status_code == 200
+    )
     with app.app_context():
-        assert db.session.scalar(sa.select(sa.func.count()).select_from(RevokedToken)) == 2
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(RevokedSession)) == 1
+
+
+def test_logout_with_the_refresh_token_ends_the_session_too(client, factory):
+    factory.user("alice")
+    tokens = login(client, "alice").get_json()
+    assert (
+        client.post("/api/auth/logout", headers=bearer(tokens["refresh_token"])).status_code == 204
+    )
+    assert_error(
+        client.get("/api/agent/tickets/", headers=bearer(tokens["access_token"])),
+        401,
+        "token_revoked",
+    )
+
+
+def test_a_password_change_ends_every_token_issued_before(client, factory, admin_headers):
+    alice = factory.user("alice")
+    tokens = login(client, "alice").get_json()
+    changed = client.patch(
+        f"/api/admin/users/{alice.id}/", json={"password": "a-new-password"}, headers=admin_headers
+    )
+    assert changed.status_code == 200
+    for response in (
+        client.get("/api/agent/tickets/", headers=bearer(tokens["access_token"])),
+        client.get("/api/agent/tickets/assign/", headers=bearer(tokens["access_token"])),
+        client.post("/api/agent/tickets/sell/1/", headers=bearer(tokens["access_token"])),
+        client.post("/api/auth/refresh/", headers=bearer(tokens["refresh_token"])),
+    ):
+        assert_error(response, 401, "token_outdated")
+    fresh = login(client, "alice", "a-new-password").get_json()
+    assert (
+        client.get("/api/agent/tickets/", headers=bearer(fresh["access_token"])).status_code == 200
+    )
+
+
+def test_an_admins_own_password_change_ends_its_old_token(client, factory):
+    boss = factory.user("boss", role="admin")
+    old = bearer(login(client, "boss").get_json()["access_token"])
+    assert client.get("/api/admin/queue/", headers=old).status_code == 200
+    response = client.patch(
+        f"/api/admin/users/{boss.id}/", json={"password": "boss-new-password"}, headers=old
+    )
+    assert response.status_code == 200
+    assert_error(client.get("/api/admin/queue/", headers=old), 401, "token_outdated")
+
+
+def test_token_responses_are_not_cached(client, factory):
+    factory.user("alice")
+    tokens = login(client, "alice")
+    assert tokens.headers["Cache-Control"] == "no-store"
+    refreshed = client.post(
+        "/api/auth/refresh/", headers=bearer(tokens.get_json()["refresh_token"])
+    )
+    assert refreshed.headers["Cache-Control"] == "no-store"
+    for response in (tokens, refreshed, client.get("/healthz"), client.get("/nowhere")):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
 def test_revocation_is_read_from_redis_when_redis_is_trusted(client, factory, app):
     """With the epoch key present Redis alone answers: a Redis-only revocation counts."""
     alice = factory.user("alice")
     with app.app_context():
-        token = create_access_token(identity=str(alice.id), additional_claims={"role": "agent"})
-        jti = pyjwt.decode(token, app.config["JWT_SECRET_KEY"], algorithms=["HS256"])["jti"]
+        session = new_session()
+        token = access_token(alice.id, "agent", 0, session)
         queue = ticket_queue()
         queue.mark_built("epoch-1")
         assert client.get("/api/agent/tickets/", headers=bearer(token)).status_code == 200
-        queue.revoke(jti, 60)
+        queue.revoke(session, 60)
     assert_error(client.get("/api/agent/tickets/", headers=bearer(token)), 401, "token_revoked")
 
 
@@ -292,32 +424,103 @@ def test_revocation_survives_a_rebuild_after_a_flush(client, factory, app, redis
     assert_error(client.get("/api/agent/tickets/", headers=headers), 401, "token_revoked")
 
 
+# -- what a token must carry -------------------------------------------------------
+def _signed(app, **claims: Any) -> dict[str, str]:
+    return bearer(pyjwt.encode(claims, app.config["JWT_SECRET_KEY"], algorithm="HS256"))
+
+
+@pytest.mark.parametrize("missing", ["exp", "iat", "jti", "type", "sub", "role", "ver", "sid"])
+def test_a_token_without_a_required_claim_is_refused(client, factory, app, missing):
+    """Signed with the real key (so only defence in depth): every claim is required."""
+    alice = factory.user("alice")
+    full = {
+        "sub": str(alice.id),
+        "role": "agent",
+        "ver": 0,
+        "sid": "0" * 32,
+        "type": "access",
+        "jti": "j",
+        "iat": 1,
+        "exp": 2**31,
+    }
+    del full[missing]
+    response = client.get("/api/agent/tickets/", headers=_signed(app, **full))
+    assert_error(response, 401, "invalid_token")
+
+
+@pytest.mark.parametrize(
+    "claim, value",
+    [
+        ("sub", "abc"),
+        ("sub", "99999999999999999999"),
+        ("sub", 7),
+        ("ver", "0"),
+        ("ver", True),
+        ("role", "root"),
+        ("sid", "x"),
+        ("type", "id"),
+    ],
+)
+def test_a_token_with_a_wrong_typed_claim_is_401_not_500(client, factory, app, claim, value):
+    alice = factory.user("alice")
+    claims = {
+        "sub": str(alice.id),
+        "role": "agent",
+        "ver": 0,
+        "sid": "0" * 32,
+        "type": "access",
+        "jti": "j",
+        "iat": 1,
+        "exp": 2**31,
+        claim: value,
+    }
+    assert_error(
+        client.get("/api/agent/tickets/", headers=_signed(app, **claims)), 401, "invalid_token"
+    )
+
+
+def test_the_role_in_a_token_must_match_the_account(client, factory, app):
+    alice = factory.user("alice")
+    with app.app_context():
+        forged = access_token(alice.id, "admin", 0, new_session())
+    assert_error(client.get("/api/admin/queue/", headers=bearer(forged)), 401, "token_outdated")
+
+
+def test_401_messages_do_not_echo_the_token_decoder(client):
+    """A token that is not UTF-8 inside gets the same plain message as any bad token."""
+    for token in ("x\xc7.y.z", "eyJhbGciOiJIUzI1NiJ9.x8c.y", "a.b.c"):
+        error = assert_error(client.get("/api/agent/tickets/", headers=bearer(token)), 401)
+        assert error["code"] == "invalid_token"
+        assert "codec" not in error["message"] and "decode" not in error["message"]
+
+
 # -- 401 and 403 on every route ----------------------------------------------
 BAD_TOKENS = ["missing", "garbage", "not_bearer", "bad_signature", "expired", "revoked", "inactive"]
 
 
 def bad_headers(kind: str, client, app, user: User) -> dict[str, str]:
-    claims = {"role": user.role}
     with app.app_context():
         if kind == "missing":
             return {}
         if kind == "garbage":
             return bearer("definitely-not-a-jwt")
+        token = access_token(user.id, user.role, 0, new_session())
         if kind == "not_bearer":
-            return {"Authorization": create_access_token(str(user.id), additional_claims=claims)}
+            return {"Authorization": token}
         if kind == "bad_signature":
             forged = pyjwt.encode(
-                {"sub": str(user.id), "role": user.role, "type": "access", "jti": "x"},
+                {**claims_of(app, token), "exp": 2**31},
                 "another-secret-that-is-also-long-enough-0123",
                 algorithm="HS256",
             )
             return bearer(forged)
         if kind == "expired":
             token = create_access_token(
-                str(user.id), additional_claims=claims, expires_delta=timedelta(seconds=-10)
+                str(user.id),
+                additional_claims={"role": user.role, "ver": 0, "sid": new_session()},
+                expires_delta=timedelta(seconds=-10),
             )
             return bearer(token)
-        token = create_access_token(str(user.id), additional_claims=claims)
     if kind == "revoked":
         assert client.post("/api/auth/logout/", headers=bearer(token)).status_code == 204
         return bearer(token)
@@ -331,7 +534,7 @@ def bad_headers(kind: str, client, app, user: User) -> dict[str, str]:
 EXPECTED_CODES = {
     "missing": "missing_token",
     "garbage": "invalid_token",
-    "not_bearer": "missing_token",
+    "not_bearer": "invalid_token",
     "bad_signature": "invalid_token",
     "expired": "token_expired",
     "revoked": "token_revoked",
@@ -374,9 +577,9 @@ def test_refresh_token_on_a_route_is_401(client, app, world, route):
     method, path, body = route
     owner = world["admin"] if route in ADMIN_ROUTES else world["agent"]
     with app.app_context():
-        token = create_refresh_token(str(owner.id), additional_claims={"role": owner.role})
+        token = refresh_token(owner.id, owner.role, 0, new_session())
     before = snapshot(app)
-    assert_error(call(client, method, path, body, world, bearer(token)), 401, "invalid_token")
+    assert_error(call(client, method, path, body, world, bearer(token)), 401, "wrong_token_type")
     assert snapshot(app) == before
 
 
@@ -411,6 +614,35 @@ def test_too_many_login_attempts_are_429_with_retry_after(client, factory, app):
     assert int(throttled.headers["Retry-After"]) > 0
     # Another account from the same address is not slowed by alice's guesser.
     assert login(client, "bob").status_code == 200
+
+
+def test_a_spray_from_one_address_is_limited_across_usernames(client, factory, app):
+    limit = int(re.match(r"\s*(\d+)", app.config["LOGIN_ADDRESS_RATE_LIMIT"]).group(1))
+    checks = []
+    real = passwords.verify_password
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("service.auth.verify_password", lambda h, p: checks.append(1) or real(h, p))
+        for i in range(limit):
+            assert_error(login(client, f"user{i}", "guess-password"), 401, "invalid_credentials")
+        throttled = login(client, "another-user", "guess-password")
+    assert_error(throttled, 429, "rate_limited")
+    assert "address" in throttled.get_json()["error"]["message"]
+    # The refused attempt cost no password check: a spray's CPU is bounded.
+    assert len(checks) == limit
+
+
+def test_one_account_is_limited_across_addresses(client, factory, app):
+    factory.user("alice")
+    limit = int(re.match(r"\s*(\d+)", app.config["LOGIN_ACCOUNT_RATE_LIMIT"]).group(1))
+    statuses = [
+        client.post(
+            "/api/auth/token/",
+            json={"username": "alice", "password": "guess-password"},
+            environ_base={"REMOTE_ADDR": f"10.0.{i // 250}.{i % 250 + 1}"},
+        ).status_code
+        for i in range(limit + 1)
+    ]
+    assert statuses == [401] * limit + [429]
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/healthz/", "/readyz", "/readyz/"])

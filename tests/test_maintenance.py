@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import Factory, service_env
 from flask import Flask
-from helpers import insert_unqueued, queued_ids, reserved_ids
+from helpers import caller, insert_unqueued, queued_ids, reserved_ids
 from live import ROOT
 
 from service.domain.assignment import assign, sell
@@ -23,7 +23,7 @@ from service.domain.maintenance import push_missing, reap, reconcile, relay, tid
 from service.domain.rebuild import rebuild
 from service.domain.tickets import delete_ticket
 from service.extensions import db
-from service.models import RevokedToken, Ticket, utcnow
+from service.models import RevokedSession, Ticket, utcnow
 from service.queue import TicketQueue
 from service.state import ticket_queue
 
@@ -130,7 +130,7 @@ def test_reaper_returns_expired_reservations_to_the_queue_head(ctx, factory):
     assert queue.held(agent) == set()  # the dead fetch no longer counts against the agent
     assert queue.depth() == (6, 0)
     # The next fetch gets the oldest tickets again.
-    holding = assign(db.session, queue, agent, LEASE)
+    holding = assign(db.session, queue, caller(agent), LEASE)
     assert [t.id for t in holding.tickets] == ids
 
 
@@ -193,7 +193,7 @@ def test_reconcile_resyncs_held_sets_that_disagree(ctx, factory):
     queue = ctx
     a, b, c = factory.agents(3)
     factory.bulk_tickets(10)
-    fetched_a = [t.id for t in assign(db.session, queue, a, LEASE).tickets]  # takes all 10
+    fetched_a = [t.id for t in assign(db.session, queue, caller(a), LEASE).tickets]  # takes all 10
     assert len(fetched_a) == 10
     extra = factory.bulk_tickets(3)
     in_flight = crashed_fetch(queue, c, capacity=1)  # c's fetch in flight: must survive
@@ -211,8 +211,8 @@ def test_reconcile_clears_held_sets_of_sold_tickets_and_unknown_agents(ctx, fact
     queue = ctx
     agent = factory.agents(1)[0]
     factory.bulk_tickets(2)
-    held = [t.id for t in assign(db.session, queue, agent, LEASE).tickets]
-    sell(db.session, queue, agent, held[0])
+    held = [t.id for t in assign(db.session, queue, caller(agent), LEASE).tickets]
+    sell(db.session, queue, caller(agent), held[0])
     queue.client.sadd(queue.held_key(agent), held[0])  # the sale's cleanup "failed"
     queue.client.sadd(queue.held_key(999_999), held[1])  # no such agent
     assert reconcile(db.session, queue) == 2
@@ -224,7 +224,7 @@ def test_tidy_queue_takes_out_strays_and_fixes_order_without_pushing(ctx, factor
     queue = ctx
     agent = factory.agents(1)[0]
     ids = factory.bulk_tickets(4)
-    held = [t.id for t in assign(db.session, queue, agent, LEASE).tickets]
+    held = [t.id for t in assign(db.session, queue, caller(agent), LEASE).tickets]
     lost = insert_unqueued(1)  # the relay's business, not tidy_queue's
     queue.client.zadd(queue.queue_key, {str(held[0]): held[0]})  # a stale entry of a held ticket
     queue.client.zadd(queue.queue_key, {"x": 2})
@@ -240,10 +240,10 @@ def world(factory: Factory, queue: TicketQueue) -> dict[str, Any]:
     """Some agents holding and having sold tickets, a queue, a revoked token."""
     a, b = factory.agents(2, capacity=3)
     ids = factory.bulk_tickets(10)
-    held_a = [t.id for t in assign(db.session, queue, a, LEASE).tickets]
-    held_b = [t.id for t in assign(db.session, queue, b, LEASE).tickets]
-    sell(db.session, queue, a, held_a[0])
-    db.session.add(RevokedToken(jti="revoked-jti", expires_at=utcnow() + timedelta(hours=1)))
+    held_a = [t.id for t in assign(db.session, queue, caller(a), LEASE).tickets]
+    held_b = [t.id for t in assign(db.session, queue, caller(b), LEASE).tickets]
+    sell(db.session, queue, caller(a), held_a[0])
+    db.session.add(RevokedSession(sid="revoked-jti", expires_at=utcnow() + timedelta(hours=1)))
     db.session.commit()
     return {
         "a": a,

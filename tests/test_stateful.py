@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import reset_state
 from flask import Flask
-from helpers import reserved_ids
+from helpers import caller, reserved_ids
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -169,13 +169,13 @@ class Service(RuleBasedStateMachine):
         agent = self.pick(data, self.capacity)
         if not self.active[agent]:
             try:
-                assign(db.session, self.queue, agent, LEASE)
+                assign(db.session, self.queue, caller(agent), LEASE)
             except errors.Unauthorized:
                 return
             raise AssertionError("a deactivated agent got tickets")
         pool = self.pool()
         room = self.capacity[agent] - len(self.holds[agent])
-        got = {t.id for t in assign(db.session, self.queue, agent, LEASE).tickets}
+        got = {t.id for t in assign(db.session, self.queue, caller(agent), LEASE).tickets}
         new = sorted(got - self.holds[agent])
         assert self.holds[agent] <= got, "a fetch lost a ticket the agent held"
         assert len(got) <= self.capacity[agent]
@@ -194,7 +194,7 @@ class Service(RuleBasedStateMachine):
     def agent_sells(self, data: st.DataObject) -> None:
         agent = self.pick(data, [a for a, held in self.holds.items() if held])
         ticket_id = self.pick(data, self.holds[agent])
-        sold = sell(db.session, self.queue, agent, ticket_id)
+        sold = sell(db.session, self.queue, caller(agent), ticket_id)
         assert (sold.status, sold.agent_id) == ("sold", agent)
         self.holds[agent].discard(ticket_id)
         self.sold[ticket_id] = agent
@@ -206,9 +206,9 @@ class Service(RuleBasedStateMachine):
         seller = self.sold[ticket_id]
         other = next(a for a in self.capacity if a != seller)
         with pytest.raises(errors.Conflict):
-            sell(db.session, self.queue, seller, ticket_id)
+            sell(db.session, self.queue, caller(seller), ticket_id)
         with pytest.raises(errors.NotFound):
-            sell(db.session, self.queue, other, ticket_id)
+            sell(db.session, self.queue, caller(other), ticket_id)
 
     # -- failures and repairs ------------------------------------------------
     @precondition(lambda self: any(self.active.values()))

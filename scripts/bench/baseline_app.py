@@ -39,7 +39,7 @@ COLUMNS = "id, title, description, status, agent_id, created_at, updated_at, ass
 
 LOCK_AGENT = """
 SELECT capacity, is_active,
-       EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = %(jti)s) AS revoked
+       EXISTS (SELECT 1 FROM revoked_sessions WHERE sid = %(sid)s) AS revoked
 FROM users WHERE id = %(agent)s AND role = 'agent'
 FOR UPDATE
 """
@@ -73,7 +73,7 @@ WITH sold AS (
     UPDATE tickets SET status = 'sold', sold_at = now(), updated_at = now()
     WHERE id = %(ticket)s AND agent_id = %(agent)s AND status = 'assigned'
       AND EXISTS (SELECT 1 FROM users WHERE id = %(agent)s AND is_active)
-      AND NOT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = %(jti)s)
+      AND NOT EXISTS (SELECT 1 FROM revoked_sessions WHERE sid = %(sid)s)
     RETURNING {COLUMNS}
 ), logged AS (
     INSERT INTO ticket_events (ticket_id, kind, actor_id, agent_id, at)
@@ -128,7 +128,7 @@ def assign() -> Any:
     claims = get_jwt()
     if claims.get("role") != "agent":
         return _error(403, "forbidden", "this route needs the agent role")
-    params = {"agent": int(claims["sub"]), "jti": claims["jti"]}
+    params = {"agent": int(claims["sub"]), "sid": claims["sid"]}
     with transaction() as cur:
         cur.execute(LOCK_AGENT, params)
         agent = cur.fetchone()
@@ -146,7 +146,7 @@ def sell(ticket_id: int) -> Any:
     if claims.get("role") != "agent":
         return _error(403, "forbidden", "this route needs the agent role")
     with transaction() as cur:
-        cur.execute(SELL, {"agent": int(claims["sub"]), "jti": claims["jti"], "ticket": ticket_id})
+        cur.execute(SELL, {"agent": int(claims["sub"]), "sid": claims["sid"], "ticket": ticket_id})
         row = cur.fetchone()
     if row is None:
         return _error(404, "not_found", f"you hold no ticket {ticket_id}")

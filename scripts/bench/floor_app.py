@@ -58,7 +58,7 @@ def _db() -> Any:
 
 @jwt.token_in_blocklist_loader
 def _revoked(_header: dict[str, Any], payload: dict[str, Any]) -> bool:
-    return _queue.revocation(payload["jti"])[0]
+    return _queue.revocation(payload["sid"])[0]
 
 
 def _json(body: Any, status: int = 200) -> Response:

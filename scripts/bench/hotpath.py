@@ -38,8 +38,8 @@ def _tickets(reply: Any) -> list[dict[str, Any]]:
 # Nested steps overlap (the revocation check is inside the JWT check).
 CPU_STEPS = [
     ("whole request (Flask.wsgi_app)", "wsgi_app", "flask/app.py"),
-    ("JWT check, revocation included", "verify_jwt_in_request", "flask_jwt_extended/"),
-    ("  revocation check (Redis MGET)", "is_token_revoked", "service/auth.py"),
+    ("JWT check, revocation included", "authenticate", "service/auth.py"),
+    ("  revocation check (Redis MGET)", "session_revoked", "service/auth.py"),
     ("assign()", "assign", "service/domain/assignment.py"),
     ("  holding(): the fast path SELECT", "holding", "service/domain/assignment.py"),
     ("  reserve.lua call", "reserve", "service/queue.py"),
@@ -134,17 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     paths = args.paths.split(",")
     try:
         with app.app_context():
-            from flask_jwt_extended import create_access_token
+            from service.auth import access_token, new_session
 
             headers = [
-                {
-                    "Authorization": "Bearer "
-                    + create_access_token(
-                        identity=str(agent),
-                        additional_claims={"role": "agent"},
-                        expires_delta=seed.TOKEN_LIFETIME,
-                    )
-                }
+                {"Authorization": "Bearer " + access_token(agent, "agent", 0, new_session())}
                 for agent in range(1, AGENTS + 1)
             ]
         turn = iter(range(10**12))

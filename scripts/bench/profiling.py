@@ -22,7 +22,7 @@ RATE = 200  # samples per second per process
 # (function, part of the file path).
 STEPS: list[tuple[str, str, str]] = [
     ("revocation check (Redis MGET)", "is_token_revoked", "service/auth.py"),
-    ("JWT decode and checks", "verify_jwt_in_request", "flask_jwt_extended/view_decorators.py"),
+    ("JWT decode and checks", "authenticate", "service/auth.py"),
     ("holding SELECT", "holding", "service/domain/assignment.py"),
     ("reserve.lua", "reserve", "service/queue.py"),
     ("confirm transaction", "confirm", "service/domain/assignment.py"),

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from flask_jwt_extended import create_access_token
 
+from service.auth import new_session
+
 from . import TICKET_DESCRIPTION, TICKET_TITLE
 
 if TYPE_CHECKING:
@@ -119,7 +121,7 @@ class Seeder:
             session = db.session
             session.execute(
                 sa.text(
-                    "TRUNCATE users, tickets, ticket_events, revoked_tokens "
+                    "TRUNCATE users, tickets, ticket_events, revoked_sessions "
                     "RESTART IDENTITY CASCADE"
                 )
             )
@@ -180,7 +182,7 @@ class Seeder:
                 f"{agent} "
                 + create_access_token(
                     identity=str(agent),
-                    additional_claims={"role": "agent"},
+                    additional_claims={"role": "agent", "ver": 0, "sid": new_session()},
                     expires_delta=TOKEN_LIFETIME,
                 )
                 for agent in range(1, agents + 1)

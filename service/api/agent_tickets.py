@@ -5,12 +5,12 @@ from __future__ import annotations
 from flask import Response, current_app, g, jsonify
 
 from .. import errors
-from ..auth import current_user_id, role_required
+from ..auth import current_claims, role_required
 from ..domain import assignment
 from ..extensions import db
 from ..schemas import ErrorSchema, HoldingSchema, TicketSchema, holding_json, ticket_json
 from ..state import ticket_queue
-from . import Blueprint
+from . import TICKET_ID, Blueprint
 
 blp = Blueprint(
     "agent_tickets", __name__, url_prefix="/api/agent/tickets", description="Tickets (agent)"
@@ -29,7 +29,7 @@ def assign() -> Response:
     result = assignment.assign(
         db.session,
         ticket_queue(),
-        current_user_id(),
+        current_claims(),
         lease_seconds=current_app.config["RESERVATION_LEASE_SECONDS"],
     )
     return jsonify(holding_json(result.tickets, result.capacity))
@@ -40,15 +40,15 @@ def assign() -> Response:
 @role_required("agent", load_user=False)
 def held() -> Response:
     """What you hold, unsold, in creation order; assigns nothing."""
-    result = assignment.holding(db.session, current_user_id())
+    result = assignment.holding(db.session, current_claims())
     return jsonify(holding_json(result.tickets, result.capacity))
 
 
-@blp.route("/sell/<int:ticket_id>/", methods=["POST"])
+@blp.route(f"/sell/{TICKET_ID}/", methods=["POST"])
 @blp.response(200, TicketSchema)
 @blp.alt_response(409, schema=ErrorSchema, description="You already sold this ticket")
 @role_required("agent", load_user=False)
 def sell(ticket_id: int) -> Response:
     """Sell (close) a ticket you hold."""
-    sold = assignment.sell(db.session, ticket_queue(), current_user_id(), ticket_id)
+    sold = assignment.sell(db.session, ticket_queue(), current_claims(), ticket_id)
     return jsonify(ticket_json(sold))

@@ -6,12 +6,15 @@ from typing import Any
 
 from flask import g
 
-from .. import auth, errors
+from .. import auth
 from ..ratelimit import limit_login_attempts
 from ..schemas import AccessTokenSchema, ErrorSchema, LoginSchema, TokenSchema
 from . import RETRY_AFTER, Blueprint
 
 blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Tokens")
+
+# Tokens must not be kept by a browser or a proxy cache.
+NO_STORE = {"Cache-Control": "no-store"}
 
 
 @blp.route("/token/", methods=["POST"])
@@ -25,29 +28,24 @@ blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Tokens")
     description="Too many attempts for this username from this address",
     headers=RETRY_AFTER,
 )
-def login(credentials: dict[str, str]) -> dict[str, Any]:
+def login(credentials: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
     """Exchange a username and password for an access and a refresh token."""
-    user = auth.find_user_by_name(credentials["username"])
-    if (
-        user is None
-        or not user.is_active
-        or not auth.verify_password(user.password_hash, credentials["password"])
-    ):
-        raise errors.Unauthorized("wrong username or password", code="invalid_credentials")
-    return auth.issue_tokens(user)
+    user = auth.login(credentials["username"], credentials["password"])
+    return auth.issue_tokens(user), NO_STORE
 
 
 @blp.route("/refresh/", methods=["POST"])
 @blp.response(200, AccessTokenSchema)
 @auth.role_required("any", token="refresh")
-def refresh() -> dict[str, Any]:
-    """Exchange a refresh token (as bearer) for a new access token."""
-    return auth.refresh_access_token(g.user)
+def refresh() -> tuple[dict[str, Any], dict[str, str]]:
+    """Exchange a refresh token (as bearer) for a new access token in the same session."""
+    return auth.refresh_access_token(g.user, auth.current_claims()), NO_STORE
 
 
 @blp.route("/logout/", methods=["POST"])
 @blp.response(204)
 @auth.role_required("any", token="any")
 def logout() -> None:
-    """Revoke the presented token (access or refresh) at once, in every process."""
-    auth.revoke_current_token()
+    """End the session: the presented token, its refresh token and every access token
+    refreshed from it stop working at once, in every process."""
+    auth.revoke_session(auth.current_claims())

@@ -32,7 +32,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import errors, metrics
-from ..auth import ensure_active
+from ..auth import Claims, ensure_current
 from ..database import autocommit, single_write
 from ..models import Ticket, User, utcnow
 from ..queue import TicketQueue
@@ -73,7 +73,13 @@ class Confirmation:
 _users = User.__table__
 _tickets = Ticket.__table__
 _HOLDING = (
-    select(_users.c.is_active, _users.c.role, _users.c.capacity, *_tickets.c)
+    select(
+        _users.c.is_active,
+        _users.c.role,
+        _users.c.token_version,
+        _users.c.capacity,
+        *_tickets.c,
+    )
     .select_from(
         _users.outerjoin(
             _tickets, (_tickets.c.agent_id == _users.c.id) & (_tickets.c.status == "assigned")
@@ -84,16 +90,16 @@ _HOLDING = (
 )
 
 
-def holding(session: DbSession, agent_id: int) -> Holding:
+def holding(session: DbSession, caller: Claims) -> Holding:
     """The agent's unsold tickets, with its account checked, in one SELECT.
 
     The SELECT runs alone, in autocommit, on a connection of its own (not the
     session's): one round trip, with no BEGIN before it and no ROLLBACK after.
+    The account check (active, the token's version and role) reads the same row.
     """
     with session.get_bind().engine.connect() as conn, autocommit(conn):
-        rows = conn.execute(_HOLDING, {"agent_id": agent_id}).all()
-    if not rows or not rows[0].is_active:
-        ensure_active(None)  # raises: the one rule for inactive or deleted accounts
+        rows = conn.execute(_HOLDING, {"agent_id": caller.user_id}).all()
+    ensure_current(rows[0] if rows else None, caller)
     if rows[0].role != "agent" or rows[0].capacity is None:
         raise errors.Forbidden("only agents hold tickets")
     return Holding([row for row in rows if row.id is not None], rows[0].capacity)
@@ -199,9 +205,10 @@ def stale_reservations(session: DbSession, agent_id: int, ids: Sequence[int]) ->
     ]
 
 
-def assign(session: DbSession, queue: TicketQueue, agent_id: int, lease_seconds: int) -> Holding:
+def assign(session: DbSession, queue: TicketQueue, caller: Claims, lease_seconds: int) -> Holding:
     """Top the agent up to its capacity and return what it holds."""
-    current = holding(session, agent_id)
+    agent_id = caller.user_id
+    current = holding(session, caller)
     if len(current.tickets) >= current.capacity:
         return current  # the fast path: one indexed SELECT, no Redis work
     capacity = current.capacity
@@ -265,22 +272,35 @@ def assign(session: DbSession, queue: TicketQueue, agent_id: int, lease_seconds:
     return Holding(tickets, capacity)
 
 
-# A sale is one guarded UPDATE that also checks the seller's account, so the
-# route needs no separate user lookup.
+# A sale is one guarded UPDATE that also checks the seller's account (active, and
+# the token's version and role), so the route needs no separate user lookup.
 _SELL = (
     update(_tickets)
     .where(
         _tickets.c.id == bindparam("sale_ticket"),
         _tickets.c.agent_id == bindparam("seller"),
         _tickets.c.status == "assigned",
-        select(_users.c.id).where(_users.c.id == bindparam("seller"), _users.c.is_active).exists(),
+        select(_users.c.id)
+        .where(
+            _users.c.id == bindparam("seller"),
+            _users.c.is_active,
+            _users.c.token_version == bindparam("seller_version"),
+            _users.c.role == "agent",
+        )
+        .exists(),
     )
     .values(status="sold", sold_at=bindparam("sold_now"), updated_at=bindparam("sold_now"))
     .returning(*_tickets.c)
 )
 # Why a sale matched nothing: the seller's account, and the ticket if it exists.
 _SALE_REFUSED = (
-    select(_users.c.is_active, _tickets.c.agent_id, _tickets.c.status)
+    select(
+        _users.c.is_active,
+        _users.c.role,
+        _users.c.token_version,
+        _tickets.c.agent_id,
+        _tickets.c.status,
+    )
     .select_from(_users.outerjoin(_tickets, _tickets.c.id == bindparam("sale_ticket")))
     .where(_users.c.id == bindparam("seller"))
 )
@@ -291,16 +311,23 @@ _SALE_REFUSED = (
 _SELL_LOGGED = events.LoggedChange("sold", _SELL, actor="seller", agent="seller", at="sold_now")
 
 
-def sell(session: DbSession, queue: TicketQueue, agent_id: int, ticket_id: int) -> Any:
+def sell(session: DbSession, queue: TicketQueue, caller: Claims, ticket_id: int) -> Any:
     """Close a ticket the agent holds; return its row. A sold ticket stays with its seller."""
+    agent_id = caller.user_id
     now = utcnow()
-    params = {"sale_ticket": ticket_id, "seller": agent_id, "sold_now": now}
+    params = {
+        "sale_ticket": ticket_id,
+        "seller": agent_id,
+        "seller_version": caller.version,
+        "sold_now": now,
+    }
     with single_write(session.get_bind().engine) as conn:
         sold = _SELL_LOGGED.execute(conn, params)
         why = None if sold else conn.execute(_SALE_REFUSED, params).one_or_none()
     if not sold:
-        if why is None or not why.is_active:
-            raise errors.Unauthorized("the account is inactive or no longer exists")
+        ensure_current(why, caller)
+        if why is None or why.role != "agent":
+            raise errors.Forbidden("only agents hold tickets")
         if why.agent_id == agent_id and why.status == "sold":
             raise errors.Conflict(f"ticket {ticket_id} is already sold", code="already_sold")
         raise errors.NotFound(f"you hold no ticket {ticket_id}")

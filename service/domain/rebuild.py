@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 from sqlalchemy import select
 
-from ..models import RevokedToken, utcnow
+from ..models import RevokedSession, utcnow
 from ..queue import TicketQueue
 from . import DbSession
 from .maintenance import (
@@ -43,7 +43,7 @@ class RebuildSummary:
     out_of_order: int = 0  # queued with a score other than the id: score reset
     held_fixed: int = 0  # agents whose held set disagreed with PostgreSQL: resynced
     reservations_cleared: int = 0  # expired, or of taken or deleted tickets: ended
-    revoked: int = 0  # revoked tokens missing from the Redis blocklist: restored
+    revoked: int = 0  # logged-out sessions missing from the Redis blocklist: restored
     dry_run: bool = False
     completed: bool = False  # the epoch was set (False on a dry run, or after a wipe meanwhile)
     seconds: float = 0.0
@@ -136,12 +136,12 @@ def _clear_reservations(
 def _restore_revocations(session: DbSession, queue: TicketQueue, dry_run: bool) -> int:
     now = utcnow()
     entries: list[tuple[str, int]] = []
-    for token in session.scalars(select(RevokedToken).where(RevokedToken.expires_at > now)):
+    for revoked in session.scalars(select(RevokedSession).where(RevokedSession.expires_at > now)):
         # SQLite (embedded mode) hands back naive datetimes; they are UTC.
-        expires = token.expires_at
+        expires = revoked.expires_at
         if expires.tzinfo is None:
             expires = expires.replace(tzinfo=now.tzinfo)
-        entries.append((token.jti, int((expires - now).total_seconds()) + 1))
+        entries.append((revoked.sid, int((expires - now).total_seconds()) + 1))
     session.rollback()
     restored = queue.restore_revocations(entries, dry_run=dry_run)
     if restored:

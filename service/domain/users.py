@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import redis.exceptions
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .. import errors
@@ -36,11 +36,12 @@ def create_user(
     default_capacity: int,
 ) -> User:
     """Create a user. Agents get a capacity (the default unless given); admins none."""
-    if role != "agent":
-        capacity = None
-    elif capacity is None:
+    if role != "agent" and capacity is not None:
+        raise _only_agents("capacity")
+    if role == "agent" and capacity is None:
         capacity = default_capacity
-    if session.scalar(select(User.id).where(User.username == username)) is not None:
+    taken = select(User.id).where(func.lower(User.username) == username.lower())
+    if session.scalar(taken) is not None:
         raise errors.Conflict(f"username {username!r} is taken", code="duplicate_username")
     user = User(
         username=username,
@@ -83,13 +84,15 @@ def update_user(
         raise errors.NotFound(f"no user {user_id}")
     if "capacity" in changes and changes["capacity"] is not None and user.role != "agent":
         session.rollback()
-        raise errors.ValidationFailed(
-            "capacity: only agents have a capacity",
-            fields={"capacity": "only agents have a capacity"},
-        )
+        raise _only_agents("capacity")
+    if changes.get("is_active") is False and user.role == "admin" and user.is_active:
+        _keep_an_admin(session, user, actor_id)
     if "password" in changes:
         user.password_hash = hash_password(changes["password"])
+        user.token_version += 1  # every token issued before stops working
     if "is_active" in changes:
+        if user.is_active and not changes["is_active"]:
+            user.token_version += 1  # and reactivation will not bring them back
         user.is_active = bool(changes["is_active"])
     if changes.get("capacity") is not None:
         user.capacity = int(changes["capacity"])
@@ -112,6 +115,35 @@ def update_user(
     if released:
         requeue_best_effort(queue, user.id, released)
     return user
+
+
+def _only_agents(field: str) -> errors.ValidationFailed:
+    return errors.ValidationFailed(
+        f"{field}: only agents have a {field}", fields={field: f"only agents have a {field}"}
+    )
+
+
+# Deactivations of admins take this transaction-level lock (PostgreSQL), so two
+# admins deactivating each other at once are checked one after the other and
+# cannot both succeed. (SQLite runs one write transaction at a time anyway.)
+_ADMIN_ROSTER_LOCK = 0x7471_0001
+
+
+def _keep_an_admin(session: DbSession, admin: User, actor_id: int) -> None:
+    """Refuse to deactivate the acting admin itself, or the last active admin."""
+    if admin.id == actor_id:
+        session.rollback()
+        raise errors.Conflict("an admin cannot deactivate itself", code="cannot_deactivate_self")
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(_ADMIN_ROSTER_LOCK)))
+    others = session.scalar(
+        select(func.count())
+        .select_from(User)
+        .where(User.role == "admin", User.is_active, User.id != admin.id)
+    )
+    if not others:
+        session.rollback()
+        raise errors.Conflict("the last active admin cannot be deactivated", code="last_admin")
 
 
 def release(session: DbSession, agent_id: int, ticket_ids: list[int], *, actor_id: int) -> None:
