@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping
 from logging import getLogger
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response, request
 from sqlalchemy import inspect
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import metrics, ratelimit
@@ -58,6 +60,8 @@ def create_app(env: Mapping[str, str] | None = None, **overrides: Any) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
 
     register_extensions(app)
+    register_body_limit(app)
+    register_security_headers(app)
     register_blueprints(app)
     register_errorhandlers(app)
     register_commands(app)
@@ -67,16 +71,14 @@ def create_app(env: Mapping[str, str] | None = None, **overrides: Any) -> Flask:
 
 
 def register_extensions(app: Flask) -> None:
-    from .auth import register_jwt_callbacks
-
     db.init_app(app)
     migrate.init_app(app, db, directory=str(Path(__file__).resolve().parent.parent / "migrations"))
     # Before the other request hooks, so every request is timed and logged
     # whatever a later hook does.
     init_request_logging(app)
     metrics.init_app(app)
+    # flask-jwt-extended issues the tokens; service/auth.py verifies them.
     jwt.init_app(app)
-    register_jwt_callbacks(app)
     ratelimit.init_app(app)
     client = make_redis(app.config["REDIS_URL"], app.config["REDIS_CLUSTER"])
     app.extensions["ticket_queue"] = TicketQueue(client, app.config["REDIS_KEY_PREFIX"])
@@ -85,6 +87,40 @@ def register_extensions(app: Flask) -> None:
             serialise_sqlite(db.engine)
         elif db.engine.dialect.name == "postgresql":
             replace_closed_connections(db.engine)
+
+
+def register_body_limit(app: Flask) -> None:
+    """A chunked body (no Content-Length) over ``MAX_BODY_BYTES`` is a 413 too.
+
+    werkzeug stops reading a stream at the limit and hands on what it read, so
+    an oversized chunked body reached the views cut short and answered 400
+    (malformed JSON). Reading it here, one byte past the limit, tells the two
+    apart; what fits is handed on with its length, like any other body.
+    """
+
+    @app.before_request
+    def _bounded_chunked_body() -> None:
+        environ = request.environ
+        if request.content_length is not None or "chunked" not in (
+            request.headers.get("Transfer-Encoding", "").lower()
+        ):
+            return
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        body = environ["wsgi.input"].read(limit + 1)
+        if len(body) > limit:
+            raise RequestEntityTooLarge()
+        environ.update({"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))})
+
+
+def register_security_headers(app: Flask) -> None:
+    """Headers every response carries: no content sniffing, and no caching of what
+    the API answers (tokens, tickets) unless a route says otherwise (static assets)."""
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
 
 
 def register_blueprints(app: Flask) -> None:

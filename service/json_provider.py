@@ -4,8 +4,12 @@ The agent routes answer 15 tickets per request, and stdlib ``json`` plus a
 Python ISO formatter per timestamp was a tenth of their CPU. orjson writes
 the same compact document in C, with datetimes in ISO 8601 as the API says:
 PostgreSQL sessions run in UTC (service/config.py) and SQLite's naive values
-are UTC, so every time comes out as ``...+00:00``. Request bodies are still
-read by the standard parser (webargs and Flask's error handling rely on it).
+are UTC, so every time comes out as ``...+00:00``.
+
+Request bodies are read by orjson too: anything it refuses (nesting too deep,
+a number out of range, invalid UTF-8) raises a ValueError, which Flask and
+webargs answer as malformed JSON; the standard parser raised RecursionError
+on deep nesting, which became a 500.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ def _default(value: Any) -> Any:
 class OrjsonProvider(DefaultJSONProvider):
     def dumps(self, obj: Any, **kwargs: Any) -> str:
         return self._dump(obj).decode()
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return orjson.loads(s)
 
     def response(self, *args: Any, **kwargs: Any) -> Response:
         body = self._dump(self._prepare_response_obj(args, kwargs)) + b"\n"

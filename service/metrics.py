@@ -13,6 +13,7 @@ not counted by anyone: they are computed with two cheap queries at scrape time.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import time
@@ -34,6 +35,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from .config import ConfigError
+from .errors import NotFound, Unauthorized
+from .logging import route_label
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +66,9 @@ RESERVATIONS_RETURNED = Counter(
     "Expired reservations the reaper returned to the queue head.",
 )
 
-# The route label of a request that matched no URL rule (a 404).
-UNMATCHED_ROUTE = "<unmatched>"
+# The method label: anything else (a client may send any token as its method)
+# is counted as OTHER, so no request can add a series.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 # -- the calls the rest of the service makes ---------------------------------
@@ -86,20 +90,20 @@ def reservations_returned(count: int) -> None:
 
 
 # -- per-request hooks --------------------------------------------------------
-def route_label() -> str:
-    """The URL rule that matched (``/api/admin/tickets/<int:ticket_id>/``), never the raw path."""
-    rule = request.url_rule
-    return rule.rule if rule is not None else UNMATCHED_ROUTE
-
-
 def _start_timer() -> None:
     g.metrics_started = time.perf_counter()
+
+
+def method_label() -> str:
+    return request.method if request.method in KNOWN_METHODS else "OTHER"
 
 
 def _observe(response: Response) -> Response:
     started = g.pop("metrics_started", None)
     if started is not None:
-        labels = (route_label(), request.method, str(response.status_code))
+        # Every label is bounded: the URL rules, seven methods and OTHER, and
+        # the statuses werkzeug knows.
+        labels = (route_label(), method_label(), str(response.status_code))
         HTTP_REQUESTS.labels(*labels).inc()
         HTTP_LATENCY.labels(*labels).observe(time.perf_counter() - started)
     return response
@@ -173,7 +177,17 @@ class BacklogCollector(Collector):
 
 
 def render() -> Response:
-    """The Prometheus exposition the scraper asked for, summed over every worker process."""
+    """The Prometheus exposition the scraper asked for, summed over every worker process.
+
+    Only for operators: the scraper presents ``METRICS_TOKEN`` as a bearer token,
+    and with no token configured the route is off.
+    """
+    expected = current_app.config["METRICS_TOKEN"]
+    if expected is None:
+        raise NotFound("metrics are off: set METRICS_TOKEN and scrape with it as a bearer token")
+    presented = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(presented.encode(), expected.encode()):
+        raise Unauthorized("scrape /metrics with the METRICS_TOKEN as a bearer token")
     registry = current_app.extensions["metrics_registry"]
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     return Response(encoder(registry), headers={"Content-Type": content_type})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,14 +23,27 @@ class StrictInteger(fields.Integer):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
+# The largest ids: tickets and events are 64-bit, users 32-bit. A bigger one in a
+# path is a 404, in a query a 400; the document states both.
+MAX_TICKET_ID = 2**63 - 1
+MAX_USER_ID = 2**31 - 1
+
+
 class Text(fields.String):
     """A string PostgreSQL can store: no NUL character, no lone surrogate (from a
-    JSON escape like "\\ud800"). Either would otherwise fail deep in the driver."""
+    JSON escape like "\\ud800"). Either would otherwise fail deep in the driver.
+    The document says so with a pattern."""
 
     default_error_messages = {
         "nul": "must not contain NUL characters",
         "unicode": "must be valid Unicode",
     }
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # A field with a pattern of its own (which excludes NUL) keeps it.
+        if not any(isinstance(v, validate.Regexp) for v in self.validators):
+            self.metadata = {"pattern": "^[^\\u0000]*$", **self.metadata}
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
@@ -105,10 +119,11 @@ class AccessTokenSchema(Schema):
 
 
 # -- users ---------------------------------------------------------------
-USERNAME = validate.And(
+# A list, not validate.And: the document then shows the length and the pattern.
+USERNAME = [
     validate.Length(min=3, max=64),
     WholeMatch(r"^[A-Za-z0-9_.-]+$", error="only letters, digits, '_', '.' and '-'"),
-)
+]
 PASSWORD = validate.Length(min=8, max=256)
 CAPACITY = validate.Range(min=1, max=1000)
 
@@ -157,26 +172,70 @@ class UserQuerySchema(Schema):
         load_default=50,
         metadata={"description": "Items per page"},
     )
-    cursor = Text(
+    cursor = fields.String(
         load_default=None,
+        validate=[validate.Length(min=1, max=20), WholeMatch(r"^[0-9]+$", error="not a cursor")],
         metadata={"description": "The `next_cursor` of the previous page"},
     )
 
 
 # -- tickets -------------------------------------------------------------
-TITLE = validate.Length(min=1, max=200)
+# A title needs a visible character, and may contain no control character
+# (C0, DEL, C1). What counts as invisible: whitespace and the format characters
+# that render as nothing (zero-width spaces and joiners, bidi controls, the
+# byte-order mark, variation selectors...). One pattern serves the check and
+# the document, so a generated client sends only titles the server takes.
+_CONTROL = "\\u0000-\\u001f\\u007f-\\u009f"
+_INVISIBLE = (
+    "\\s\\u00ad\\u034f\\u061c\\u115f\\u1160\\u17b4\\u17b5\\u180b-\\u180f"
+    "\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u206f\\u3164\\ufe00-\\ufe0f"
+    "\\ufeff\\uffa0\\ufff0-\\ufff8"
+)
+TITLE_PATTERN = f"^[^{_CONTROL}]*[^{_INVISIBLE}{_CONTROL}][^{_CONTROL}]*$"
 DESCRIPTION = validate.Length(max=10_000)
+
+
+class Title(Text):
+    """A ticket's title: checked as sent (1 to 200 characters, a visible one among
+    them, no control character), then stored without surrounding whitespace."""
+
+    default_error_messages = {
+        "blank": "must not be blank",
+        "control": "must not contain control characters",
+    }
+    _control = re.compile(f"[{_CONTROL}]")
+    _visible = re.compile(f"[^{_INVISIBLE}{_CONTROL}]")
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            validate=validate.Length(min=1, max=200),
+            metadata={"pattern": TITLE_PATTERN},
+            **kwargs,
+        )
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if self._control.search(text):
+            raise self.make_error("control")
+        if not self._visible.search(text):
+            raise self.make_error("blank")
+        return text
+
+    def deserialize(self, *args: Any, **kwargs: Any) -> Any:
+        # Validators (the length) run on the title as sent; what is stored is trimmed.
+        value = super().deserialize(*args, **kwargs)
+        return value.strip() if isinstance(value, str) else value
 
 
 class TicketCreateSchema(Schema):
     """Create, or replace (PUT): a missing description is empty."""
 
-    title = Text(required=True, validate=TITLE)
+    title = Title(required=True)
     description = Text(validate=DESCRIPTION, load_default="")
 
 
 class TicketPatchSchema(PatchSchema):
-    title = Text(validate=TITLE)
+    title = Title()
     description = Text(validate=DESCRIPTION)
 
 
@@ -187,7 +246,7 @@ class TicketQuerySchema(UserQuerySchema):
         metadata={"description": "Only tickets in this state"},
     )
     agent_id = fields.Integer(
-        validate=validate.Range(min=1),
+        validate=validate.Range(min=1, max=MAX_USER_ID),
         load_default=None,
         metadata={"description": "Only tickets held or sold by this agent"},
     )

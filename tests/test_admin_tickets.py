@@ -212,12 +212,76 @@ def test_list_filters_by_status_and_agent(client, admin_headers, factory):
         ("limit=501", "limit"),
         ("limit=ten", "limit"),
         ("cursor=%%%", "cursor"),
+        ("cursor=aWQ6MQ", "cursor"),
+        ("agent_id=2147483648", "agent_id"),
+        ("agent_id=2899933502080377946112", "agent_id"),
     ],
 )
 def test_list_bad_query_is_400(client, admin_headers, query, field):
     response = client.get(f"/api/admin/tickets/?{query}", headers=admin_headers)
     error = assert_error(response, 400, "validation_error")
     assert field in error["fields"]
+
+
+def test_a_cursor_past_every_id_gives_an_empty_page(client, admin_headers, factory):
+    factory.tickets(2)
+    for cursor in ("9223372036854775807", "99999999999999999999"):
+        page = client.get(f"/api/admin/tickets/?cursor={cursor}", headers=admin_headers)
+        assert page.status_code == 200
+        assert page.get_json() == {"items": [], "next_cursor": None}
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE"])
+@pytest.mark.parametrize("ticket_id", ["9223372036854775808", "2899933502080377946112", "0"])
+def test_an_id_beyond_the_column_is_404_not_500(client, admin_headers, app, method, ticket_id):
+    before = state(app)
+    body = {"title": "t"} if method in ("PUT", "PATCH") else None
+    response = client.open(
+        f"/api/admin/tickets/{ticket_id}/", method=method, json=body, headers=admin_headers
+    )
+    assert_error(response, 404, "not_found")
+    events = client.get(f"/api/admin/tickets/{ticket_id}/events/", headers=admin_headers)
+    assert_error(events, 404, "not_found")
+    assert state(app) == before
+
+
+# A title is trimmed; a blank one (whitespace or invisible characters only) or one
+# with a control character is refused.
+@pytest.mark.parametrize(
+    "title, message",
+    [
+        (" ", "blank"),
+        ("\u00a0", "blank"),
+        ("\u200b\u200b", "blank"),
+        ("\ufeff \u2060", "blank"),
+        (" \t\n ", "control"),
+        ("a\u001b[31mred", "control"),
+        ("line\nbreak", "control"),
+        ("bell\u0007", "control"),
+        ("c1\u0085", "control"),
+    ],
+)
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
+def test_blank_and_control_titles_are_refused(client, admin_headers, app, method, title, message):
+    existing = create(client, admin_headers)
+    before = state(app)
+    url = "/api/admin/tickets/" + ("" if method == "POST" else f"{existing['id']}/")
+    response = client.open(url, method=method, json={"title": title}, headers=admin_headers)
+    error = assert_error(response, 400, "validation_error")
+    assert message in error["fields"]["title"]
+    assert state(app) == before
+
+
+def test_titles_are_trimmed(client, admin_headers):
+    created = create(client, admin_headers, title="  \u00a0printer on fire  ")
+    assert created["title"] == "printer on fire"
+    edited = client.patch(
+        f"/api/admin/tickets/{created['id']}/", json={"title": "  ok  "}, headers=admin_headers
+    )
+    assert edited.get_json()["title"] == "ok"
+    # Emoji joined by zero-width joiners are visible text, and kept as sent.
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+    assert create(client, admin_headers, title=family)["title"] == family
 
 
 def test_show_unknown_ticket_is_404(client, admin_headers):

@@ -16,7 +16,15 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import PASSWORD, TEST_DATABASE_URL, Factory, close_app, fresh_app, service_env
+from conftest import (
+    METRICS_AUTH,
+    PASSWORD,
+    TEST_DATABASE_URL,
+    Factory,
+    close_app,
+    fresh_app,
+    service_env,
+)
 from flask import Flask
 from flask.testing import FlaskClient
 from helpers import assert_error, queued_ids, reserved_ids
@@ -318,7 +326,7 @@ def test_postgres_down_every_route_503_then_recovers(world: World) -> None:
         assert_error(response, 503, "database_unavailable")
     assert_error(c.get("/readyz"), 503, "not_ready")
     assert c.get("/healthz").status_code == 200
-    metrics = c.get("/metrics")
+    metrics = c.get("/metrics", headers=METRICS_AUTH)
     assert metrics.status_code == 200
     assert 'tq_scrape_error{dependency="database"} 1.0' in metrics.get_data(as_text=True)
     assert world.redis_state() == redis_before, "a refused request changed Redis"

@@ -6,15 +6,51 @@ from collections.abc import Callable
 from typing import Any
 
 import flask_smorest
+import orjson
 from flask import Flask
+from webargs import core
 from webargs.core import is_json
-from webargs.flaskparser import FlaskParser, abort
+from webargs.flaskparser import FlaskParser, abort, is_json_request
+from werkzeug.routing import BaseConverter
 
 from ..extensions import rest_api
 from ..logging import SANE_REQUEST_ID
 from ..schemas import ErrorSchema
 
 SECURITY_SCHEME = "bearerAuth"
+METRICS_SCHEME = "metricsToken"
+
+
+class IdConverter(BaseConverter):
+    """A path id, bounded by its column (tickets 64-bit, users 32-bit).
+
+    Any run of digits matches, and an id out of range becomes 0, which no row
+    has: the view answers 404 like for any other missing id. (werkzeug's own
+    ``int(max=...)`` refuses the match instead, and then a PUT to a huge id is
+    a 405, because the GET rule of the same path was matched first.)
+    """
+
+    regex = r"\d+"
+    part_isolating = True
+
+    def __init__(self, url_map: Any, max: int) -> None:  # noqa: A002 - werkzeug's argument name
+        super().__init__(url_map)
+        self.max = int(max)
+
+    def to_python(self, value: str) -> int:
+        number = int(value) if len(value) <= 20 else 0
+        return number if 1 <= number <= self.max else 0
+
+    def to_url(self, value: Any) -> str:
+        return str(int(value))
+
+
+def _id_parameter(converter: IdConverter) -> dict[str, Any]:
+    return {"type": "integer", "minimum": 1, "maximum": converter.max}
+
+
+TICKET_ID = "<id(max=9223372036854775807):ticket_id>"
+USER_ID = "<id(max=2147483647):user_id>"
 
 # What each error status that follows from how a view is declared means (API.md,
 # "Errors"); a view declares its own others (409, 429) with alt_response.
@@ -61,6 +97,22 @@ class Parser(FlaskParser):
         if not is_json(req.mimetype):
             abort(415, message="the body must be application/json")
         return super().load_json(req, schema)
+
+    def _raw_load_json(self, req: Any) -> Any:
+        """The body parsed by orjson: nesting too deep, a number too large for a
+        double or invalid UTF-8 is a JSONDecodeError like any malformed body (400
+        ``malformed_json``), where the standard parser raised RecursionError or
+        ValueError (a 500)."""
+        if not is_json_request(req):
+            return core.missing
+        body = req.get_data(cache=True)
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            if not body:
+                return core.missing  # no body at all: the fields are missing
+            # (webargs would take an error without a document for an empty body.)
+            self._handle_invalid_json_error(exc, req)
 
 
 class Blueprint(flask_smorest.Blueprint):
@@ -132,7 +184,9 @@ def init_api(app: Flask) -> None:
     # Every status an operation answers with is listed on it; no catch-all
     # "default" response that would make any status look documented.
     rest_api.DEFAULT_ERROR_RESPONSE_NAME = None
+    app.url_map.converters["id"] = IdConverter
     rest_api.init_app(app)
+    rest_api.register_converter(IdConverter, _id_parameter)
     rest_api.spec.components.security_scheme(
         SECURITY_SCHEME,
         {
@@ -141,6 +195,14 @@ def init_api(app: Flask) -> None:
             "bearerFormat": "JWT",
             "description": "An access token from POST /api/auth/token/ (a refresh token "
             "for POST /api/auth/refresh/)",
+        },
+    )
+    rest_api.spec.components.security_scheme(
+        METRICS_SCHEME,
+        {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "The operators' METRICS_TOKEN, for Prometheus scrapes of /metrics",
         },
     )
 

@@ -21,7 +21,7 @@ from ..schemas import (
     TicketSchema,
 )
 from ..state import ticket_queue
-from . import Blueprint
+from . import TICKET_ID, Blueprint
 
 blp = Blueprint("admin_tickets", __name__, url_prefix="/api/admin", description="Tickets (admin)")
 
@@ -47,7 +47,7 @@ def list_tickets(query: dict[str, Any]) -> dict[str, Any]:
     return {"items": items, "next_cursor": next_cursor}
 
 
-@blp.route("/tickets/<int:ticket_id>/", methods=["GET"])
+@blp.route(f"/tickets/{TICKET_ID}/", methods=["GET"])
 @blp.response(200, TicketSchema)
 @role_required("admin")
 def get_ticket(ticket_id: int) -> Ticket:
@@ -55,7 +55,7 @@ def get_ticket(ticket_id: int) -> Ticket:
     return tickets.get_ticket(db.session, ticket_id)
 
 
-@blp.route("/tickets/<int:ticket_id>/", methods=["PUT"])
+@blp.route(f"/tickets/{TICKET_ID}/", methods=["PUT"])
 @role_required("admin")
 @blp.arguments(TicketCreateSchema)
 @blp.response(200, TicketSchema)
@@ -64,7 +64,7 @@ def put_ticket(body: dict[str, str], ticket_id: int) -> Ticket:
     return tickets.update_ticket(db.session, ticket_id, body)
 
 
-@blp.route("/tickets/<int:ticket_id>/", methods=["PATCH"])
+@blp.route(f"/tickets/{TICKET_ID}/", methods=["PATCH"])
 @role_required("admin")
 @blp.arguments(TicketPatchSchema)
 @blp.response(200, TicketSchema)
@@ -73,7 +73,7 @@ def patch_ticket(body: dict[str, str], ticket_id: int) -> Ticket:
     return tickets.update_ticket(db.session, ticket_id, body)
 
 
-@blp.route("/tickets/<int:ticket_id>/", methods=["DELETE"])
+@blp.route(f"/tickets/{TICKET_ID}/", methods=["DELETE"])
 @blp.response(204)
 @role_required("admin")
 def delete_ticket(ticket_id: int) -> None:
@@ -81,7 +81,7 @@ def delete_ticket(ticket_id: int) -> None:
     tickets.delete_ticket(db.session, ticket_queue(), ticket_id, actor_id=g.user.id)
 
 
-@blp.route("/tickets/<int:ticket_id>/events/", methods=["GET"])
+@blp.route(f"/tickets/{TICKET_ID}/events/", methods=["GET"])
 @blp.response(200, TicketEventListSchema)
 @role_required("admin")
 def ticket_history(ticket_id: int) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from ..schemas import (
     UserSchema,
 )
 from ..state import ticket_queue
-from . import Blueprint
+from . import USER_ID, Blueprint
 
 blp = Blueprint("admin_users", __name__, url_prefix="/api/admin/users", description="Users (admin)")
 
@@ -48,7 +48,7 @@ def list_users(query: dict[str, Any]) -> dict[str, Any]:
     return {"items": items, "next_cursor": next_cursor}
 
 
-@blp.route("/<int:user_id>/", methods=["GET"])
+@blp.route(f"/{USER_ID}/", methods=["GET"])
 @blp.response(200, UserSchema)
 @role_required("admin")
 def get_user(user_id: int) -> User:
@@ -56,10 +56,15 @@ def get_user(user_id: int) -> User:
     return users.get_user(db.session, user_id)
 
 
-@blp.route("/<int:user_id>/", methods=["PATCH"])
+@blp.route(f"/{USER_ID}/", methods=["PATCH"])
 @role_required("admin")
 @blp.arguments(UserPatchSchema)
 @blp.response(200, UserSchema)
+@blp.alt_response(
+    409,
+    schema=ErrorSchema,
+    description="An admin deactivating itself, or the last active admin",
+)
 def patch_user(changes: dict[str, Any], user_id: int) -> User:
     """Change a password, deactivate or reactivate, or set an agent's capacity."""
     return users.update_user(db.session, ticket_queue(), user_id, changes, actor_id=g.user.id)

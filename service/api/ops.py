@@ -17,7 +17,7 @@ from ..errors import error_response
 from ..extensions import db
 from ..schemas import ErrorSchema
 from ..state import ticket_queue
-from . import Blueprint
+from . import METRICS_SCHEME, Blueprint
 
 blp = Blueprint("ops", __name__, description="Operations", uses_backends=False)
 
@@ -91,12 +91,16 @@ def readyz() -> Any:
 
 
 @blp.route("/metrics", methods=["GET"])
+@blp.doc(security=[{METRICS_SCHEME: []}])
 @blp.response(
     200,
     {"type": "string"},
     content_type="text/plain",
     description="Prometheus text exposition format",
 )
+@blp.alt_response(401, schema=ErrorSchema, description="No METRICS_TOKEN, or the wrong one")
+@blp.alt_response(404, schema=ErrorSchema, description="Metrics are off (no METRICS_TOKEN set)")
 def prometheus_metrics() -> Response:
-    """Prometheus metrics: requests, latency, assignments, sells, queue depth, drift."""
+    """Prometheus metrics: requests, latency, assignments, sells, queue depth, drift.
+    For operators: the scraper presents METRICS_TOKEN as a bearer token."""
     return metrics.render()
