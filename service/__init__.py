@@ -44,8 +44,8 @@ def create_app(env: Mapping[str, str] | None = None, **overrides: Any) -> Flask:
         OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/api",
         OPENAPI_JSON_PATH="openapi.json",
-        OPENAPI_SWAGGER_UI_PATH="/docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        # No OPENAPI_SWAGGER_UI_*: the docs at /api/docs are service/pages.py's,
+        # served from this origin.
     )
     app.config.update(overrides)
     app.json = OrjsonProvider(app)
@@ -125,8 +125,12 @@ def register_security_headers(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     from .api import register_blueprints as register
+    from .pages import bp as pages
 
     register(app)
+    # Pages for a browser, not API operations: on the app itself, so flask-smorest
+    # leaves them out of the OpenAPI document.
+    app.register_blueprint(pages)
 
 
 def register_errorhandlers(app: Flask) -> None:

@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 import redis
 import sqlalchemy as sa
+from browser import Problems, launch_chromium, open_page
 from flask import Flask
 from flask.testing import FlaskClient
+from playwright.sync_api import Browser, Page
 from redis_server import RedisServer
 
 from service import create_app
@@ -249,3 +251,18 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium (tests/browser.py), started once per run by the first test that
+    asks for it. A test that asks for it fails where the browser cannot start."""
+    with launch_chromium() as chromium:
+        yield chromium
+
+
+@pytest.fixture
+def browser_page(browser: Browser) -> Iterator[tuple[Page, Problems]]:
+    """A fresh page and the problems seen on it (console errors, failed requests)."""
+    with open_page(browser) as opened:
+        yield opened
