@@ -4,22 +4,27 @@ Runs ``python -m scripts.bench`` for a second per scenario against its own
 database (the test database's name + ``_bench``) and the test Redis db, then
 checks that every scenario ran on every target it should (the floor on the fast
 path, a paced steady state on the product), that the audit ran
-and found nothing, and that the table and the plot were written. Also runs the
-in-process hot-path probe for a few requests.
+and found nothing, and that the table and the plot were written. Also checks
+that the floor's top-up answers as the product does, and runs the in-process
+hot-path probe for a few requests.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import TEST_DATABASE_URL, TEST_REDIS_URL
+from conftest import JWT_SECRET, TEST_DATABASE_URL, TEST_REDIS_URL
+from flask_jwt_extended import create_access_token
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DATABASE_URL = (
@@ -106,6 +111,97 @@ def test_benchmark_runs_every_scenario_and_audits(tmp_path):
     assert "| 3 cold fill | baseline | 20 |" in table
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob("tokens-*")), "tokens must not be left behind"
+
+
+@pytest.fixture
+def seeded() -> Iterator[Any]:
+    """The benchmark's seeder on its migrated database: 2 agents one short, 100 queued."""
+    from scripts.bench import seed
+
+    settings = seed.Settings(BENCH_DATABASE_URL, TEST_REDIS_URL, JWT_SECRET)
+    seed.ensure_database(BENCH_DATABASE_URL)
+    seed.migrate({**os.environ, **settings.service_env()})
+    seeder = seed.Seeder(settings)
+    seeder.seed(agents=2, capacity=15, held=14, unassigned=100)
+    try:
+        yield seeder
+    finally:
+        seeder.close()
+
+
+@pytest.fixture
+def floor(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The floor app, imported with the bench database's environment."""
+    monkeypatch.setenv("JWT_SECRET_KEY", JWT_SECRET)
+    monkeypatch.setenv("DATABASE_URL", BENCH_DATABASE_URL)
+    monkeypatch.setenv("REDIS_URL", TEST_REDIS_URL)
+    name = "scripts.bench.floor_app"
+    # It reads its settings when imported: a fresh import for this environment.
+    module = importlib.reload(sys.modules[name]) if name in sys.modules else None
+    module = module or importlib.import_module(name)
+    try:
+        yield module
+    finally:
+        if module._conn is not None:
+            module._conn.close()
+        module._queue.client.close()
+
+
+def _token(app: Any, agent: int) -> dict[str, str]:
+    with app.app_context():
+        token = create_access_token(identity=str(agent), additional_claims={"role": "agent"})
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _events(seeder: Any, kind: str) -> list[tuple[int, int]]:
+    from service.extensions import db
+
+    with seeder.app.app_context():
+        rows = db.session.execute(
+            sa.text("SELECT ticket_id, agent_id FROM ticket_events WHERE kind = :k ORDER BY 1"),
+            {"k": kind},
+        ).all()
+        db.session.rollback()
+    return [tuple(r) for r in rows]
+
+
+def test_floor_tops_up_and_sells_as_the_product_does(seeded, floor):
+    from scripts.bench import audit
+
+    product = seeded.app.test_client()
+    floor_client = floor.app.test_client()
+    agent1, agent2 = _token(seeded.app, 1), _token(seeded.app, 2)
+    # Agent 1 holds 1..14, agent 2 holds 15..28; the queue starts at 29.
+    by_product = product.get("/api/agent/tickets/assign/", headers=agent1)
+    by_floor = floor_client.get("/api/agent/tickets/assign/", headers=agent2)
+    assert by_product.status_code == by_floor.status_code == 200
+    p, f = by_product.get_json(), by_floor.get_json()
+    assert [t["id"] for t in p["tickets"]] == [*range(1, 15), 29]
+    assert [t["id"] for t in f["tickets"]] == [*range(15, 29), 30]
+    assert p["capacity"] == f["capacity"] == 15
+    assert f["tickets"][-1]["status"] == "assigned" and f["tickets"][-1]["agent_id"] == 2
+    # The same document, field by field: the product's answer for agent 2 now
+    # is exactly what the floor answered (a full agent: the fast path).
+    again = product.get("/api/agent/tickets/assign/", headers=agent2).get_json()
+    assert again == f
+    assert _events(seeded, "assigned") == [(29, 1), (30, 2)]
+
+    # A sale through the floor, then the top-up it leaves room for.
+    sold = floor_client.post("/api/agent/tickets/sell/15/", headers=agent2)
+    assert sold.status_code == 200
+    assert sold.get_json()["status"] == "sold" and sold.get_json()["sold_at"]
+    assert floor_client.post("/api/agent/tickets/sell/15/", headers=agent2).status_code == 404
+    topped = floor_client.get("/api/agent/tickets/assign/", headers=agent2).get_json()
+    assert [t["id"] for t in topped["tickets"]] == [*range(16, 29), 30, 31]
+    assert _events(seeded, "sold") == [(15, 2)]
+    assert _events(seeded, "assigned") == [(29, 1), (30, 2), (31, 2)]
+    assert seeded.queue.held(2) == set(range(16, 29)) | {30, 31}
+    # Other agents' tokens are refused for sales of tickets they do not hold.
+    assert floor_client.post("/api/agent/tickets/sell/16/", headers=agent1).status_code == 404
+    # What the floor left in PostgreSQL and Redis is what the product's audit expects.
+    by, violations = audit.audit_product(seeded.app)
+    assert violations == [], (by, violations)
+    assert seeded.queue_depth()[0] == 100 - 3
 
 
 def test_hot_path_probe_runs():
