@@ -3,10 +3,11 @@
 Runs ``python -m scripts.bench`` for a second per scenario against its own
 database (the test database's name + ``_bench``) and the test Redis db, then
 checks that every scenario ran on every target it should (the floor on the fast
-path, a paced steady state on the product), that the audit ran
-and found nothing, and that the table and the plot were written. Also checks
-that the floor's top-up answers as the product does, and runs the in-process
-hot-path probe for a few requests.
+path and the top-up, a paced steady state on the product),
+that the product's workers ran beside it and their CPU was counted apart from
+the API's, that the audit ran and found nothing, and that the table and the
+plot were written. Also checks that the floor's top-up answers as the product
+does, and runs the in-process hot-path probe for a few requests.
 """
 
 from __future__ import annotations
@@ -54,6 +55,26 @@ def _bench(*args: str, timeout: int = 240) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _check_workers(out: Path, rows: list[dict[str, Any]]) -> None:
+    """The product ran with its workers: started and stopped cleanly once per
+    scenario, connected to PostgreSQL, their CPU counted apart from the API's."""
+    product = [r for r in rows if r["target"] == "product"]
+    log = (out / "workers.log").read_text()
+    assert log.count("workers started") == len(product), log[-3000:]
+    assert log.count("workers stopped") == len(product), log[-3000:]
+    for row in rows:
+        if row["target"] != "product":
+            assert row["workers_cpu"] is None, row
+            continue
+        share = row["workers_cpu"]
+        assert share["backends"] >= 1, row  # their connections were told apart
+        assert share["process_pct"] >= 0 and share["postgres_pct"] >= 0, row
+        assert share["total_pct"] == pytest.approx(
+            share["process_pct"] + share["postgres_pct"], abs=0.011
+        )
+        assert row["cpu"]["backends"]["pg_api"] >= 1, row
+
+
 def test_benchmark_runs_every_scenario_and_audits(tmp_path):
     done = _bench(
         "scripts.bench",
@@ -65,17 +86,20 @@ def test_benchmark_runs_every_scenario_and_audits(tmp_path):
         "--deep-agents=10",
         "--depths=100,1000",
         "--connections=4",
+        "--settle=0.5",
         f"--results={tmp_path}",
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = tmp_path / "latest"
     result = json.loads((out / "result.json").read_text())
-    ran = {(r["scenario"], r["target"]) for r in result["results"]}
+    rows = result["results"]
+    ran = {(r["scenario"], r["target"]) for r in rows}
     assert ran == {
         ("fast", "ceiling"),
         ("fast", "floor"),
         ("fast", "product"),
         ("steady", "ceiling"),
+        ("steady", "floor"),
         ("steady", "product"),
         ("steady-paced", "product"),
         ("steady", "baseline"),
@@ -85,23 +109,30 @@ def test_benchmark_runs_every_scenario_and_audits(tmp_path):
         ("deep-fast", "product"),
         ("deep-topup", "product"),
     }
-    assert sorted(r["depth"] for r in result["results"] if r["scenario"] == "deep-fast") == [
-        100,
-        1000,
-    ]
-    for row in result["results"]:
-        assert row["rps"] > 0 and row["p99_ms"] > 0, row
-        assert not row["problems"], row
-        if row["target"] in ("ceiling", "floor"):
+    assert sorted(r["depth"] for r in rows if r["scenario"] == "deep-fast") == [100, 1000]
+    _check_workers(out, rows)
+    for row in rows:
+        if row["target"] == "ceiling" or (row["target"] == "floor" and row["scenario"] == "fast"):
             assert row["audit"] is None  # they change nothing
         else:
             assert row["audit"]["violations"] == [], row
+        assert not row["problems"], row
+        assert row["rps"] > 0 and row["p99_ms"] > 0, row
+        if row["target"] == "ceiling":
+            # No connection to PostgreSQL: nothing of the shared server is its.
+            assert row["cpu_ms"]["postgres"] == 0, row
+        else:
+            assert row["cpu_ms"]["postgres"] > 0, row
         if row["scenario"] == "steady-paced":
             # Each connection pauses between requests: part of the maximum.
             assert row["think_ms"] > 0 and row["vs_ceiling"] is None, row
-            assert row["of_max"] > 0, row
+            assert row["vs_floor"] is None and row["of_max"] > 0, row
         elif row["target"] != "ceiling":
             assert row["vs_ceiling"] is not None
+        if row["target"] == "floor":
+            assert row["vs_floor"] == 1.0, row
+        if row["target"] == "product" and row["scenario"] not in ("cold", "steady-paced"):
+            assert row["vs_floor"] is not None, row
         if row["scenario"] in ("steady", "steady-paced", "deep-topup"):
             # Every cycle is a sale and a fetch that tops up.
             assert row["load"]["sells"] > 0 and row["load"]["fetches"] > 0, row
@@ -109,6 +140,7 @@ def test_benchmark_runs_every_scenario_and_audits(tmp_path):
             assert row["load"]["fetches"] == 20, row
     table = (out / "table.md").read_text()
     assert "| 3 cold fill | baseline | 20 |" in table
+    assert "| × ceiling | × floor |" in table
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob("tokens-*")), "tokens must not be left behind"
 

@@ -14,7 +14,7 @@ SCENARIOS = {
     "deep-fast": "4 deep queue, fast path",
     "deep-topup": "4 deep queue, top-up",
 }
-# The ceiling run each scenario is compared with.
+# The ceiling run, and the floor run, each scenario is compared with.
 CEILING_OF: dict[str, str | None] = {
     "fast": "fast",
     "steady": "steady",
@@ -23,19 +23,37 @@ CEILING_OF: dict[str, str | None] = {
     "deep-fast": "fast",
     "deep-topup": "steady",
 }
+FLOOR_OF: dict[str, str | None] = {
+    "fast": "fast",
+    "steady": "steady",
+    "steady-paced": None,
+    "cold": None,  # the floor does not run it
+    "deep-fast": "fast",
+    "deep-topup": "steady",
+}
+# The product's targets the table checks.
+PACED_P99_TARGET_MS = 100.0
+
+
+def _ratio(row: dict[str, Any], references: list[dict[str, Any]], kind: str | None) -> Any:
+    """req/s over the reference run's on path ``kind``, at the nearest agent count."""
+    same = [r for r in references if kind and r["scenario"] == kind and r["rps"]]
+    if not same or not row["rps"]:
+        return None
+    reference = min(same, key=lambda r: abs(r["agents"] - row["agents"]))
+    return round(row["rps"] / reference["rps"], 3)
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """Set ``vs_ceiling``: req/s over the ceiling's, same path, nearest agent count."""
+    """Set ``vs_ceiling`` and ``vs_floor``: req/s over the ceiling's and the floor's,
+    same path, nearest agent count."""
     ceilings = [r for r in rows if r["target"] == "ceiling"]
+    floors = [r for r in rows if r["target"] == "floor"]
     for row in rows:
-        kind = CEILING_OF[row["scenario"]]
-        same = [c for c in ceilings if kind and c["scenario"] == kind and c["rps"]]
-        if not same:
-            row["vs_ceiling"] = None
-            continue
-        ceiling = min(same, key=lambda c: abs(c["agents"] - row["agents"]))
-        row["vs_ceiling"] = round(row["rps"] / ceiling["rps"], 3)
+        row["vs_ceiling"] = _ratio(row, ceilings, CEILING_OF[row["scenario"]])
+        row["vs_floor"] = (
+            _ratio(row, floors, FLOOR_OF[row["scenario"]]) if row["target"] != "ceiling" else None
+        )
 
 
 def write_json(path: Path, result: dict[str, Any]) -> None:
@@ -56,8 +74,43 @@ def _cpu(row: dict[str, Any]) -> str:
     )
 
 
+def _workers(row: dict[str, Any]) -> str:
+    share = row.get("workers_cpu")
+    if not share:
+        return "–"
+    return f"{share['process_pct']:.1f} + {share['postgres_pct']:.1f} = {share['total_pct']:.1f}"
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    audit = row["audit"]
+    if audit is None:
+        verdict = "n/a"
+    elif audit["violations"]:
+        verdict = f"**{len(audit['violations'])} violations**"
+    else:
+        verdict = "ok"
+    if row["problems"]:
+        verdict += " (" + "; ".join(row["problems"]) + ")"
+    return verdict
+
+
+def _targets(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per target the product has: met or missed, with the figure."""
+    lines = []
+    for row in rows:
+        if row["scenario"] == "steady-paced" and row["target"] == "product":
+            met = "met" if row["p99_ms"] < PACED_P99_TARGET_MS else "**missed**"
+            lines.append(
+                f"- paced steady state, {row['agents']:,} agents at {row['of_max']:.2f} of the"
+                f" maximum: p99 {row['p99_ms']:,.1f} ms (target < {PACED_P99_TARGET_MS:.0f} ms:"
+                f" {met})"
+            )
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     meta = result["meta"]
+    rows = result["results"]
     lines = [
         "# Benchmark results",
         "",
@@ -65,41 +118,42 @@ def markdown(result: dict[str, Any]) -> str:
         f" {meta['cpus']} CPUs, load average {meta['load_average']} at the start.",
         f"gunicorn: `{' '.join(meta['gunicorn'])}`, {meta.get('workers', 'default')} workers;"
         f" wrk: {meta['wrk_threads']} threads,"
-        f" up to {meta['connections']} connections, {meta['duration']} s per run.",
+        f" up to {meta['connections']} connections, {meta['duration']} s per run."
+        " The product runs with `python -m workers` beside it.",
         "",
-        "req/s counts every answered request (in scenario 2 and the deep top-up, a sale and"
-        " a fetch per cycle); p50 and p99 are of the fetches only. × ceiling is req/s over"
-        " the ceiling app's for the same path and agent count. CPU ms/req is the CPU time"
-        " the app's workers, PostgreSQL and Redis spent per answered request, read from"
-        " /proc over the run: steadier than req/s on a shared machine, and it says where"
-        " the time goes. The floor is the fast path's required work alone (JWT check,"
-        " revocation MGET, the SELECT through bare psycopg2, orjson), with no framework"
-        " around it. A paced run repeats the steady state with each connection pausing"
-        " between requests, offering part of the maximum (the fraction it reached is"
-        " given): the latency below the maximum, where a flat-out run measures mostly"
-        " the wait in the listen queue.",
-        "",
-        "| scenario | target | agents | queued | req/s | p50 ms | p99 ms | × ceiling"
-        " | CPU ms/req: app + PostgreSQL + Redis | audit |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
-    for row in result["results"]:
-        audit = row["audit"]
-        if audit is None:
-            verdict = "n/a"
-        elif audit["violations"]:
-            verdict = f"**{len(audit['violations'])} violations**"
-        else:
-            verdict = "ok"
-        if row["problems"]:
-            verdict += " (" + "; ".join(row["problems"]) + ")"
+    if targets := _targets(rows):
+        lines += ["The product's targets:", "", *targets, ""]
+    lines += [
+        "req/s counts every answered request (in scenario 2 and the deep top-up, a sale and"
+        " a fetch per cycle); p50 and p99 are of the fetches only. × ceiling and × floor are"
+        " req/s over the ceiling app's and the floor's for the same path and agent count."
+        " API CPU ms/req is the CPU time the app's gunicorn workers, their own PostgreSQL"
+        " backends and Redis spent per answered request, read from /proc over the run:"
+        " steadier than req/s on a shared machine, and it says where the time goes. Workers"
+        " is the CPU of `python -m workers` and of its PostgreSQL backends over the same"
+        " run, as % of one core (CPU seconds per second). The floor is the required work"
+        " alone, with no framework around it: on the fast path the JWT check, the revocation"
+        " MGET, the SELECT through bare psycopg2 and orjson; on a top-up also one"
+        " reserve.lua call and one transaction with the product's statements. A paced run"
+        " repeats the steady state with each connection pausing between requests, offering"
+        " part of the maximum (the fraction it reached is given): the latency below the"
+        " maximum, where a flat-out run measures mostly the wait in the listen queue.",
+        "",
+        "| scenario | target | agents | queued | req/s | p50 ms | p99 ms | × ceiling | × floor"
+        " | API CPU ms/req: app + PostgreSQL + Redis | workers, % of a core: process +"
+        " PostgreSQL | audit |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for row in rows:
         scenario = SCENARIOS[row["scenario"]]
         if row.get("of_max") is not None:
             scenario += f" ({row['of_max']:.2f} of the maximum, {row['think_ms']} ms pauses)"
         lines.append(
             f"| {scenario} | {row['target']} | {row['agents']:,} |"
             f" {row['queued']:,} | {_fmt(row['rps'])} | {_fmt(row['p50_ms'], 2)} |"
-            f" {_fmt(row['p99_ms'], 2)} | {_fmt(row['vs_ceiling'], 2)} | {_cpu(row)} | {verdict} |"
+            f" {_fmt(row['p99_ms'], 2)} | {_fmt(row['vs_ceiling'], 2)} |"
+            f" {_fmt(row.get('vs_floor'), 2)} | {_cpu(row)} | {_workers(row)} | {_verdict(row)} |"
         )
     return "\n".join(lines) + "\n"
 
