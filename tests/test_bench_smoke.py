@@ -3,11 +3,12 @@
 Runs ``python -m scripts.bench`` for a second per scenario against its own
 database (the test database's name + ``_bench``) and the test Redis db, then
 checks that every scenario ran on every target it should (the floor on the fast
-path and the top-up, a paced steady state on the product),
+path and the top-up, a paced steady state on the product, the idle backlog),
 that the product's workers ran beside it and their CPU was counted apart from
 the API's, that the audit ran and found nothing, and that the table and the
-plot were written. Also checks that the floor's top-up answers as the product
-does, and runs the in-process hot-path probe for a few requests.
+plot were written. Also runs scenario 5 in its quick form alone, checks that
+the floor's top-up answers as the product does, and runs the in-process
+hot-path probe for a few requests.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def _check_workers(out: Path, rows: list[dict[str, Any]]) -> None:
         assert share["total_pct"] == pytest.approx(
             share["process_pct"] + share["postgres_pct"], abs=0.011
         )
-        assert row["cpu"]["backends"]["pg_api"] >= 1, row
+        assert row["cpu"]["backends"].get("pg_api", 0) >= (row["scenario"] != "idle"), row
 
 
 def test_benchmark_runs_every_scenario_and_audits(tmp_path):
@@ -86,6 +87,9 @@ def test_benchmark_runs_every_scenario_and_audits(tmp_path):
         "--deep-agents=10",
         "--depths=100,1000",
         "--connections=4",
+        "--idle-agents=20",
+        "--idle-tickets=2000",
+        "--idle-seconds=3",
         "--settle=0.5",
         f"--results={tmp_path}",
     )
@@ -108,6 +112,7 @@ def test_benchmark_runs_every_scenario_and_audits(tmp_path):
         ("cold", "baseline"),
         ("deep-fast", "product"),
         ("deep-topup", "product"),
+        ("idle", "product"),
     }
     assert sorted(r["depth"] for r in rows if r["scenario"] == "deep-fast") == [100, 1000]
     _check_workers(out, rows)
@@ -117,6 +122,8 @@ def test_benchmark_runs_every_scenario_and_audits(tmp_path):
         else:
             assert row["audit"]["violations"] == [], row
         assert not row["problems"], row
+        if row["scenario"] == "idle":
+            continue
         assert row["rps"] > 0 and row["p99_ms"] > 0, row
         if row["target"] == "ceiling":
             # No connection to PostgreSQL: nothing of the shared server is its.
@@ -138,11 +145,32 @@ def test_benchmark_runs_every_scenario_and_audits(tmp_path):
             assert row["load"]["sells"] > 0 and row["load"]["fetches"] > 0, row
         if row["scenario"] == "cold":
             assert row["load"]["fetches"] == 20, row
+    idle = next(r for r in rows if r["scenario"] == "idle")
+    assert idle["queued"] == 2000 and idle["agents"] == 20, idle
+    assert idle["cpu"]["spent"]["workers"] > 0, idle  # the relay scanned the queue
     table = (out / "table.md").read_text()
     assert "| 3 cold fill | baseline | 20 |" in table
     assert "| × ceiling | × floor |" in table
+    assert "## 5 idle backlog: no traffic" in table
+    assert "\n| 20 | 2,000 | 3 |" in table
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob("tokens-*")), "tokens must not be left behind"
+
+
+def test_idle_backlog_runs_alone_in_its_quick_form(tmp_path):
+    done = _bench("scripts.bench", "--quick", "--scenarios=5", f"--results={tmp_path}")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = tmp_path / "latest"
+    rows = json.loads((out / "result.json").read_text())["results"]
+    assert [(r["scenario"], r["target"]) for r in rows] == [("idle", "product")]
+    (idle,) = rows
+    # The quick backlog: 20,000 tickets behind 200 full agents, 5 s with no traffic.
+    assert (idle["agents"], idle["queued"], idle["queued_after"]) == (200, 20_000, 20_000)
+    assert idle["cpu"]["seconds"] == pytest.approx(5, abs=1)
+    assert idle["cpu"]["spent"]["workers"] > 0, idle
+    assert idle["audit"]["violations"] == [] and not idle["problems"], idle
+    _check_workers(out, rows)
+    assert "target < 2%" in (out / "table.md").read_text()
 
 
 @pytest.fixture

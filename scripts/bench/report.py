@@ -13,6 +13,7 @@ SCENARIOS = {
     "cold": "3 cold fill",
     "deep-fast": "4 deep queue, fast path",
     "deep-topup": "4 deep queue, top-up",
+    "idle": "5 idle backlog (no traffic)",
 }
 # The ceiling run, and the floor run, each scenario is compared with.
 CEILING_OF: dict[str, str | None] = {
@@ -22,6 +23,7 @@ CEILING_OF: dict[str, str | None] = {
     "cold": "cold",
     "deep-fast": "fast",
     "deep-topup": "steady",
+    "idle": None,
 }
 FLOOR_OF: dict[str, str | None] = {
     "fast": "fast",
@@ -30,9 +32,11 @@ FLOOR_OF: dict[str, str | None] = {
     "cold": None,  # the floor does not run it
     "deep-fast": "fast",
     "deep-topup": "steady",
+    "idle": None,
 }
 # The product's targets the table checks.
 PACED_P99_TARGET_MS = 100.0
+IDLE_WORKERS_TARGET_PCT = 2.0
 
 
 def _ratio(row: dict[str, Any], references: list[dict[str, Any]], kind: str | None) -> Any:
@@ -105,6 +109,48 @@ def _targets(rows: list[dict[str, Any]]) -> list[str]:
                 f" maximum: p99 {row['p99_ms']:,.1f} ms (target < {PACED_P99_TARGET_MS:.0f} ms:"
                 f" {met})"
             )
+        if row["scenario"] == "idle" and row["workers_cpu"]:
+            total = row["workers_cpu"]["total_pct"]
+            met = "met" if total < IDLE_WORKERS_TARGET_PCT else "**missed**"
+            lines.append(
+                f"- idle backlog, {row['queued']:,} queued, {row['agents']:,} agents: the"
+                f" workers and their PostgreSQL backends use {total:.1f}% of one core"
+                f" (target < {IDLE_WORKERS_TARGET_PCT:.0f}%: {met})"
+            )
+    return lines
+
+
+def _idle_table(rows: list[dict[str, Any]]) -> list[str]:
+    idle = [r for r in rows if r["scenario"] == "idle"]
+    if not idle:
+        return []
+    lines = [
+        "",
+        "## 5 idle backlog: no traffic",
+        "",
+        "Every agent full, the backlog queued (by the product's rebuild), the workers"
+        " started and settled, then the CPU of every process read over the window with no"
+        " request at all, as % of one core. Redis is the whole server's (it is shared)."
+        " The API is gunicorn, idle; the rest of PostgreSQL is its background processes"
+        " and any other database on the server.",
+        "",
+        "| agents | queued | seconds | workers | their PostgreSQL | workers total"
+        f" (target < {IDLE_WORKERS_TARGET_PCT:.0f}%) | Redis | API | API's PostgreSQL"
+        " | rest of PostgreSQL | audit |",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for row in idle:
+        cpu = row["cpu"]
+        if not cpu:
+            lines.append(f"| {row['agents']:,} | {row['queued']:,} | – |" + " – |" * 7 + " |")
+            continue
+        pct = cpu["percent"]
+        lines.append(
+            f"| {row['agents']:,} | {row['queued']:,} | {cpu['seconds']:.0f} |"
+            f" {pct['workers']:.2f} | {pct['pg_workers']:.2f} |"
+            f" {row['workers_cpu']['total_pct']:.2f} | {pct['redis']:.2f} | {pct['app']:.2f} |"
+            f" {pct['pg_api']:.2f} | {pct['pg_rest']:.2f} | {_verdict(row)} |"
+        )
     return lines
 
 
@@ -146,6 +192,8 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for row in rows:
+        if row["scenario"] == "idle":
+            continue
         scenario = SCENARIOS[row["scenario"]]
         if row.get("of_max") is not None:
             scenario += f" ({row['of_max']:.2f} of the maximum, {row['think_ms']} ms pauses)"
@@ -155,6 +203,7 @@ def markdown(result: dict[str, Any]) -> str:
             f" {_fmt(row['p99_ms'], 2)} | {_fmt(row['vs_ceiling'], 2)} |"
             f" {_fmt(row.get('vs_floor'), 2)} | {_cpu(row)} | {_workers(row)} | {_verdict(row)} |"
         )
+    lines += _idle_table(rows)
     return "\n".join(lines) + "\n"
 
 

@@ -3,7 +3,8 @@
 For each target (the ceiling app, the floor, the product, the PostgreSQL-only
 baseline) one gunicorn with the production settings; for each scenario a fresh
 seeded state, one wrk run (for the product with ``python -m workers`` running
-beside it), then the invariant audit. Results go to ``bench-results/<time>/``
+beside it), then the invariant audit. Scenario 5 sends no traffic at all: it
+measures what the workers cost at rest. Results go to ``bench-results/<time>/``
 (result.json, table.md, plot.png); ``--publish`` also copies the table and the
 plot to docs/bench/.
 """
@@ -38,12 +39,14 @@ ROOT = seed.ROOT
 TARGETS = ("ceiling", "floor", "product", "baseline")
 # Which targets each scenario runs on: the baseline only where it has something
 # to say (the top-up path), the ceiling wherever there is a ratio to give, the
-# floor on the fast path and the top-up (what their required work alone reaches).
+# floor on the fast path and the top-up (what their required work alone
+# reaches), the idle backlog on the product alone (its workers at rest).
 SCENARIO_TARGETS = {
     1: ("ceiling", "floor", "product"),
     2: ("ceiling", "floor", "product", "baseline"),
     3: ("ceiling", "product", "baseline"),
     4: ("product",),
+    5: ("product",),
 }
 
 FULL = {
@@ -54,6 +57,9 @@ FULL = {
     "deep_agents": 1000,
     "depths": [10_000, 1_000_000],
     "connections": 32,
+    "idle_agents": 10_000,
+    "idle_tickets": 1_000_000,
+    "idle_seconds": 60.0,
     "settle": 5.0,
 }
 QUICK = {
@@ -64,6 +70,9 @@ QUICK = {
     "deep_agents": 100,
     "depths": [1000, 10_000],
     "connections": 16,
+    "idle_agents": 200,
+    "idle_tickets": 20_000,
+    "idle_seconds": 5.0,
     "settle": 1.0,
 }
 
@@ -86,6 +95,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--deep-agents", type=int, help="agents in 4 (default 1000)")
     p.add_argument("--depths", type=_ints, help="queue depths in 4 (default 10000,1000000)")
     p.add_argument("--connections", type=int, help="wrk connections (default 32)")
+    p.add_argument("--idle-agents", type=int, help="agents in 5, each full (default 10000)")
+    p.add_argument(
+        "--idle-tickets", type=int, help="unassigned tickets queued in 5 (default 1000000)"
+    )
+    p.add_argument(
+        "--idle-seconds", type=float, help="seconds 5 measures, with no traffic (default 60)"
+    )
     p.add_argument(
         "--settle",
         type=float,
@@ -110,7 +126,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " req/s it just reached: the latency at a load below the maximum (0: off;"
         " default 0.7)",
     )
-    p.add_argument("--scenarios", type=_ints, default=[1, 2, 3, 4], help="e.g. 1,2")
+    p.add_argument("--scenarios", type=_ints, default=[1, 2, 3, 4, 5], help="e.g. 1,2 or 5")
     p.add_argument("--targets", default=",".join(TARGETS), help="ceiling,floor,product,baseline")
     p.add_argument(
         "--database-url",
@@ -311,6 +327,58 @@ class Bench:
         )
         return row
 
+    def idle(self, server: servers.Server) -> dict[str, Any]:
+        """Scenario 5: a backlog and no traffic at all. ``--idle-agents`` agents, each
+        full, ``--idle-tickets`` queued behind them (queued by the product's
+        rebuild); the workers start, settle, and the CPU of every process is read
+        over ``--idle-seconds``. Full agents: a backlog is when nobody can take more."""
+        args = self.args
+        agents, capacity = args.idle_agents, args.capacity
+        queued = self.prepare("product", agents, capacity, args.idle_tickets)
+        with self.beside("product") as workers:
+            assert workers is not None
+            meter = cpu.Meter(server.pid, workers.pid, self.settings.database_url).start()
+            time.sleep(args.idle_seconds)
+            usage = meter.stop()
+        queued_after, _ = self.seeder.queue_depth()
+        audit = self.audit("product")
+        row = {
+            "scenario": "idle",
+            "target": "product",
+            "agents": agents,
+            "depth": None,
+            "queued": queued,
+            "queued_after": queued_after,
+            "connections": 0,
+            "think_ms": 0,
+            "rps": None,
+            "p50_ms": None,
+            "p99_ms": None,
+            "vs_ceiling": None,
+            "vs_floor": None,
+            "cpu_ms": None,
+            "workers_cpu": usage.workers() if usage else None,
+            "cpu": usage.as_dict() if usage else None,
+            "audit": audit,
+            "problems": ([] if usage else ["no CPU figures: /proc is missing"])
+            + _stopped_badly(workers),
+            "load": None,
+        }
+        self.rows.append(row)
+        pct = usage.percent() if usage else {}
+        self.log(
+            f"{report.SCENARIOS['idle']:<32} product  agents={agents:<6} queued={queued}"
+            f"  {len(audit['violations'])} violations"
+            + (
+                f"  % of a core: workers {pct['workers']:.2f} + their pg"
+                f" {pct['pg_workers']:.2f}; redis {pct['redis']:.2f}, API {pct['app']:.2f},"
+                f" API pg {pct['pg_api']:.2f}, rest of pg {pct['pg_rest']:.2f}"
+                if pct
+                else ""
+            )
+        )
+        return row
+
     def paced(self, server: servers.Server, agents: int, flat_out: dict[str, Any]) -> None:
         """Steady state again, each connection pausing after every answer so that
         together they offer about ``--paced`` of ``flat_out``'s req/s: the latency
@@ -366,6 +434,8 @@ class Bench:
                     # Topped up so the run cannot drain the queue below ``depth``.
                     queued = self.prepare(target, agents, short, depth + self.topup_headroom())
                     self.measure(server, target, "deep-topup", agents, "topup", queued, depth)
+            if 5 in wanted:
+                self.idle(server)
 
 
 def _stopped_badly(workers: servers.Workers | None) -> list[str]:
@@ -425,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
         "cold_agents": args.cold_agents,
         "deep_agents": args.deep_agents,
         "depths": args.depths,
+        "idle_agents": args.idle_agents,
+        "idle_tickets": args.idle_tickets,
+        "idle_seconds": args.idle_seconds,
         "settle": args.settle,
         "profiled": args.profile,
     }
