@@ -207,56 +207,153 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+COLOURS = {
+    "product": "tab:blue",
+    "ceiling": "tab:gray",
+    "floor": "tab:green",
+    "baseline": "tab:orange",
+}
+# (scenario, marker, line style) of the lines against the number of agents.
+PATHS = (("fast", "o", "-"), ("steady", "s", "--"), ("steady-paced", "D", ":"))
+
+
+def _series(rows: list[dict[str, Any]], scenario: str, target: str) -> list[dict[str, Any]]:
+    return sorted(
+        (r for r in rows if r["scenario"] == scenario and r["target"] == target and r["rps"]),
+        key=lambda r: r["agents"],
+    )
+
+
+def _legend_below(ax: Any) -> None:
+    """The panel's own legend, under its axes, where it hides no line."""
+    handles = ax.get_legend_handles_labels()[0]
+    if handles:
+        ax.legend(
+            fontsize=7.5,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.14),
+            frameon=False,
+            ncol=2 if len(handles) > 4 else 1,
+        )
+
+
+def _agents_panels(rows: list[dict[str, Any]], ax_rps: Any, ax_p99: Any) -> None:
+    """Throughput (linear) and fetch p99 (log) against the number of agents."""
+    from matplotlib.ticker import FuncFormatter
+
+    for scenario, marker, dash in PATHS:
+        for target, colour in COLOURS.items():
+            points = _series(rows, scenario, target)
+            if not points:
+                continue
+            xs = [r["agents"] for r in points]
+            label = f"{target}, {SCENARIOS[scenario]}"
+            style = {"marker": marker, "color": colour, "label": label}
+            if scenario != "steady-paced":  # a paced run's req/s is set by its pauses
+                ax_rps.plot(xs, [r["rps"] for r in points], dash, **style)
+            ax_p99.plot(xs, [r["p99_ms"] for r in points], dash, **style)
+    for target, colour in COLOURS.items():
+        for r in _series(rows, "cold", target):
+            label = f"{target}, {SCENARIOS['cold']}"
+            ax_rps.scatter([r["agents"]], [r["rps"]], marker="^", color=colour, s=60, label=label)
+            ax_p99.scatter(
+                [r["agents"]], [r["p99_ms"]], marker="^", color=colour, s=60, label=label
+            )
+    if any(r["scenario"] == "steady-paced" for r in rows):
+        ax_p99.axhline(
+            PACED_P99_TARGET_MS,
+            color="tab:red",
+            lw=0.8,
+            alpha=0.6,
+            label=f"target of the paced p99: {PACED_P99_TARGET_MS:.0f} ms",
+        )
+    for ax, title, unit in (
+        (ax_rps, "throughput", "requests per second"),
+        (ax_p99, "p99 latency of fetches (log scale)", "milliseconds"),
+    ):
+        ax.set_xscale("log")
+        ax.set_xlabel("agents")
+        ax.set_ylabel(unit)
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_rps.set_ylim(bottom=0)
+    ax_p99.set_yscale("log")
+    # Plain milliseconds on the log axis (10, 20, 50, 100 ...), not powers of ten.
+    ax_p99.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax_p99.yaxis.set_minor_formatter(
+        FuncFormatter(lambda v, _pos: f"{v:g}" if f"{v:g}"[0] in "25" else "")
+    )
+
+
+def _deep_panel(rows: list[dict[str, Any]], ax: Any) -> None:
+    """The product's req/s against the queue depth, each point labelled with its p99."""
+    deep = [r for r in rows if r["target"] == "product" and r["scenario"].startswith("deep-")]
+    for scenario, marker, dash in (("deep-fast", "o", "-"), ("deep-topup", "s", "--")):
+        points = sorted((r for r in deep if r["scenario"] == scenario), key=lambda r: r["depth"])
+        if not points:
+            continue
+        xs = [r["depth"] for r in points]
+        ys = [r["rps"] for r in points]
+        ax.plot(xs, ys, dash, marker=marker, color=COLOURS["product"], label=SCENARIOS[scenario])
+        for x, y, r in zip(xs, ys, points, strict=True):
+            ax.annotate(
+                f"p99 {r['p99_ms']:.0f} ms",
+                (x, y),
+                textcoords="offset points",
+                xytext=(0, 7),
+                ha="center",
+                fontsize=7,
+            )
+    if deep:
+        ax.set_xscale("log")
+        ax.set_xlim(min(r["depth"] for r in deep) / 3, max(r["depth"] for r in deep) * 3)
+        ax.set_ylim(bottom=0, top=max(r["rps"] for r in deep) * 1.3)
+        agents = f", {deep[0]['agents']:,} agents"
+    else:
+        ax.text(0.5, 0.5, "scenario 4 not run", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        agents = ""
+    ax.set_xlabel("tickets queued")
+    ax.set_ylabel("requests per second")
+    ax.set_title(f"deep queue: the product{agents}", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _idle_note(rows: list[dict[str, Any]]) -> str:
+    notes = []
+    for r in rows:
+        if r["scenario"] == "idle" and r["cpu"]:
+            pct = r["cpu"]["percent"]
+            notes.append(
+                f"5 idle backlog ({r['queued']:,} queued, {r['agents']:,} agents, no traffic):"
+                f" workers {pct['workers']:.1f}% + their PostgreSQL {pct['pg_workers']:.1f}%"
+                f" of one core (target < {IDLE_WORKERS_TARGET_PCT:.0f}%), Redis"
+                f" {pct['redis']:.1f}%"
+            )
+    return "\n".join(notes)
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Throughput and p99 against the number of agents, per target and path."""
+    """Throughput and p99 against the number of agents, the deep queue, the idle cost."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = result["results"]
-    fig, (ax_rps, ax_p99) = plt.subplots(1, 2, figsize=(12, 4.8))
-    styles = {
-        "product": "tab:blue",
-        "ceiling": "tab:gray",
-        "floor": "tab:green",
-        "baseline": "tab:orange",
-    }
-    for scenario, marker, dash in (("fast", "o", "-"), ("steady", "s", "--")):
-        for target, colour in styles.items():
-            points = sorted(
-                (r["agents"], r["rps"], r["p99_ms"])
-                for r in rows
-                if r["scenario"] == scenario and r["target"] == target
-            )
-            if not points:
-                continue
-            xs = [p[0] for p in points]
-            label = f"{target}, {SCENARIOS[scenario]}"
-            ax_rps.plot(xs, [p[1] for p in points], dash, marker=marker, color=colour, label=label)
-            ax_p99.plot(xs, [p[2] for p in points], dash, marker=marker, color=colour, label=label)
-    for target, colour in styles.items():
-        cold = [r for r in rows if r["scenario"] == "cold" and r["target"] == target]
-        for r in cold:
-            ax_rps.scatter([r["agents"]], [r["rps"]], marker="^", color=colour, s=60)
-            ax_p99.scatter([r["agents"]], [r["p99_ms"]], marker="^", color=colour, s=60)
-    for ax, title, unit in (
-        (ax_rps, "throughput", "requests per second"),
-        (ax_p99, "p99 latency of fetches", "milliseconds"),
-    ):
-        ax.set_xscale("log")
-        ax.set_xlabel("agents (▲ = 3 cold fill: every agent fetches at once)")
-        ax.set_ylabel(unit)
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-    ax_rps.set_ylim(bottom=0)
-    ax_p99.set_ylim(bottom=0)
-    if ax_rps.get_legend_handles_labels()[0]:
-        ax_rps.legend(fontsize=8)
-    meta = result["meta"]
-    fig.suptitle(
-        f"{meta['command']} — {meta['started']}, commit {meta['commit']}", fontsize=9, y=0.995
+    fig, (ax_rps, ax_p99, ax_deep) = plt.subplots(
+        1, 3, figsize=(17, 6.8), gridspec_kw={"width_ratios": [1, 1, 0.8]}
     )
+    _agents_panels(rows, ax_rps, ax_p99)
+    _deep_panel(rows, ax_deep)
+    for ax in (ax_rps, ax_p99, ax_deep):
+        _legend_below(ax)
+    meta = result["meta"]
+    title = f"{meta['command']} — {meta['started']}, commit {meta['commit']}"
+    if note := _idle_note(rows):
+        title += "\n" + note
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
