@@ -170,7 +170,10 @@ def test_idle_backlog_runs_alone_in_its_quick_form(tmp_path):
     assert idle["cpu"]["spent"]["workers"] > 0, idle
     assert idle["audit"]["violations"] == [] and not idle["problems"], idle
     _check_workers(out, rows)
-    assert "target < 2%" in (out / "table.md").read_text()
+    table = (out / "table.md").read_text()
+    assert "target < 2%" in table and "## 5 idle backlog" in table
+    assert "| scenario | target |" not in table  # no load ran: no table of it
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture

@@ -157,19 +157,26 @@ def _idle_table(rows: list[dict[str, Any]]) -> list[str]:
 def markdown(result: dict[str, Any]) -> str:
     meta = result["meta"]
     rows = result["results"]
+    loaded = [r for r in rows if r["scenario"] != "idle"]
     lines = [
         "# Benchmark results",
         "",
         f"`{meta['command']}` on {meta['started']} (commit {meta['commit']}),"
         f" {meta['cpus']} CPUs, load average {meta['load_average']} at the start.",
-        f"gunicorn: `{' '.join(meta['gunicorn'])}`, {meta.get('workers', 'default')} workers;"
-        f" wrk: {meta['wrk_threads']} threads,"
-        f" up to {meta['connections']} connections, {meta['duration']} s per run."
-        " The product runs with `python -m workers` beside it.",
+        f"gunicorn: `{' '.join(meta['gunicorn'])}`, {meta.get('workers', 'default')} workers"
+        + (
+            f"; wrk: {meta['wrk_threads']} threads, up to {meta['connections']} connections,"
+            f" {meta['duration']} s per run."
+            if loaded
+            else "."
+        )
+        + " The product runs with `python -m workers` beside it.",
         "",
     ]
     if targets := _targets(rows):
         lines += ["The product's targets:", "", *targets, ""]
+    if not loaded:
+        return "\n".join(lines + _idle_table(rows)[1:]) + "\n"
     lines += [
         "req/s counts every answered request (in scenario 2 and the deep top-up, a sale and"
         " a fetch per cycle); p50 and p99 are of the fetches only. × ceiling and × floor are"
@@ -191,9 +198,7 @@ def markdown(result: dict[str, Any]) -> str:
         " PostgreSQL | audit |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
-    for row in rows:
-        if row["scenario"] == "idle":
-            continue
+    for row in loaded:
         scenario = SCENARIOS[row["scenario"]]
         if row.get("of_max") is not None:
             scenario += f" ({row['of_max']:.2f} of the maximum, {row['think_ms']} ms pauses)"
@@ -328,27 +333,69 @@ def _idle_note(rows: list[dict[str, Any]]) -> str:
             notes.append(
                 f"5 idle backlog ({r['queued']:,} queued, {r['agents']:,} agents, no traffic):"
                 f" workers {pct['workers']:.1f}% + their PostgreSQL {pct['pg_workers']:.1f}%"
-                f" of one core (target < {IDLE_WORKERS_TARGET_PCT:.0f}%), Redis"
-                f" {pct['redis']:.1f}%"
+                f" = {r['workers_cpu']['total_pct']:.1f}% of one core"
+                f" (target < {IDLE_WORKERS_TARGET_PCT:.0f}%), Redis {pct['redis']:.1f}%"
             )
     return "\n".join(notes)
 
 
+# Scenario 5's bars: (label, group in the row's cpu percentages).
+IDLE_BARS = (
+    ("workers", "workers"),
+    ("workers'\nPostgreSQL", "pg_workers"),
+    ("Redis\n(whole server)", "redis"),
+    ("API\n(gunicorn)", "app"),
+    ("API's\nPostgreSQL", "pg_api"),
+    ("rest of\nPostgreSQL", "pg_rest"),
+)
+
+
+def _idle_panel(rows: list[dict[str, Any]], ax: Any) -> None:
+    """Scenario 5 alone: each process group's share of one core, at rest."""
+    row = next(r for r in rows if r["scenario"] == "idle" and r["cpu"])
+    pct = row["cpu"]["percent"]
+    colours = ["tab:purple", "tab:pink", "tab:orange", "tab:blue", "tab:cyan", "tab:gray"]
+    bars = ax.bar([label for label, _ in IDLE_BARS], [pct[g] for _, g in IDLE_BARS], color=colours)
+    ax.bar_label(bars, fmt="%.1f%%", fontsize=8)
+    ax.axhline(IDLE_WORKERS_TARGET_PCT, color="tab:red", lw=0.8, alpha=0.6)
+    ax.annotate(
+        f"target for the workers and their PostgreSQL together: {IDLE_WORKERS_TARGET_PCT:.0f}%",
+        (0.99, IDLE_WORKERS_TARGET_PCT),
+        xycoords=("axes fraction", "data"),
+        ha="right",
+        va="bottom",
+        fontsize=8,
+        color="tab:red",
+    )
+    ax.set_ylabel("% of one core")
+    ax.set_title(
+        f"5 idle backlog: {row['queued']:,} queued, {row['agents']:,} agents, no traffic,"
+        f" {row['cpu']['seconds']:.0f} s",
+        fontsize=10,
+    )
+    ax.grid(True, axis="y", alpha=0.3)
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Throughput and p99 against the number of agents, the deep queue, the idle cost."""
+    """Throughput and p99 against the number of agents, the deep queue, the idle cost;
+    a run of scenario 5 alone draws its bars instead."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = result["results"]
-    fig, (ax_rps, ax_p99, ax_deep) = plt.subplots(
-        1, 3, figsize=(17, 6.8), gridspec_kw={"width_ratios": [1, 1, 0.8]}
-    )
-    _agents_panels(rows, ax_rps, ax_p99)
-    _deep_panel(rows, ax_deep)
-    for ax in (ax_rps, ax_p99, ax_deep):
-        _legend_below(ax)
+    if not any(r["scenario"] != "idle" for r in rows) and any(r["cpu"] for r in rows):
+        fig, ax = plt.subplots(figsize=(9, 5.5))
+        _idle_panel(rows, ax)
+    else:
+        fig, (ax_rps, ax_p99, ax_deep) = plt.subplots(
+            1, 3, figsize=(17, 6.8), gridspec_kw={"width_ratios": [1, 1, 0.8]}
+        )
+        _agents_panels(rows, ax_rps, ax_p99)
+        _deep_panel(rows, ax_deep)
+        for ax in (ax_rps, ax_p99, ax_deep):
+            _legend_below(ax)
     meta = result["meta"]
     title = f"{meta['command']} — {meta['started']}, commit {meta['commit']}"
     if note := _idle_note(rows):
