@@ -141,7 +141,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the benchmark's own Redis db; it is flushed (default db 8)",
     )
     p.add_argument("--results", type=Path, default=ROOT / "bench-results", help="output folder")
-    p.add_argument("--publish", action="store_true", help="copy table and plot to docs/bench/")
+    p.add_argument(
+        "--publish",
+        action="store_true",
+        help="copy table and plot to docs/bench/ (table-5.md, plot-5.png for --scenarios 5)",
+    )
     p.add_argument(
         "--profile",
         action="store_true",
@@ -521,8 +525,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.publish:
         docs = ROOT / "docs" / "bench"
         docs.mkdir(parents=True, exist_ok=True)
-        shutil.copy(out / "table.md", docs / "table.md")
-        shutil.copy(out / "plot.png", docs / "plot.png")
+        # A run of some scenarios only (scenario 5 after a change to the relay)
+        # must not replace the full run's table: it gets names of its own.
+        some = sorted(args.scenarios) != sorted(SCENARIO_TARGETS)
+        suffix = "-" + "-".join(map(str, sorted(args.scenarios))) if some else ""
+        shutil.copy(out / "table.md", docs / f"table{suffix}.md")
+        shutil.copy(out / "plot.png", docs / f"plot{suffix}.png")
     print(report.markdown(result))
     if bench.profiles:
         print(json.dumps(bench.profiles, indent=2))
