@@ -3,23 +3,30 @@
 Runs ``python -m scripts.bench`` for a second per scenario against its own
 database (the test database's name + ``_bench``) and the test Redis db, then
 checks that every scenario ran on every target it should (the floor on the fast
-path, a paced steady state on the product), that the audit ran
-and found nothing, and that the table and the plot were written. Also runs the
-in-process hot-path probe for a few requests.
+path and the top-up, a paced steady state on the product, the idle backlog),
+that the product's workers ran beside it and their CPU was counted apart from
+the API's, that the audit ran and found nothing, and that the table and the
+plot were written. Also runs scenario 5 in its quick form alone, checks that
+the floor's top-up answers as the product does, and runs the in-process
+hot-path probe for a few requests.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import TEST_DATABASE_URL, TEST_REDIS_URL
+from conftest import JWT_SECRET, TEST_DATABASE_URL, TEST_REDIS_URL
+from flask_jwt_extended import create_access_token
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DATABASE_URL = (
@@ -49,6 +56,26 @@ def _bench(*args: str, timeout: int = 240) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _check_workers(out: Path, rows: list[dict[str, Any]]) -> None:
+    """The product ran with its workers: started and stopped cleanly once per
+    scenario, connected to PostgreSQL, their CPU counted apart from the API's."""
+    product = [r for r in rows if r["target"] == "product"]
+    log = (out / "workers.log").read_text()
+    assert log.count("workers started") == len(product), log[-3000:]
+    assert log.count("workers stopped") == len(product), log[-3000:]
+    for row in rows:
+        if row["target"] != "product":
+            assert row["workers_cpu"] is None, row
+            continue
+        share = row["workers_cpu"]
+        assert share["backends"] >= 1, row  # their connections were told apart
+        assert share["process_pct"] >= 0 and share["postgres_pct"] >= 0, row
+        assert share["total_pct"] == pytest.approx(
+            share["process_pct"] + share["postgres_pct"], abs=0.011
+        )
+        assert row["cpu"]["backends"].get("pg_api", 0) >= (row["scenario"] != "idle"), row
+
+
 def test_benchmark_runs_every_scenario_and_audits(tmp_path):
     done = _bench(
         "scripts.bench",
@@ -60,17 +87,23 @@ def test_benchmark_runs_every_scenario_and_audits(tmp_path):
         "--deep-agents=10",
         "--depths=100,1000",
         "--connections=4",
+        "--idle-agents=20",
+        "--idle-tickets=2000",
+        "--idle-seconds=3",
+        "--settle=0.5",
         f"--results={tmp_path}",
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = tmp_path / "latest"
     result = json.loads((out / "result.json").read_text())
-    ran = {(r["scenario"], r["target"]) for r in result["results"]}
+    rows = result["results"]
+    ran = {(r["scenario"], r["target"]) for r in rows}
     assert ran == {
         ("fast", "ceiling"),
         ("fast", "floor"),
         ("fast", "product"),
         ("steady", "ceiling"),
+        ("steady", "floor"),
         ("steady", "product"),
         ("steady-paced", "product"),
         ("steady", "baseline"),
@@ -79,33 +112,159 @@ def test_benchmark_runs_every_scenario_and_audits(tmp_path):
         ("cold", "baseline"),
         ("deep-fast", "product"),
         ("deep-topup", "product"),
+        ("idle", "product"),
     }
-    assert sorted(r["depth"] for r in result["results"] if r["scenario"] == "deep-fast") == [
-        100,
-        1000,
-    ]
-    for row in result["results"]:
-        assert row["rps"] > 0 and row["p99_ms"] > 0, row
-        assert not row["problems"], row
-        if row["target"] in ("ceiling", "floor"):
+    assert sorted(r["depth"] for r in rows if r["scenario"] == "deep-fast") == [100, 1000]
+    _check_workers(out, rows)
+    for row in rows:
+        if row["target"] == "ceiling" or (row["target"] == "floor" and row["scenario"] == "fast"):
             assert row["audit"] is None  # they change nothing
         else:
             assert row["audit"]["violations"] == [], row
+        assert not row["problems"], row
+        if row["scenario"] == "idle":
+            continue
+        assert row["rps"] > 0 and row["p99_ms"] > 0, row
+        if row["target"] == "ceiling":
+            # No connection to PostgreSQL: nothing of the shared server is its.
+            assert row["cpu_ms"]["postgres"] == 0, row
+        else:
+            assert row["cpu_ms"]["postgres"] > 0, row
         if row["scenario"] == "steady-paced":
             # Each connection pauses between requests: part of the maximum.
             assert row["think_ms"] > 0 and row["vs_ceiling"] is None, row
-            assert row["of_max"] > 0, row
+            assert row["vs_floor"] is None and row["of_max"] > 0, row
         elif row["target"] != "ceiling":
             assert row["vs_ceiling"] is not None
+        if row["target"] == "floor":
+            assert row["vs_floor"] == 1.0, row
+        if row["target"] == "product" and row["scenario"] not in ("cold", "steady-paced"):
+            assert row["vs_floor"] is not None, row
         if row["scenario"] in ("steady", "steady-paced", "deep-topup"):
             # Every cycle is a sale and a fetch that tops up.
             assert row["load"]["sells"] > 0 and row["load"]["fetches"] > 0, row
         if row["scenario"] == "cold":
             assert row["load"]["fetches"] == 20, row
+    idle = next(r for r in rows if r["scenario"] == "idle")
+    assert idle["queued"] == 2000 and idle["agents"] == 20, idle
+    assert idle["cpu"]["spent"]["workers"] > 0, idle  # the relay scanned the queue
     table = (out / "table.md").read_text()
     assert "| 3 cold fill | baseline | 20 |" in table
+    assert "| × ceiling | × floor |" in table
+    assert "## 5 idle backlog: no traffic" in table
+    assert "\n| 20 | 2,000 | 3 |" in table
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob("tokens-*")), "tokens must not be left behind"
+
+
+def test_idle_backlog_runs_alone_in_its_quick_form(tmp_path):
+    done = _bench("scripts.bench", "--quick", "--scenarios=5", f"--results={tmp_path}")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = tmp_path / "latest"
+    rows = json.loads((out / "result.json").read_text())["results"]
+    assert [(r["scenario"], r["target"]) for r in rows] == [("idle", "product")]
+    (idle,) = rows
+    # The quick backlog: 20,000 tickets behind 200 full agents, 5 s with no traffic.
+    assert (idle["agents"], idle["queued"], idle["queued_after"]) == (200, 20_000, 20_000)
+    assert idle["cpu"]["seconds"] == pytest.approx(5, abs=1)
+    assert idle["cpu"]["spent"]["workers"] > 0, idle
+    assert idle["audit"]["violations"] == [] and not idle["problems"], idle
+    _check_workers(out, rows)
+    table = (out / "table.md").read_text()
+    assert "target < 2%" in table and "## 5 idle backlog" in table
+    assert "| scenario | target |" not in table  # no load ran: no table of it
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def seeded() -> Iterator[Any]:
+    """The benchmark's seeder on its migrated database: 2 agents one short, 100 queued."""
+    from scripts.bench import seed
+
+    settings = seed.Settings(BENCH_DATABASE_URL, TEST_REDIS_URL, JWT_SECRET)
+    seed.ensure_database(BENCH_DATABASE_URL)
+    seed.migrate({**os.environ, **settings.service_env()})
+    seeder = seed.Seeder(settings)
+    seeder.seed(agents=2, capacity=15, held=14, unassigned=100)
+    try:
+        yield seeder
+    finally:
+        seeder.close()
+
+
+@pytest.fixture
+def floor(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The floor app, imported with the bench database's environment."""
+    monkeypatch.setenv("JWT_SECRET_KEY", JWT_SECRET)
+    monkeypatch.setenv("DATABASE_URL", BENCH_DATABASE_URL)
+    monkeypatch.setenv("REDIS_URL", TEST_REDIS_URL)
+    name = "scripts.bench.floor_app"
+    # It reads its settings when imported: a fresh import for this environment.
+    module = importlib.reload(sys.modules[name]) if name in sys.modules else None
+    module = module or importlib.import_module(name)
+    try:
+        yield module
+    finally:
+        if module._conn is not None:
+            module._conn.close()
+        module._queue.client.close()
+
+
+def _token(app: Any, agent: int) -> dict[str, str]:
+    with app.app_context():
+        token = create_access_token(identity=str(agent), additional_claims={"role": "agent"})
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _events(seeder: Any, kind: str) -> list[tuple[int, int]]:
+    from service.extensions import db
+
+    with seeder.app.app_context():
+        rows = db.session.execute(
+            sa.text("SELECT ticket_id, agent_id FROM ticket_events WHERE kind = :k ORDER BY 1"),
+            {"k": kind},
+        ).all()
+        db.session.rollback()
+    return [tuple(r) for r in rows]
+
+
+def test_floor_tops_up_and_sells_as_the_product_does(seeded, floor):
+    from scripts.bench import audit
+
+    product = seeded.app.test_client()
+    floor_client = floor.app.test_client()
+    agent1, agent2 = _token(seeded.app, 1), _token(seeded.app, 2)
+    # Agent 1 holds 1..14, agent 2 holds 15..28; the queue starts at 29.
+    by_product = product.get("/api/agent/tickets/assign/", headers=agent1)
+    by_floor = floor_client.get("/api/agent/tickets/assign/", headers=agent2)
+    assert by_product.status_code == by_floor.status_code == 200
+    p, f = by_product.get_json(), by_floor.get_json()
+    assert [t["id"] for t in p["tickets"]] == [*range(1, 15), 29]
+    assert [t["id"] for t in f["tickets"]] == [*range(15, 29), 30]
+    assert p["capacity"] == f["capacity"] == 15
+    assert f["tickets"][-1]["status"] == "assigned" and f["tickets"][-1]["agent_id"] == 2
+    # The same document, field by field: the product's answer for agent 2 now
+    # is exactly what the floor answered (a full agent: the fast path).
+    again = product.get("/api/agent/tickets/assign/", headers=agent2).get_json()
+    assert again == f
+    assert _events(seeded, "assigned") == [(29, 1), (30, 2)]
+
+    # A sale through the floor, then the top-up it leaves room for.
+    sold = floor_client.post("/api/agent/tickets/sell/15/", headers=agent2)
+    assert sold.status_code == 200
+    assert sold.get_json()["status"] == "sold" and sold.get_json()["sold_at"]
+    assert floor_client.post("/api/agent/tickets/sell/15/", headers=agent2).status_code == 404
+    topped = floor_client.get("/api/agent/tickets/assign/", headers=agent2).get_json()
+    assert [t["id"] for t in topped["tickets"]] == [*range(16, 29), 30, 31]
+    assert _events(seeded, "sold") == [(15, 2)]
+    assert _events(seeded, "assigned") == [(29, 1), (30, 2), (31, 2)]
+    assert seeded.queue.held(2) == set(range(16, 29)) | {30, 31}
+    # Other agents' tokens are refused for sales of tickets they do not hold.
+    assert floor_client.post("/api/agent/tickets/sell/16/", headers=agent1).status_code == 404
+    # What the floor left in PostgreSQL and Redis is what the product's audit expects.
+    by, violations = audit.audit_product(seeded.app)
+    assert violations == [], (by, violations)
+    assert seeded.queue_depth()[0] == 100 - 3
 
 
 def test_hot_path_probe_runs():

@@ -1,14 +1,29 @@
-"""The floor: the fast path's required work and nothing else.
+"""The floor: the assignment path's required work and nothing else.
 
-Not the product. It does what the issue's work budget asks of a full agent's
-fetch, with no framework around the drivers: the ceiling's JWT check
-(flask-jwt-extended), the revocation MGET through redis-py, the product's own
-SELECT of the agent's row and unsold tickets through a bare psycopg2
-connection in autocommit, and the answer built by the product's serialiser
-(holding_json) and written by orjson. No SQLAlchemy
-engine or pool, no request log, no metrics, no error handling beyond the
-checks. What it reaches of the ceiling is about the most the product's fast
-path can reach on the same machine.
+Not the product. It does what the issue's work budget asks of a fetch, with
+no framework around the drivers, on the product's own state (its tables, its
+Redis keys, its statements):
+
+* every request: the ceiling's JWT check (flask-jwt-extended) with the
+  revocation MGET through redis-py (``TicketQueue.revocation``);
+* a fetch: the product's SELECT of the agent's row and unsold tickets through
+  a bare psycopg2 connection in autocommit. A full agent is answered from it
+  (the fast-path floor). An agent short of its capacity is topped up (the
+  top-up floor): ONE call of the product's ``reserve.lua``
+  (``TicketQueue.reserve``), then ONE short transaction with the product's
+  statements: BEGIN, lock the agent's row (FOR NO KEY UPDATE), list its unsold
+  tickets, the guarded UPDATE ... RETURNING of the reserved ids with its event
+  INSERT in the same statement, COMMIT. One round, where the product may retry;
+* a sale: the product's one statement (the guarded UPDATE with its event) in
+  autocommit. The product also takes the sold id out of Redis at once; that is
+  not required, since the agent's next ``reserve.lua`` call drops it from its
+  held set, so the floor leaves it out;
+* the answer: the product's serialisers (``holding_json``, ``ticket_json``),
+  written by orjson.
+
+No SQLAlchemy engine or pool, no request log, no metrics, no error handling
+beyond the checks. What it reaches of the ceiling is about the most the
+product can reach on the same machine, path by path.
 
     gunicorn scripts.bench.floor_app:app   (with JWT_SECRET_KEY, DATABASE_URL, REDIS_URL set)
 """
@@ -16,6 +31,8 @@ path can reach on the same machine.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -26,14 +43,37 @@ from flask import Flask, Response
 from flask_jwt_extended import JWTManager, get_jwt, jwt_required
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
+from sqlalchemy.sql import ClauseElement
 
-from service.domain.assignment import _HOLDING
+from service.domain.assignment import (
+    _ASSIGN_LOGGED,
+    _HOLDING,
+    _LOCK_AGENT,
+    _SELL_LOGGED,
+    _STILL_UNASSIGNED,
+    _UNSOLD,
+)
+from service.models import utcnow
 from service.queue import TicketQueue
-from service.schemas import holding_json
+from service.schemas import holding_json, ticket_json
 
-_compiled = _HOLDING.compile(dialect=postgresql.psycopg2.dialect())  # type: ignore[attr-defined]
-_SQL = str(_compiled)
-_PARAMS = _compiled.construct_params({"agent_id": 0})
+# The one expanding parameter of the product's statements (a list of ids):
+# psycopg2 writes a tuple as "(1, 2, 3)", so it becomes one plain parameter.
+_EXPANDING = "(__[POSTCOMPILE_ids])"
+
+
+def _compiled(statement: ClauseElement) -> tuple[str, dict[str, Any]]:
+    """A product statement as psycopg2 SQL and its fixed parameters, compiled once."""
+    compiled = statement.compile(dialect=postgresql.psycopg2.dialect())  # type: ignore[attr-defined]
+    return str(compiled).replace(_EXPANDING, "%(ids)s"), dict(compiled.params)
+
+
+HOLDING = _compiled(_HOLDING)
+LOCK_AGENT = _compiled(_LOCK_AGENT)
+UNSOLD = _compiled(_UNSOLD)
+ASSIGN = _compiled(_ASSIGN_LOGGED.one_statement)
+STILL_UNASSIGNED = _compiled(_STILL_UNASSIGNED)
+SELL = _compiled(_SELL_LOGGED.one_statement)
 
 app = Flask(__name__)
 app.config["JWT_SECRET_KEY"] = os.environ["JWT_SECRET_KEY"]
@@ -41,12 +81,14 @@ app.url_map.strict_slashes = False
 jwt = JWTManager(app)
 
 _DSN = make_url(os.environ["DATABASE_URL"]).set(drivername="postgresql")
+_LEASE_SECONDS = int(os.environ.get("RESERVATION_LEASE_SECONDS") or 30)
 _queue = TicketQueue(redis.Redis.from_url(os.environ["REDIS_URL"]))
 _conn: Any = None
 
 
 def _db() -> Any:
-    """One connection per worker process, opened on first use (after the fork)."""
+    """One connection per worker process, opened on first use (after the fork), in
+    autocommit: a lone statement is one round trip; a transaction says BEGIN."""
     global _conn
     if _conn is None or _conn.closed:
         _conn = psycopg2.connect(
@@ -54,6 +96,25 @@ def _db() -> Any:
         )
         _conn.autocommit = True
     return _conn
+
+
+def _run(cur: Any, statement: tuple[str, dict[str, Any]], **params: Any) -> list[Any]:
+    sql, fixed = statement
+    cur.execute(sql, {**fixed, **params})
+    return list(cur.fetchall())
+
+
+@contextmanager
+def _transaction() -> Iterator[Any]:
+    """BEGIN ... COMMIT on the autocommit connection (ROLLBACK on an error)."""
+    with _db().cursor(cursor_factory=psycopg2.extras.NamedTupleCursor) as cur:
+        cur.execute("BEGIN")
+        try:
+            yield cur
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
 
 
 @jwt.token_in_blocklist_loader
@@ -65,18 +126,89 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status=status, mimetype="application/json")
 
 
+def _error(status: int, code: str, message: str) -> Response:
+    return _json({"error": {"code": code, "message": message}}, status)
+
+
+def _agent() -> int | None:
+    claims = get_jwt()
+    return int(claims["sub"]) if claims.get("role") == "agent" else None
+
+
+def _top_up(agent_id: int, capacity: int, known: Sequence[Any]) -> list[Any] | None:
+    """One reserve.lua call and one transaction: the agent's unsold tickets after
+    it, or None if the account is inactive or gone."""
+    reservation = _queue.reserve(agent_id, capacity, _LEASE_SECONDS, [t.id for t in known])
+    if not reservation.ids:
+        return list(known)  # the queue is empty, or fetches in flight fill the agent
+    ids = tuple(reservation.ids)
+    try:
+        held, assigned, rest, returned = _confirm(agent_id, ids)
+    except psycopg2.Error:
+        _queue.settle(agent_id, [], [], ids)  # nothing was assigned: the ids go back
+        raise
+    if rest:
+        mine = {t.id for t in held or []}
+        dropped = sorted(set(rest) - set(returned) - mine)
+        _queue.settle(agent_id, [], dropped, returned)
+    if held is None:
+        return None
+    return sorted([*held, *assigned], key=lambda t: t.id)
+
+
+def _confirm(
+    agent_id: int, ids: tuple[int, ...]
+) -> tuple[list[Any] | None, list[Any], tuple[int, ...], list[int]]:
+    """The transaction: (unsold tickets under the lock, or None for an inactive
+    account; rows assigned; reserved ids not assigned; of those, still unassigned)."""
+    assigned: list[Any] = []
+    returned: list[int] = []
+    with _transaction() as cur:
+        agent = _run(cur, LOCK_AGENT, agent_id=agent_id)
+        if not agent or not agent[0].is_active or agent[0].capacity is None:
+            held = None
+        else:
+            held = _run(cur, UNSOLD, agent_id=agent_id)
+            room = max(agent[0].capacity - len(held), 0)
+            if room:
+                now = utcnow()
+                assigned = _run(cur, ASSIGN, ids=ids, room=room, agent_id=agent_id, now=now)
+        rest = tuple(sorted(set(ids) - {t.id for t in assigned}))
+        if rest:  # not in a normal top-up: the product's answer to refused ids
+            returned = [r.id for r in _run(cur, STILL_UNASSIGNED, ids=rest)]
+    return held, assigned, rest, returned
+
+
 @app.route("/api/agent/tickets/assign/", methods=["GET", "POST"])
 @jwt_required()
 def assign() -> Response:
-    claims = get_jwt()
-    if claims.get("role") != "agent":
-        return _json({"error": {"code": "forbidden", "message": "agents only"}}, 403)
+    agent_id = _agent()
+    if agent_id is None:
+        return _error(403, "forbidden", "agents only")
     with _db().cursor(cursor_factory=psycopg2.extras.NamedTupleCursor) as cur:
-        cur.execute(_SQL, {**_PARAMS, "agent_id": int(claims["sub"])})
-        rows = cur.fetchall()
+        rows = _run(cur, HOLDING, agent_id=agent_id)
     if not rows or not rows[0].is_active:
-        return _json({"error": {"code": "unauthorized", "message": "inactive"}}, 401)
-    return _json(holding_json([r for r in rows if r.id is not None], rows[0].capacity))
+        return _error(401, "unauthorized", "inactive")
+    capacity = rows[0].capacity
+    tickets: list[Any] | None = [r for r in rows if r.id is not None]
+    if tickets is not None and len(tickets) < capacity:
+        tickets = _top_up(agent_id, capacity, tickets)
+    if tickets is None:
+        return _error(401, "unauthorized", "inactive")
+    return _json(holding_json(tickets, capacity))
+
+
+@app.route("/api/agent/tickets/sell/<int:ticket_id>/", methods=["POST"])
+@jwt_required()
+def sell(ticket_id: int) -> Response:
+    agent_id = _agent()
+    if agent_id is None:
+        return _error(403, "forbidden", "agents only")
+    with _db().cursor(cursor_factory=psycopg2.extras.NamedTupleCursor) as cur:
+        sold = _run(cur, SELL, sale_ticket=ticket_id, seller=agent_id, sold_now=utcnow())
+    if not sold:
+        return _error(404, "not_found", f"you hold no ticket {ticket_id}")
+    return _json(ticket_json(sold[0]))
 
 
 @app.route("/healthz")

@@ -13,8 +13,9 @@ SCENARIOS = {
     "cold": "3 cold fill",
     "deep-fast": "4 deep queue, fast path",
     "deep-topup": "4 deep queue, top-up",
+    "idle": "5 idle backlog (no traffic)",
 }
-# The ceiling run each scenario is compared with.
+# The ceiling run, and the floor run, each scenario is compared with.
 CEILING_OF: dict[str, str | None] = {
     "fast": "fast",
     "steady": "steady",
@@ -22,20 +23,41 @@ CEILING_OF: dict[str, str | None] = {
     "cold": "cold",
     "deep-fast": "fast",
     "deep-topup": "steady",
+    "idle": None,
 }
+FLOOR_OF: dict[str, str | None] = {
+    "fast": "fast",
+    "steady": "steady",
+    "steady-paced": None,
+    "cold": None,  # the floor does not run it
+    "deep-fast": "fast",
+    "deep-topup": "steady",
+    "idle": None,
+}
+# The product's targets the table checks.
+PACED_P99_TARGET_MS = 100.0
+IDLE_WORKERS_TARGET_PCT = 2.0
+
+
+def _ratio(row: dict[str, Any], references: list[dict[str, Any]], kind: str | None) -> Any:
+    """req/s over the reference run's on path ``kind``, at the nearest agent count."""
+    same = [r for r in references if kind and r["scenario"] == kind and r["rps"]]
+    if not same or not row["rps"]:
+        return None
+    reference = min(same, key=lambda r: abs(r["agents"] - row["agents"]))
+    return round(row["rps"] / reference["rps"], 3)
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """Set ``vs_ceiling``: req/s over the ceiling's, same path, nearest agent count."""
+    """Set ``vs_ceiling`` and ``vs_floor``: req/s over the ceiling's and the floor's,
+    same path, nearest agent count."""
     ceilings = [r for r in rows if r["target"] == "ceiling"]
+    floors = [r for r in rows if r["target"] == "floor"]
     for row in rows:
-        kind = CEILING_OF[row["scenario"]]
-        same = [c for c in ceilings if kind and c["scenario"] == kind and c["rps"]]
-        if not same:
-            row["vs_ceiling"] = None
-            continue
-        ceiling = min(same, key=lambda c: abs(c["agents"] - row["agents"]))
-        row["vs_ceiling"] = round(row["rps"] / ceiling["rps"], 3)
+        row["vs_ceiling"] = _ratio(row, ceilings, CEILING_OF[row["scenario"]])
+        row["vs_floor"] = (
+            _ratio(row, floors, FLOOR_OF[row["scenario"]]) if row["target"] != "ceiling" else None
+        )
 
 
 def write_json(path: Path, result: dict[str, Any]) -> None:
@@ -56,104 +78,330 @@ def _cpu(row: dict[str, Any]) -> str:
     )
 
 
+def _workers(row: dict[str, Any]) -> str:
+    share = row.get("workers_cpu")
+    if not share:
+        return "–"
+    return f"{share['process_pct']:.1f} + {share['postgres_pct']:.1f} = {share['total_pct']:.1f}"
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    audit = row["audit"]
+    if audit is None:
+        verdict = "n/a"
+    elif audit["violations"]:
+        verdict = f"**{len(audit['violations'])} violations**"
+    else:
+        verdict = "ok"
+    if row["problems"]:
+        verdict += " (" + "; ".join(row["problems"]) + ")"
+    return verdict
+
+
+def _targets(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per target the product has: met or missed, with the figure."""
+    lines = []
+    for row in rows:
+        if row["scenario"] == "steady-paced" and row["target"] == "product":
+            met = "met" if row["p99_ms"] < PACED_P99_TARGET_MS else "**missed**"
+            lines.append(
+                f"- paced steady state, {row['agents']:,} agents at {row['of_max']:.2f} of the"
+                f" maximum: p99 {row['p99_ms']:,.1f} ms (target < {PACED_P99_TARGET_MS:.0f} ms:"
+                f" {met})"
+            )
+        if row["scenario"] == "idle" and row["workers_cpu"]:
+            total = row["workers_cpu"]["total_pct"]
+            met = "met" if total < IDLE_WORKERS_TARGET_PCT else "**missed**"
+            lines.append(
+                f"- idle backlog, {row['queued']:,} queued, {row['agents']:,} agents: the"
+                f" workers and their PostgreSQL backends use {total:.1f}% of one core"
+                f" (target < {IDLE_WORKERS_TARGET_PCT:.0f}%: {met})"
+            )
+    return lines
+
+
+def _idle_table(rows: list[dict[str, Any]]) -> list[str]:
+    idle = [r for r in rows if r["scenario"] == "idle"]
+    if not idle:
+        return []
+    lines = [
+        "",
+        "## 5 idle backlog: no traffic",
+        "",
+        "Every agent full, the backlog queued (by the product's rebuild), the workers"
+        " started and settled, then the CPU of every process read over the window with no"
+        " request at all, as % of one core. Redis is the whole server's (it is shared)."
+        " The API is gunicorn, idle; the rest of PostgreSQL is its background processes"
+        " and any other database on the server.",
+        "",
+        "| agents | queued | seconds | workers | their PostgreSQL | workers total"
+        f" (target < {IDLE_WORKERS_TARGET_PCT:.0f}%) | Redis | API | API's PostgreSQL"
+        " | rest of PostgreSQL | audit |",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for row in idle:
+        cpu = row["cpu"]
+        if not cpu:
+            lines.append(f"| {row['agents']:,} | {row['queued']:,} | – |" + " – |" * 7 + " |")
+            continue
+        pct = cpu["percent"]
+        lines.append(
+            f"| {row['agents']:,} | {row['queued']:,} | {cpu['seconds']:.0f} |"
+            f" {pct['workers']:.2f} | {pct['pg_workers']:.2f} |"
+            f" {row['workers_cpu']['total_pct']:.2f} | {pct['redis']:.2f} | {pct['app']:.2f} |"
+            f" {pct['pg_api']:.2f} | {pct['pg_rest']:.2f} | {_verdict(row)} |"
+        )
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     meta = result["meta"]
+    rows = result["results"]
+    loaded = [r for r in rows if r["scenario"] != "idle"]
     lines = [
         "# Benchmark results",
         "",
         f"`{meta['command']}` on {meta['started']} (commit {meta['commit']}),"
         f" {meta['cpus']} CPUs, load average {meta['load_average']} at the start.",
-        f"gunicorn: `{' '.join(meta['gunicorn'])}`, {meta.get('workers', 'default')} workers;"
-        f" wrk: {meta['wrk_threads']} threads,"
-        f" up to {meta['connections']} connections, {meta['duration']} s per run.",
+        f"gunicorn: `{' '.join(meta['gunicorn'])}`, {meta.get('workers', 'default')} workers"
+        + (
+            f"; wrk: {meta['wrk_threads']} threads, up to {meta['connections']} connections,"
+            f" {meta['duration']} s per run."
+            if loaded
+            else "."
+        )
+        + " The product runs with `python -m workers` beside it.",
         "",
-        "req/s counts every answered request (in scenario 2 and the deep top-up, a sale and"
-        " a fetch per cycle); p50 and p99 are of the fetches only. × ceiling is req/s over"
-        " the ceiling app's for the same path and agent count. CPU ms/req is the CPU time"
-        " the app's workers, PostgreSQL and Redis spent per answered request, read from"
-        " /proc over the run: steadier than req/s on a shared machine, and it says where"
-        " the time goes. The floor is the fast path's required work alone (JWT check,"
-        " revocation MGET, the SELECT through bare psycopg2, orjson), with no framework"
-        " around it. A paced run repeats the steady state with each connection pausing"
-        " between requests, offering part of the maximum (the fraction it reached is"
-        " given): the latency below the maximum, where a flat-out run measures mostly"
-        " the wait in the listen queue.",
-        "",
-        "| scenario | target | agents | queued | req/s | p50 ms | p99 ms | × ceiling"
-        " | CPU ms/req: app + PostgreSQL + Redis | audit |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
-    for row in result["results"]:
-        audit = row["audit"]
-        if audit is None:
-            verdict = "n/a"
-        elif audit["violations"]:
-            verdict = f"**{len(audit['violations'])} violations**"
-        else:
-            verdict = "ok"
-        if row["problems"]:
-            verdict += " (" + "; ".join(row["problems"]) + ")"
+    if targets := _targets(rows):
+        lines += ["The product's targets:", "", *targets, ""]
+    if not loaded:
+        return "\n".join(lines + _idle_table(rows)[1:]) + "\n"
+    lines += [
+        "req/s counts every answered request (in scenario 2 and the deep top-up, a sale and"
+        " a fetch per cycle); p50 and p99 are of the fetches only. × ceiling and × floor are"
+        " req/s over the ceiling app's and the floor's for the same path and agent count."
+        " API CPU ms/req is the CPU time the app's gunicorn workers, their own PostgreSQL"
+        " backends and Redis (the whole server: the workers' commands too) spent per answered"
+        " request, read from /proc over the run: steadier than req/s on a shared machine,"
+        " and it says where the time goes. Workers"
+        " is the CPU of `python -m workers` and of its PostgreSQL backends over the same"
+        " run, as % of one core (CPU seconds per second). The floor is the required work"
+        " alone, with no framework around it: on the fast path the JWT check, the revocation"
+        " MGET, the SELECT through bare psycopg2 and orjson; on a top-up also one"
+        " reserve.lua call and one transaction with the product's statements. A paced run"
+        " repeats the steady state with each connection pausing between requests, offering"
+        " part of the maximum (the fraction it reached is given): the latency below the"
+        " maximum, where a flat-out run measures mostly the wait in the listen queue.",
+        "",
+        "| scenario | target | agents | queued | req/s | p50 ms | p99 ms | × ceiling | × floor"
+        " | API CPU ms/req: app + PostgreSQL + Redis | workers, % of a core: process +"
+        " PostgreSQL | audit |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for row in loaded:
         scenario = SCENARIOS[row["scenario"]]
         if row.get("of_max") is not None:
             scenario += f" ({row['of_max']:.2f} of the maximum, {row['think_ms']} ms pauses)"
         lines.append(
             f"| {scenario} | {row['target']} | {row['agents']:,} |"
             f" {row['queued']:,} | {_fmt(row['rps'])} | {_fmt(row['p50_ms'], 2)} |"
-            f" {_fmt(row['p99_ms'], 2)} | {_fmt(row['vs_ceiling'], 2)} | {_cpu(row)} | {verdict} |"
+            f" {_fmt(row['p99_ms'], 2)} | {_fmt(row['vs_ceiling'], 2)} |"
+            f" {_fmt(row.get('vs_floor'), 2)} | {_cpu(row)} | {_workers(row)} | {_verdict(row)} |"
         )
+    lines += _idle_table(rows)
     return "\n".join(lines) + "\n"
 
 
+COLOURS = {
+    "product": "tab:blue",
+    "ceiling": "tab:gray",
+    "floor": "tab:green",
+    "baseline": "tab:orange",
+}
+# (scenario, marker, line style) of the lines against the number of agents.
+PATHS = (("fast", "o", "-"), ("steady", "s", "--"), ("steady-paced", "D", ":"))
+
+
+def _series(rows: list[dict[str, Any]], scenario: str, target: str) -> list[dict[str, Any]]:
+    return sorted(
+        (r for r in rows if r["scenario"] == scenario and r["target"] == target and r["rps"]),
+        key=lambda r: r["agents"],
+    )
+
+
+def _legend_below(ax: Any) -> None:
+    """The panel's own legend, under its axes, where it hides no line."""
+    handles = ax.get_legend_handles_labels()[0]
+    if handles:
+        ax.legend(
+            fontsize=7.5,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.14),
+            frameon=False,
+            ncol=2 if len(handles) > 4 else 1,
+        )
+
+
+def _agents_panels(rows: list[dict[str, Any]], ax_rps: Any, ax_p99: Any) -> None:
+    """Throughput (linear) and fetch p99 (log) against the number of agents."""
+    from matplotlib.ticker import FuncFormatter
+
+    for scenario, marker, dash in PATHS:
+        for target, colour in COLOURS.items():
+            points = _series(rows, scenario, target)
+            if not points:
+                continue
+            xs = [r["agents"] for r in points]
+            label = f"{target}, {SCENARIOS[scenario]}"
+            style = {"marker": marker, "color": colour, "label": label}
+            if scenario != "steady-paced":  # a paced run's req/s is set by its pauses
+                ax_rps.plot(xs, [r["rps"] for r in points], dash, **style)
+            ax_p99.plot(xs, [r["p99_ms"] for r in points], dash, **style)
+    for target, colour in COLOURS.items():
+        for r in _series(rows, "cold", target):
+            label = f"{target}, {SCENARIOS['cold']}"
+            ax_rps.scatter([r["agents"]], [r["rps"]], marker="^", color=colour, s=60, label=label)
+            ax_p99.scatter(
+                [r["agents"]], [r["p99_ms"]], marker="^", color=colour, s=60, label=label
+            )
+    if any(r["scenario"] == "steady-paced" for r in rows):
+        ax_p99.axhline(
+            PACED_P99_TARGET_MS,
+            color="tab:red",
+            lw=0.8,
+            alpha=0.6,
+            label=f"target of the paced p99: {PACED_P99_TARGET_MS:.0f} ms",
+        )
+    for ax, title, unit in (
+        (ax_rps, "throughput", "requests per second"),
+        (ax_p99, "p99 latency of fetches (log scale)", "milliseconds"),
+    ):
+        ax.set_xscale("log")
+        ax.set_xlabel("agents")
+        ax.set_ylabel(unit)
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_rps.set_ylim(bottom=0)
+    ax_p99.set_yscale("log")
+    # Plain milliseconds on the log axis (10, 20, 50, 100 ...), not powers of ten.
+    ax_p99.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax_p99.yaxis.set_minor_formatter(
+        FuncFormatter(lambda v, _pos: f"{v:g}" if f"{v:g}"[0] in "25" else "")
+    )
+
+
+def _deep_panel(rows: list[dict[str, Any]], ax: Any) -> None:
+    """The product's req/s against the queue depth, each point labelled with its p99."""
+    deep = [r for r in rows if r["target"] == "product" and r["scenario"].startswith("deep-")]
+    for scenario, marker, dash in (("deep-fast", "o", "-"), ("deep-topup", "s", "--")):
+        points = sorted((r for r in deep if r["scenario"] == scenario), key=lambda r: r["depth"])
+        if not points:
+            continue
+        xs = [r["depth"] for r in points]
+        ys = [r["rps"] for r in points]
+        ax.plot(xs, ys, dash, marker=marker, color=COLOURS["product"], label=SCENARIOS[scenario])
+        for x, y, r in zip(xs, ys, points, strict=True):
+            ax.annotate(
+                f"p99 {r['p99_ms']:.0f} ms",
+                (x, y),
+                textcoords="offset points",
+                xytext=(0, 7),
+                ha="center",
+                fontsize=7,
+            )
+    if deep:
+        ax.set_xscale("log")
+        ax.set_xlim(min(r["depth"] for r in deep) / 3, max(r["depth"] for r in deep) * 3)
+        ax.set_ylim(bottom=0, top=max(r["rps"] for r in deep) * 1.3)
+        agents = f", {deep[0]['agents']:,} agents"
+    else:
+        ax.text(0.5, 0.5, "scenario 4 not run", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        agents = ""
+    ax.set_xlabel("tickets queued")
+    ax.set_ylabel("requests per second")
+    ax.set_title(f"deep queue: the product{agents}", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _idle_note(rows: list[dict[str, Any]]) -> str:
+    notes = []
+    for r in rows:
+        if r["scenario"] == "idle" and r["cpu"]:
+            pct = r["cpu"]["percent"]
+            notes.append(
+                f"5 idle backlog ({r['queued']:,} queued, {r['agents']:,} agents, no traffic):"
+                f" workers {pct['workers']:.1f}% + their PostgreSQL {pct['pg_workers']:.1f}%"
+                f" = {r['workers_cpu']['total_pct']:.1f}% of one core"
+                f" (target < {IDLE_WORKERS_TARGET_PCT:.0f}%), Redis {pct['redis']:.1f}%"
+            )
+    return "\n".join(notes)
+
+
+# Scenario 5's bars: (label, group in the row's cpu percentages).
+IDLE_BARS = (
+    ("workers", "workers"),
+    ("workers'\nPostgreSQL", "pg_workers"),
+    ("Redis\n(whole server)", "redis"),
+    ("API\n(gunicorn)", "app"),
+    ("API's\nPostgreSQL", "pg_api"),
+    ("rest of\nPostgreSQL", "pg_rest"),
+)
+
+
+def _idle_panel(rows: list[dict[str, Any]], ax: Any) -> None:
+    """Scenario 5 alone: each process group's share of one core, at rest."""
+    row = next(r for r in rows if r["scenario"] == "idle" and r["cpu"])
+    pct = row["cpu"]["percent"]
+    colours = ["tab:purple", "tab:pink", "tab:orange", "tab:blue", "tab:cyan", "tab:gray"]
+    bars = ax.bar([label for label, _ in IDLE_BARS], [pct[g] for _, g in IDLE_BARS], color=colours)
+    ax.bar_label(bars, fmt="%.1f%%", fontsize=8)
+    ax.axhline(IDLE_WORKERS_TARGET_PCT, color="tab:red", lw=0.8, alpha=0.6)
+    ax.annotate(
+        f"target for the workers and their PostgreSQL together: {IDLE_WORKERS_TARGET_PCT:.0f}%",
+        (0.99, IDLE_WORKERS_TARGET_PCT),
+        xycoords=("axes fraction", "data"),
+        ha="right",
+        va="bottom",
+        fontsize=8,
+        color="tab:red",
+    )
+    ax.set_ylabel("% of one core")
+    ax.set_title(
+        f"5 idle backlog: {row['queued']:,} queued, {row['agents']:,} agents, no traffic,"
+        f" {row['cpu']['seconds']:.0f} s",
+        fontsize=10,
+    )
+    ax.grid(True, axis="y", alpha=0.3)
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Throughput and p99 against the number of agents, per target and path."""
+    """Throughput and p99 against the number of agents, the deep queue, the idle cost;
+    a run of scenario 5 alone draws its bars instead."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = result["results"]
-    fig, (ax_rps, ax_p99) = plt.subplots(1, 2, figsize=(12, 4.8))
-    styles = {
-        "product": "tab:blue",
-        "ceiling": "tab:gray",
-        "floor": "tab:green",
-        "baseline": "tab:orange",
-    }
-    for scenario, marker, dash in (("fast", "o", "-"), ("steady", "s", "--")):
-        for target, colour in styles.items():
-            points = sorted(
-                (r["agents"], r["rps"], r["p99_ms"])
-                for r in rows
-                if r["scenario"] == scenario and r["target"] == target
-            )
-            if not points:
-                continue
-            xs = [p[0] for p in points]
-            label = f"{target}, {SCENARIOS[scenario]}"
-            ax_rps.plot(xs, [p[1] for p in points], dash, marker=marker, color=colour, label=label)
-            ax_p99.plot(xs, [p[2] for p in points], dash, marker=marker, color=colour, label=label)
-    for target, colour in styles.items():
-        cold = [r for r in rows if r["scenario"] == "cold" and r["target"] == target]
-        for r in cold:
-            ax_rps.scatter([r["agents"]], [r["rps"]], marker="^", color=colour, s=60)
-            ax_p99.scatter([r["agents"]], [r["p99_ms"]], marker="^", color=colour, s=60)
-    for ax, title, unit in (
-        (ax_rps, "throughput", "requests per second"),
-        (ax_p99, "p99 latency of fetches", "milliseconds"),
-    ):
-        ax.set_xscale("log")
-        ax.set_xlabel("agents (▲ = 3 cold fill: every agent fetches at once)")
-        ax.set_ylabel(unit)
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-    ax_rps.set_ylim(bottom=0)
-    ax_p99.set_ylim(bottom=0)
-    if ax_rps.get_legend_handles_labels()[0]:
-        ax_rps.legend(fontsize=8)
+    if not any(r["scenario"] != "idle" for r in rows) and any(r["cpu"] for r in rows):
+        fig, ax = plt.subplots(figsize=(9, 5.5))
+        _idle_panel(rows, ax)
+    else:
+        fig, (ax_rps, ax_p99, ax_deep) = plt.subplots(
+            1, 3, figsize=(17, 6.8), gridspec_kw={"width_ratios": [1, 1, 0.8]}
+        )
+        _agents_panels(rows, ax_rps, ax_p99)
+        _deep_panel(rows, ax_deep)
+        for ax in (ax_rps, ax_p99, ax_deep):
+            _legend_below(ax)
     meta = result["meta"]
-    fig.suptitle(
-        f"{meta['command']} — {meta['started']}, commit {meta['commit']}", fontsize=9, y=0.995
-    )
+    title = f"{meta['command']} — {meta['started']}, commit {meta['commit']}"
+    if note := _idle_note(rows):
+        title += "\n" + note
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -1,10 +1,12 @@
 """Run the benchmark: ``python -m scripts.bench [--quick] [options]``.
 
-For each target (the ceiling app, the product, the PostgreSQL-only baseline)
-one gunicorn with the production settings; for each scenario a fresh seeded
-state, one wrk run, then the invariant audit. Results go to
-``bench-results/<time>/`` (result.json, table.md, plot.png); ``--publish``
-also copies the table and the plot to docs/bench/.
+For each target (the ceiling app, the floor, the product, the PostgreSQL-only
+baseline) one gunicorn with the production settings; for each scenario a fresh
+seeded state, one wrk run (for the product with ``python -m workers`` running
+beside it), then the invariant audit. Scenario 5 sends no traffic at all: it
+measures what the workers cost at rest. Results go to ``bench-results/<time>/``
+(result.json, table.md, plot.png); ``--publish`` also copies the table and the
+plot to docs/bench/.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,12 +39,14 @@ ROOT = seed.ROOT
 TARGETS = ("ceiling", "floor", "product", "baseline")
 # Which targets each scenario runs on: the baseline only where it has something
 # to say (the top-up path), the ceiling wherever there is a ratio to give, the
-# floor on the fast path (what its required work alone reaches).
+# floor on the fast path and the top-up (what their required work alone
+# reaches), the idle backlog on the product alone (its workers at rest).
 SCENARIO_TARGETS = {
     1: ("ceiling", "floor", "product"),
-    2: ("ceiling", "product", "baseline"),
+    2: ("ceiling", "floor", "product", "baseline"),
     3: ("ceiling", "product", "baseline"),
     4: ("product",),
+    5: ("product",),
 }
 
 FULL = {
@@ -51,6 +57,10 @@ FULL = {
     "deep_agents": 1000,
     "depths": [10_000, 1_000_000],
     "connections": 32,
+    "idle_agents": 10_000,
+    "idle_tickets": 1_000_000,
+    "idle_seconds": 60.0,
+    "settle": 5.0,
 }
 QUICK = {
     "agents": [20, 100],
@@ -60,6 +70,10 @@ QUICK = {
     "deep_agents": 100,
     "depths": [1000, 10_000],
     "connections": 16,
+    "idle_agents": 200,
+    "idle_tickets": 20_000,
+    "idle_seconds": 5.0,
+    "settle": 1.0,
 }
 
 
@@ -81,6 +95,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--deep-agents", type=int, help="agents in 4 (default 1000)")
     p.add_argument("--depths", type=_ints, help="queue depths in 4 (default 10000,1000000)")
     p.add_argument("--connections", type=int, help="wrk connections (default 32)")
+    p.add_argument("--idle-agents", type=int, help="agents in 5, each full (default 10000)")
+    p.add_argument(
+        "--idle-tickets", type=int, help="unassigned tickets queued in 5 (default 1000000)"
+    )
+    p.add_argument(
+        "--idle-seconds", type=float, help="seconds 5 measures, with no traffic (default 60)"
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        help="seconds the workers run before a measurement starts, once any rebuild is"
+        " done (default 5)",
+    )
     p.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     p.add_argument("--capacity", type=int, default=15, help="tickets per agent (default 15)")
     p.add_argument(
@@ -99,7 +126,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " req/s it just reached: the latency at a load below the maximum (0: off;"
         " default 0.7)",
     )
-    p.add_argument("--scenarios", type=_ints, default=[1, 2, 3, 4], help="e.g. 1,2")
+    p.add_argument("--scenarios", type=_ints, default=[1, 2, 3, 4, 5], help="e.g. 1,2 or 5")
     p.add_argument("--targets", default=",".join(TARGETS), help="ceiling,floor,product,baseline")
     p.add_argument(
         "--database-url",
@@ -114,7 +141,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the benchmark's own Redis db; it is flushed (default db 8)",
     )
     p.add_argument("--results", type=Path, default=ROOT / "bench-results", help="output folder")
-    p.add_argument("--publish", action="store_true", help="copy table and plot to docs/bench/")
+    p.add_argument(
+        "--publish",
+        action="store_true",
+        help="copy table and plot to docs/bench/ (table-5.md, plot-5.png for --scenarios 5)",
+    )
     p.add_argument(
         "--profile",
         action="store_true",
@@ -141,6 +172,14 @@ class Bench:
     def log(self, message: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
+    def env(self) -> dict[str, str]:
+        """The environment of every target's gunicorn and of the product's workers."""
+        return {
+            **self.settings.service_env(),
+            "BENCH_DATABASE_URL": self.settings.database_url,
+            "WEB_CONCURRENCY": str(self.args.workers),
+        }
+
     def tokens(self, agents: int) -> Path:
         path = self.out / f"tokens-{agents}.txt"
         if not path.exists():
@@ -156,6 +195,41 @@ class Bench:
             f"seeded {agents} agents holding {held}, {info.queued} queued in {info.seconds:.1f}s"
         )
         return info.queued
+
+    @contextmanager
+    def beside(self, target: str) -> Iterator[servers.Workers | None]:
+        """The product's ``python -m workers``, started on the seeded state and settled
+        (see ``settle``), then stopped after the measurement (``Workers.problem`` then
+        says whether they ran and stopped cleanly); None for the other targets, which
+        have no workers."""
+        if target != "product":
+            yield None
+            return
+        with servers.workers(self.env(), self.out / "workers.log") as running:
+            self.settle()
+            yield running
+
+    def settle(self) -> float:
+        """Wait until no rebuild runs (Redis holds its epoch and the rebuild lock is
+        free), then ``--settle`` seconds more, so the workers' start-up (imports,
+        their first steps) stays out of the measurement. Returns the seconds waited."""
+        started = time.monotonic()
+        queue = self.seeder.queue
+        while not queue.is_built() or queue.client.exists(queue.lock_key("rebuild")):
+            if time.monotonic() - started > 1800:
+                raise RuntimeError("the workers' rebuild did not finish in 30 minutes")
+            time.sleep(0.2)
+        time.sleep(self.args.settle)
+        return time.monotonic() - started
+
+    def audit(self, target: str) -> dict[str, Any]:
+        """The product's own audit (the floor shares the product's state), else SQL."""
+        by, violations = (
+            audits.audit_baseline(self.seeder.app)
+            if target == "baseline"
+            else audits.audit_product(self.seeder.app)
+        )
+        return {"by": by, "violations": violations}
 
     def measure(
         self,
@@ -181,39 +255,39 @@ class Bench:
         threads = max(1, min(args.threads, connections))
         connections = max(connections, threads)
         name = f"{target}-{scenario}-{agents}" + (f"-{depth}" if depth else "")
-        sampler = None
-        if args.profile and target == "product":
-            raw = self.out / f"profile-{name}.txt"
-            sampler = profiling.record(server.pid, raw, args.duration)
-            time.sleep(0.5)  # py-spy attaches to every worker
-        cpu_before = cpu.snapshot(server.pid)
-        load = loadgen.run(
-            server.url,
-            mode,
-            self.tokens(agents),
-            args.capacity,
-            threads,
-            connections,
-            args.duration,
-            timeout=max(60.0, args.duration * 4),
-            think_ms=think_ms,
-        )
-        cpu_ms = cpu.per_request(cpu_before, cpu.snapshot(server.pid), load.requests)
-        if sampler is not None:
-            sampler.wait(timeout=args.duration + 30)
-            if raw.exists():
-                self.profiles[name] = profiling.summarize(raw)
-        time.sleep(0.3)  # requests the server still had in hand finish
+        tokens = self.tokens(agents)
+        with self.beside(target) as workers:
+            sampler = None
+            if args.profile and target == "product":
+                raw = self.out / f"profile-{name}.txt"
+                sampler = profiling.record(server.pid, raw, args.duration)
+                time.sleep(0.5)  # py-spy attaches to every worker
+            meter = cpu.Meter(
+                server.pid, workers.pid if workers else None, self.settings.database_url
+            ).start()
+            load = loadgen.run(
+                server.url,
+                mode,
+                tokens,
+                args.capacity,
+                threads,
+                connections,
+                args.duration,
+                timeout=max(60.0, args.duration * 4),
+                think_ms=think_ms,
+            )
+            usage = meter.stop()
+            if sampler is not None:
+                sampler.wait(timeout=args.duration + 30)
+                if raw.exists():
+                    self.profiles[name] = profiling.summarize(raw)
+            time.sleep(0.3)  # requests the server still had in hand finish
         audit = None
         queued_after = None
-        if target in ("product", "baseline"):  # the others change nothing
+        # The ceiling changes nothing, nor does the floor's fast path.
+        if target in ("product", "baseline") or (target == "floor" and mode != "fetch"):
             queued_after, _ = self.seeder.queue_depth()
-            by, violations = (
-                audits.audit_product(self.seeder.app)
-                if target == "product"
-                else audits.audit_baseline(self.seeder.app)
-            )
-            audit = {"by": by, "violations": violations}
+            audit = self.audit(target)
         row = {
             "scenario": scenario,
             "target": target,
@@ -227,13 +301,17 @@ class Bench:
             "p50_ms": load.fetch_p50_ms,
             "p99_ms": load.fetch_p99_ms,
             "vs_ceiling": None,
-            "cpu_ms": cpu_ms,
+            "vs_floor": None,
+            "cpu_ms": usage.per_request(load.requests) if usage else None,
+            "workers_cpu": usage.workers() if usage and workers else None,
+            "cpu": usage.as_dict() if usage else None,
             "audit": audit,
-            "problems": load.problems(),
+            "problems": load.problems() + _stopped_badly(workers),
             "load": load.as_dict(),
         }
         self.rows.append(row)
         verdict = "audit n/a" if audit is None else f"{len(audit['violations'])} violations"
+        cpu_ms, beside = row["cpu_ms"], row["workers_cpu"]
         self.log(
             f"{report.SCENARIOS[scenario]:<32} {target:<8} agents={agents:<6}"
             f" {load.rps:>8.1f} req/s  p50 {load.fetch_p50_ms:>7.2f} ms"
@@ -244,7 +322,64 @@ class Bench:
                 if cpu_ms
                 else ""
             )
+            + (
+                f"  workers {beside['process_pct']:.1f}% + pg {beside['postgres_pct']:.1f}%"
+                if beside
+                else ""
+            )
             + (f"  PROBLEMS: {'; '.join(row['problems'])}" if row["problems"] else "")
+        )
+        return row
+
+    def idle(self, server: servers.Server) -> dict[str, Any]:
+        """Scenario 5: a backlog and no traffic at all. ``--idle-agents`` agents, each
+        full, ``--idle-tickets`` queued behind them (queued by the product's
+        rebuild); the workers start, settle, and the CPU of every process is read
+        over ``--idle-seconds``. Full agents: a backlog is when nobody can take more."""
+        args = self.args
+        agents, capacity = args.idle_agents, args.capacity
+        queued = self.prepare("product", agents, capacity, args.idle_tickets)
+        with self.beside("product") as workers:
+            assert workers is not None
+            meter = cpu.Meter(server.pid, workers.pid, self.settings.database_url).start()
+            time.sleep(args.idle_seconds)
+            usage = meter.stop()
+        queued_after, _ = self.seeder.queue_depth()
+        audit = self.audit("product")
+        row = {
+            "scenario": "idle",
+            "target": "product",
+            "agents": agents,
+            "depth": None,
+            "queued": queued,
+            "queued_after": queued_after,
+            "connections": 0,
+            "think_ms": 0,
+            "rps": None,
+            "p50_ms": None,
+            "p99_ms": None,
+            "vs_ceiling": None,
+            "vs_floor": None,
+            "cpu_ms": None,
+            "workers_cpu": usage.workers() if usage else None,
+            "cpu": usage.as_dict() if usage else None,
+            "audit": audit,
+            "problems": ([] if usage else ["no CPU figures: /proc is missing"])
+            + _stopped_badly(workers),
+            "load": None,
+        }
+        self.rows.append(row)
+        pct = usage.percent() if usage else {}
+        self.log(
+            f"{report.SCENARIOS['idle']:<32} product  agents={agents:<6} queued={queued}"
+            f"  {len(audit['violations'])} violations"
+            + (
+                f"  % of a core: workers {pct['workers']:.2f} + their pg"
+                f" {pct['pg_workers']:.2f}; redis {pct['redis']:.2f}, API {pct['app']:.2f},"
+                f" API pg {pct['pg_api']:.2f}, rest of pg {pct['pg_rest']:.2f}"
+                if pct
+                else ""
+            )
         )
         return row
 
@@ -275,15 +410,10 @@ class Bench:
 
     def run_target(self, target: str) -> None:
         args = self.args
-        env = {
-            **self.settings.service_env(),
-            "BENCH_DATABASE_URL": self.settings.database_url,
-            "WEB_CONCURRENCY": str(args.workers),
-        }
         wanted = [s for s in args.scenarios if target in SCENARIO_TARGETS[s]]
         if target not in args.targets or not wanted:
             return
-        with servers.serve(target, env, self.out / f"server-{target}.log") as server:
+        with servers.serve(target, self.env(), self.out / f"server-{target}.log") as server:
             self.log(f"{target} serving at {server.url}")
             full, short = args.capacity, args.capacity - 1
             for agents in args.agents:
@@ -308,6 +438,14 @@ class Bench:
                     # Topped up so the run cannot drain the queue below ``depth``.
                     queued = self.prepare(target, agents, short, depth + self.topup_headroom())
                     self.measure(server, target, "deep-topup", agents, "topup", queued, depth)
+            if 5 in wanted:
+                self.idle(server)
+
+
+def _stopped_badly(workers: servers.Workers | None) -> list[str]:
+    """The workers' failure to run or to stop cleanly, as a problem of the run."""
+    problem = workers.problem() if workers else None
+    return [f"{problem} (see {workers.log_path.name})"] if workers and problem else []
 
 
 def _git_commit() -> str:
@@ -361,6 +499,10 @@ def main(argv: list[str] | None = None) -> int:
         "cold_agents": args.cold_agents,
         "deep_agents": args.deep_agents,
         "depths": args.depths,
+        "idle_agents": args.idle_agents,
+        "idle_tickets": args.idle_tickets,
+        "idle_seconds": args.idle_seconds,
+        "settle": args.settle,
         "profiled": args.profile,
     }
     bench.log(f"results in {out}")
@@ -383,8 +525,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.publish:
         docs = ROOT / "docs" / "bench"
         docs.mkdir(parents=True, exist_ok=True)
-        shutil.copy(out / "table.md", docs / "table.md")
-        shutil.copy(out / "plot.png", docs / "plot.png")
+        # A run of some scenarios only (scenario 5 after a change to the relay)
+        # must not replace the full run's table: it gets names of its own.
+        some = sorted(args.scenarios) != sorted(SCENARIO_TARGETS)
+        suffix = "-" + "-".join(map(str, sorted(args.scenarios))) if some else ""
+        shutil.copy(out / "table.md", docs / f"table{suffix}.md")
+        shutil.copy(out / "plot.png", docs / f"plot{suffix}.png")
     print(report.markdown(result))
     if bench.profiles:
         print(json.dumps(bench.profiles, indent=2))
