@@ -26,7 +26,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from conftest import JWT_SECRET, TEST_DATABASE_URL, TEST_REDIS_URL
-from flask_jwt_extended import create_access_token
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DATABASE_URL = (
@@ -205,14 +204,15 @@ def floor(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     try:
         yield module
     finally:
-        if module._conn is not None:
-            module._conn.close()
+        module.close_connections()
         module._queue.client.close()
 
 
 def _token(app: Any, agent: int) -> dict[str, str]:
+    from service.auth import access_token, new_session
+
     with app.app_context():
-        token = create_access_token(identity=str(agent), additional_claims={"role": "agent"})
+        token = access_token(agent, "agent", 0, new_session())
     return {"Authorization": f"Bearer {token}"}
 
 

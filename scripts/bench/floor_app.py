@@ -31,6 +31,7 @@ product can reach on the same machine, path by path.
 from __future__ import annotations
 
 import os
+import queue
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -83,19 +84,44 @@ jwt = JWTManager(app)
 _DSN = make_url(os.environ["DATABASE_URL"]).set(drivername="postgresql")
 _LEASE_SECONDS = int(os.environ.get("RESERVATION_LEASE_SECONDS") or 30)
 _queue = TicketQueue(redis.Redis.from_url(os.environ["REDIS_URL"]))
-_conn: Any = None
+# Connections of this worker process, opened on first use (after the fork), in
+# autocommit: a lone statement is one round trip; a transaction says BEGIN. A
+# gevent worker serves many requests at once, each on a connection of its own:
+# at most as many as the product's pool holds (5 plus 5 overflow), the others
+# wait for one (a queue, cooperative under gevent).
+_POOL_SIZE = 10
+_idle: queue.LifoQueue[Any] = queue.LifoQueue()
+_opened: list[Any] = []
 
 
-def _db() -> Any:
-    """One connection per worker process, opened on first use (after the fork), in
-    autocommit: a lone statement is one round trip; a transaction says BEGIN."""
-    global _conn
-    if _conn is None or _conn.closed:
-        _conn = psycopg2.connect(
-            _DSN.render_as_string(hide_password=False), options="-c timezone=UTC"
-        )
-        _conn.autocommit = True
-    return _conn
+def _new_connection() -> Any:
+    conn = psycopg2.connect(_DSN.render_as_string(hide_password=False), options="-c timezone=UTC")
+    conn.autocommit = True
+    return conn
+
+
+@contextmanager
+def _cursor() -> Iterator[Any]:
+    """A cursor on a connection of this request's own, given back after."""
+    try:
+        conn = _idle.get_nowait()
+    except queue.Empty:
+        if len(_opened) < _POOL_SIZE:
+            conn = _new_connection()
+            _opened.append(conn)
+        else:
+            conn = _idle.get()
+    try:
+        with conn.cursor(cursor_factory=psycopg2.extras.NamedTupleCursor) as cur:
+            yield cur
+    finally:
+        _idle.put(conn)
+
+
+def close_connections() -> None:
+    for conn in _opened:
+        conn.close()
+    _opened.clear()
 
 
 def _run(cur: Any, statement: tuple[str, dict[str, Any]], **params: Any) -> list[Any]:
@@ -107,7 +133,7 @@ def _run(cur: Any, statement: tuple[str, dict[str, Any]], **params: Any) -> list
 @contextmanager
 def _transaction() -> Iterator[Any]:
     """BEGIN ... COMMIT on the autocommit connection (ROLLBACK on an error)."""
-    with _db().cursor(cursor_factory=psycopg2.extras.NamedTupleCursor) as cur:
+    with _cursor() as cur:
         cur.execute("BEGIN")
         try:
             yield cur
@@ -185,7 +211,7 @@ def assign() -> Response:
     agent_id = _agent()
     if agent_id is None:
         return _error(403, "forbidden", "agents only")
-    with _db().cursor(cursor_factory=psycopg2.extras.NamedTupleCursor) as cur:
+    with _cursor() as cur:
         rows = _run(cur, HOLDING, agent_id=agent_id)
     if not rows or not rows[0].is_active:
         return _error(401, "unauthorized", "inactive")
@@ -204,8 +230,15 @@ def sell(ticket_id: int) -> Response:
     agent_id = _agent()
     if agent_id is None:
         return _error(403, "forbidden", "agents only")
-    with _db().cursor(cursor_factory=psycopg2.extras.NamedTupleCursor) as cur:
-        sold = _run(cur, SELL, sale_ticket=ticket_id, seller=agent_id, sold_now=utcnow())
+    with _cursor() as cur:
+        sold = _run(
+            cur,
+            SELL,
+            sale_ticket=ticket_id,
+            seller=agent_id,
+            seller_version=get_jwt()["ver"],
+            sold_now=utcnow(),
+        )
     if not sold:
         return _error(404, "not_found", f"you hold no ticket {ticket_id}")
     return _json(ticket_json(sold[0]))
