@@ -1,7 +1,8 @@
 """gunicorn settings for production: ``gunicorn -c gunicorn.conf.py wsgi:app``.
 
-Every value can be changed from the environment (listed in the README); a flag
-on the command line overrides both.
+Every value can be changed from the environment (listed in the README) and is
+checked like the app's settings (service/config.py); a flag on the command line
+overrides both.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ from psycogreen.gevent import patch_psycopg  # noqa: E402
 
 patch_psycopg()
 
-import multiprocessing  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, NoReturn  # noqa: E402
+from typing import Any  # noqa: E402
 
 from dotenv import load_dotenv  # noqa: E402
 
@@ -36,74 +36,6 @@ sys.path.insert(0, str(ROOT))
 # the service package now would load prometheus_client before the metrics
 # directory below is set, and every worker would count on its own.
 load_dotenv(ROOT / ".env")
-
-
-def _refuse(problem: str) -> NoReturn:
-    """Stop with one line on stderr and exit code 2, as the workers do."""
-    print(f"configuration error: {problem}", file=sys.stderr, flush=True)
-    sys.exit(2)
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        _refuse(f"{name} must be an integer, got {raw!r}")
-
-
-def _env_seconds(name: str, default: float) -> float:
-    raw = os.environ.get(name, "")
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        _refuse(f"{name} must be a number of seconds, got {raw!r}")
-    if value <= 0:
-        _refuse(f"{name} must be above 0, got {raw!r}")
-    return value
-
-
-# Embedded mode (no DATABASE_URL, no REDIS_URL) keeps Redis inside the process,
-# so it is served by one process.
-EMBEDDED = not os.environ.get("DATABASE_URL") and not os.environ.get("REDIS_URL")
-
-bind = os.environ.get("BIND") or f"0.0.0.0:{_env_int('PORT', 8000)}"
-# gevent workers (service/serving.py): each serves many connections at once,
-# so a slow client, a long-poll or an event stream holds a greenlet, not a
-# process. The work is CPU between waits on PostgreSQL and Redis: one process
-# per core, plus one so a core is not idle while another waits.
-worker_class = "service.serving.Worker"
-workers = 1 if EMBEDDED else _env_int("WEB_CONCURRENCY", multiprocessing.cpu_count() + 1)
-# Connections one worker serves at once; more wait in the listen queue.
-worker_connections = _env_int("GUNICORN_WORKER_CONNECTIONS", 1000)
-# Checked here so a bad value stops the master with one line (the worker reads it).
-_env_seconds("GUNICORN_CLIENT_TIMEOUT", 10.0)
-# A request that takes longer than this is stuck (statement timeouts are 5 s);
-# the worker is killed and replaced.
-timeout = _env_int("GUNICORN_TIMEOUT", 30)
-# On SIGTERM, requests in flight get this long to finish.
-graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 20)
-keepalive = _env_int("GUNICORN_KEEPALIVE", 5)
-# Recycle workers now and then (bounds any slow leak); the jitter keeps them
-# from all restarting at once.
-max_requests = _env_int("GUNICORN_MAX_REQUESTS", 5000)
-max_requests_jitter = _env_int("GUNICORN_MAX_REQUESTS_JITTER", 500)
-# The heartbeat file lives in memory, not on a container's overlay disk.
-worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
-
-# No access log by default: the app writes one JSON line per request already
-# (with the request id, user, route and duration), and a second line per
-# request only doubled the logging work. "-" sends gunicorn's own
-# access log to stdout, a path to a file.
-accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
-errorlog = "-"
-loglevel = (os.environ.get("LOG_LEVEL") or "info").lower()
-# gunicorn 23+ opens a control socket by default; nothing here uses it.
-control_socket_disable = True
 
 # Metrics: each worker writes its counters under PROMETHEUS_MULTIPROC_DIR and
 # /metrics sums them. Set before any worker imports prometheus_client.
@@ -123,21 +55,51 @@ else:
     _metrics_dir.mkdir(parents=True)
 
 
-# Refuse to start on a broken configuration, with a message naming the variable,
+# Refuse to start on a broken configuration, with one line naming the variable,
 # before the app is loaded (a traceback from the import says it far less clearly).
-from service.config import ConfigError, load_config  # noqa: E402  (after the metrics dir)
+from service.config import ConfigError, load_config, refuse, serving_config  # noqa: E402
 
 try:
+    _serving = serving_config(os.environ)
     load_config(Path(os.environ.get("INSTANCE_PATH") or ROOT / "instance"), os.environ)
 except ConfigError as exc:
-    _refuse(str(exc))
+    refuse(exc)
+
+bind = _serving.bind
+# gevent workers (service/serving.py): each serves many connections at once, so
+# a slow client, a long-poll or an event stream holds a greenlet, not a process.
+worker_class = "service.serving.Worker"
+workers = _serving.workers
+worker_connections = _serving.worker_connections
+# A worker whose event loop stops turning (stuck in CPU, not waiting) for this
+# long is killed and replaced; a request waiting on a database is not stuck.
+timeout = _serving.timeout
+# On SIGTERM, requests in flight get this long to finish.
+graceful_timeout = _serving.graceful_timeout
+keepalive = _serving.keepalive
+# Recycle workers now and then (bounds any slow leak); the jitter keeps them
+# from all restarting at once.
+max_requests = _serving.max_requests
+max_requests_jitter = _serving.max_requests_jitter
+# The heartbeat file lives in memory, not on a container's overlay disk.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+# No access log by default: the app writes one JSON line per request already
+# (with the request id, user, route and duration), and a second line per
+# request only doubled the logging work. "-" sends gunicorn's own
+# access log to stdout, a path to a file.
+accesslog = _serving.access_log
+errorlog = "-"
+loglevel = _serving.log_level
+# gunicorn 23+ opens a control socket by default; nothing here uses it.
+control_socket_disable = True
 
 # The master loads the app once and forks the workers from it: a worker that is
 # recycled (max_requests) or replaced starts in milliseconds instead of
 # importing the app anew, which took a core for most of a second and showed in
 # the p99 latency. New code therefore needs a restart, not a HUP. Embedded mode
 # does not preload: its Redis lives in the process and must not be copied.
-preload_app = not EMBEDDED
+preload_app = not _serving.embedded
 
 
 def post_fork(server: Any, worker: Any) -> None:
@@ -151,6 +113,16 @@ def post_fork(server: Any, worker: Any) -> None:
 
         with app.app_context():
             db.engine.dispose(close=False)
+
+
+def post_worker_init(worker: Any) -> None:
+    """Embedded mode: the worker owns the in-process Redis; fill it from the SQLite
+    file before the first request (and say once where the data lives)."""
+    app = getattr(worker, "wsgi", None)
+    if _serving.embedded and "ticket_queue" in getattr(app, "extensions", {}):
+        from service import start_embedded
+
+        start_embedded(app)
 
 
 def on_starting(server: Any) -> None:

@@ -2,7 +2,7 @@
 
     python scripts/rebuild_queue.py            merge PostgreSQL's truth into Redis
     python scripts/rebuild_queue.py --dry-run  report what differs, change nothing
-    python scripts/rebuild_queue.py --check    audit invariants I1-I5; exit 1 on any violation
+    python scripts/rebuild_queue.py --check    audit the invariants; exit 1 on any violation
 
 The queue, every agent's held set, stale reservations and the token blocklist
 are merged (never replaced), then Redis is marked as built. Exit status: 0 on
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from service.config import ConfigError  # noqa: E402
+from service.config import ConfigError, refuse  # noqa: E402
 
 # Phases shorter than this get no progress bar.
 BAR_FROM = 10_000
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--dry-run", action="store_true", help="report, change nothing")
     parser.add_argument(
-        "--check", action="store_true", help="only audit invariants I1-I5; exit 1 on a violation"
+        "--check", action="store_true", help="only audit the invariants; exit 1 on a violation"
     )
     args = parser.parse_args(argv)
 
@@ -72,10 +72,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         configure_logging()
-        app = create_app()
-    except (ConfigError, ValueError) as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+    except ConfigError as exc:
+        refuse(exc)
+    app = create_app()  # a bad setting stops it with one line and exit status 2
+    if app.config["EMBEDDED"]:
+        from service.cli import EMBEDDED_REFUSAL
+
+        refuse(EMBEDDED_REFUSAL)
     queue = app.extensions["ticket_queue"]
     with app.app_context():
         if args.check:

@@ -43,9 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from service import create_app
+    from service.config import refuse
     from service.extensions import db
 
-    app = create_app()
+    app = create_app()  # a bad setting stops it with one line and exit status 2
+    if app.config["EMBEDDED"]:
+        refuse("seed.py fills PostgreSQL for benchmarks: set DATABASE_URL and REDIS_URL")
     with app.app_context():
         started = time.monotonic()
         seed_tickets(db.session, args.count)

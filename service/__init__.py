@@ -15,7 +15,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import metrics, ratelimit
-from .config import load_config, load_env_file
+from .config import ConfigError, load_config, load_env_file, refuse
 from .database import replace_closed_connections, serialise_sqlite
 from .extensions import db, jwt, migrate
 from .json_provider import OrjsonProvider
@@ -28,13 +28,25 @@ log = getLogger(__name__)
 
 
 def create_app(env: Mapping[str, str] | None = None, **overrides: Any) -> Flask:
-    """Build the app from the environment (or ``env``), then apply ``overrides``."""
+    """Build the app from the environment (or ``env``), then apply ``overrides``.
+
+    Built from the process's environment (a server, the flask CLI, the workers, a
+    script), a bad setting stops the process with one line naming the variable
+    and exit status 2; built from ``env`` (tests), it raises ConfigError.
+    """
     if env is None:
         load_env_file()
-        # A process of its own (the flask CLI, another WSGI server, a script)
-        # logs like the rest of the service.
-        ensure_logging()
-    source = os.environ if env is None else env
+        try:
+            # A process of its own (the flask CLI, another WSGI server, a
+            # script) logs like the rest of the service.
+            ensure_logging()
+            return _create_app(os.environ, **overrides)
+        except ConfigError as exc:
+            refuse(exc)
+    return _create_app(env, **overrides)
+
+
+def _create_app(source: Mapping[str, str], **overrides: Any) -> Flask:
     instance = source.get("INSTANCE_PATH") or Path(__file__).resolve().parent.parent / "instance"
     app = Flask(__name__, instance_path=str(Path(instance).resolve()))
     app.config.update(load_config(Path(app.instance_path), source))
@@ -65,8 +77,6 @@ def create_app(env: Mapping[str, str] | None = None, **overrides: Any) -> Flask:
     register_blueprints(app)
     register_errorhandlers(app)
     register_commands(app)
-    if app.config["EMBEDDED"]:
-        start_embedded(app)
     return app
 
 
@@ -146,15 +156,19 @@ def register_commands(app: Flask) -> None:
 
 
 def start_embedded(app: Flask) -> None:
-    """Fill the in-process Redis from the SQLite file, which outlives it."""
-    log.warning(
-        "embedded mode: SQLite at %s and an in-process Redis, one process only; "
-        "production needs DATABASE_URL (PostgreSQL) and REDIS_URL (Redis)",
-        app.config["SQLALCHEMY_DATABASE_URI"],
-    )
+    """Embedded mode's server start: fill the in-process Redis from the SQLite file,
+    which outlives it, and say once where the data lives (gunicorn.conf.py calls
+    this in the one worker; the CLI's commands leave Redis alone)."""
     from .domain.rebuild import rebuild
 
+    path = app.config["SQLALCHEMY_DATABASE_URI"].removeprefix("sqlite:///")
+    log.warning(
+        "embedded mode: the data is in %s and Redis is inside this one process; "
+        "for production set DATABASE_URL (PostgreSQL) and REDIS_URL (Redis)",
+        path,
+    )
     with app.app_context():
         if not inspect(db.engine).has_table("tickets"):
-            return  # not migrated yet; `flask db upgrade` comes first
+            log.warning("embedded mode: %s has no tables; run `flask --app wsgi db upgrade`", path)
+            return
         rebuild(db.session, app.extensions["ticket_queue"])

@@ -72,11 +72,19 @@ def demo_users() -> None:
 @with_appcontext
 def serve(host: str, port: int) -> None:
     """Serve with gunicorn and gunicorn.conf.py: its production settings, or one
-    threaded process when embedded (the in-process Redis cannot be shared)."""
+    process when embedded (the in-process Redis cannot be shared)."""
     import os
     import sys
     from pathlib import Path
 
+    from .config import ConfigError, refuse, serving_config
+
+    try:
+        # gunicorn reads WEB_CONCURRENCY itself as it starts, with a traceback
+        # for a bad value: check everything it will read first.
+        serving_config(os.environ)
+    except ConfigError as exc:
+        refuse(exc)
     conf = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
     argv = [sys.executable, "-m", "gunicorn", "-c", str(conf), "--bind", f"{host}:{port}"]
     argv += ["wsgi:app"]
@@ -85,14 +93,29 @@ def serve(host: str, port: int) -> None:
 
 queue_cli = AppGroup("queue", help="Check and rebuild the Redis queue from PostgreSQL.")
 
+# Embedded mode's Redis lives inside the running server: a command in another
+# process would check or rebuild a throwaway copy, and report on it.
+EMBEDDED_REFUSAL = (
+    "embedded mode keeps Redis inside the running server, so this command cannot see it; "
+    "the server rebuilds its Redis from the SQLite file each time it starts"
+)
+
+
+def refuse_if_embedded() -> None:
+    from .config import refuse
+
+    if current_app.config["EMBEDDED"]:
+        refuse(EMBEDDED_REFUSAL)
+
 
 @queue_cli.command("audit")
 @click.option("--recheck-after", default=0.5, show_default=True, help="Seconds before a re-check.")
 def queue_audit(recheck_after: float) -> None:
-    """Check invariants I1-I5 on live data; exit 1 on any violation."""
+    """Check the invariants on live data; exit 1 on any violation."""
     from .domain.audit import audit
     from .state import ticket_queue
 
+    refuse_if_embedded()
     violations = audit(db.session, ticket_queue(), recheck_after=recheck_after)
     for violation in violations:
         click.echo(str(violation))
@@ -108,6 +131,7 @@ def queue_rebuild(dry_run: bool) -> None:
     from .domain.rebuild import rebuild
     from .state import ticket_queue
 
+    refuse_if_embedded()
     summary = rebuild(db.session, ticket_queue(), dry_run=dry_run)
     click.echo(summary.describe())
     if not dry_run and not summary.completed:

@@ -7,12 +7,15 @@ in-process Redis, so a laptop can serve the whole API with no services.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import secrets
+import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from dotenv import load_dotenv
@@ -22,6 +25,17 @@ MIN_SECRET_BYTES = 32
 
 class ConfigError(RuntimeError):
     """Raised when the environment cannot produce a working configuration."""
+
+
+# The exit status of every entry point (gunicorn, the flask CLI, the workers, the
+# scripts) that refuses to start on a bad configuration.
+EXIT_CONFIG = 2
+
+
+def refuse(problem: str | ConfigError) -> NoReturn:
+    """Stop the process with one line naming the problem, and exit status 2."""
+    print(f"configuration error: {problem}", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_CONFIG)
 
 
 ENV_FILE = Path(__file__).resolve().parent.parent / ".env"
@@ -35,7 +49,8 @@ def load_env_file() -> None:
     load_dotenv(ENV_FILE)
 
 
-def _bool(value: str | None, default: bool = False) -> bool:
+def _bool(env: Mapping[str, str], name: str, default: bool = False) -> bool:
+    value = env.get(name)
     if value is None or value == "":
         return default
     lowered = value.strip().lower()
@@ -43,7 +58,26 @@ def _bool(value: str | None, default: bool = False) -> bool:
         return True
     if lowered in {"0", "false", "no", "off"}:
         return False
-    raise ConfigError(f"expected a boolean, got {value!r}")
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = (env.get(name) or default).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("auto", "json", "text")
+
+
+def log_level(env: Mapping[str, str]) -> str:
+    return _choice(env, "LOG_LEVEL", LOG_LEVELS, "info")
+
+
+def log_format(env: Mapping[str, str]) -> str:
+    return _choice(env, "LOG_FORMAT", LOG_FORMATS, "auto")
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -122,7 +156,9 @@ def load_config(instance_path: Path, env: Mapping[str, str] | None = None) -> di
         "SQLALCHEMY_DATABASE_URI": database_url,
         "SQLALCHEMY_ENGINE_OPTIONS": engine_options,
         "REDIS_URL": redis_url,
-        "REDIS_CLUSTER": _bool(env.get("REDIS_CLUSTER")),
+        "REDIS_CLUSTER": _bool(env, "REDIS_CLUSTER"),
+        "LOG_LEVEL": log_level(env),
+        "LOG_FORMAT": log_format(env),
         "REDIS_KEY_PREFIX": env.get("REDIS_KEY_PREFIX") or "{tq}",
         "JWT_SECRET_KEY": secret,
         "JWT_ACCESS_TOKEN_EXPIRES": timedelta(minutes=_int(env, "ACCESS_TOKEN_MINUTES", 60)),
@@ -133,7 +169,7 @@ def load_config(instance_path: Path, env: Mapping[str, str] | None = None) -> di
         "TRUSTED_PROXY_HOPS": _int(env, "TRUSTED_PROXY_HOPS", 0, minimum=0),
         "READINESS_TIMEOUT_SECONDS": read_seconds(env, "READINESS_TIMEOUT_SECONDS", 1.0),
         "METRICS_TOKEN": _metrics_token(env),
-        **_rate_limit_config(env, redis_url, _bool(env.get("REDIS_CLUSTER"))),
+        **_rate_limit_config(env, redis_url, _bool(env, "REDIS_CLUSTER")),
     }
 
 
@@ -202,3 +238,48 @@ def _rate_limit_config(
         # Limiter keys carry the service's hash tag, like every other key.
         "RATELIMIT_KEY_PREFIX": f"{env.get('REDIS_KEY_PREFIX') or '{tq}'}:limits",
     }
+
+
+@dataclass(frozen=True)
+class Serving:
+    """gunicorn's settings (gunicorn.conf.py), checked like the app's."""
+
+    embedded: bool
+    bind: str
+    workers: int
+    worker_connections: int
+    client_timeout: float
+    timeout: int
+    graceful_timeout: int
+    keepalive: int
+    max_requests: int
+    max_requests_jitter: int
+    access_log: str | None
+    log_level: str
+
+
+def serving_config(env: Mapping[str, str] | None = None) -> Serving:
+    """How gunicorn serves the app, from the environment.
+
+    Embedded mode (no DATABASE_URL, no REDIS_URL) keeps Redis inside the
+    process, so it is served by one process. Otherwise one gevent worker per
+    core, plus one so a core is not idle while another waits on a database.
+    """
+    env = os.environ if env is None else env
+    embedded = not env.get("DATABASE_URL") and not env.get("REDIS_URL")
+    cores = multiprocessing.cpu_count()
+    workers = _int(env, "WEB_CONCURRENCY", cores + 1)
+    return Serving(
+        embedded=embedded,
+        bind=env.get("BIND") or f"0.0.0.0:{_int(env, 'PORT', 8000)}",
+        workers=1 if embedded else workers,
+        worker_connections=_int(env, "GUNICORN_WORKER_CONNECTIONS", 1000),
+        client_timeout=read_seconds(env, "GUNICORN_CLIENT_TIMEOUT", 10.0),
+        timeout=_int(env, "GUNICORN_TIMEOUT", 30),
+        graceful_timeout=_int(env, "GUNICORN_GRACEFUL_TIMEOUT", 20),
+        keepalive=_int(env, "GUNICORN_KEEPALIVE", 5),
+        max_requests=_int(env, "GUNICORN_MAX_REQUESTS", 5000, minimum=0),
+        max_requests_jitter=_int(env, "GUNICORN_MAX_REQUESTS_JITTER", 500, minimum=0),
+        access_log=env.get("GUNICORN_ACCESS_LOG") or None,
+        log_level=log_level(env),
+    )

@@ -91,17 +91,18 @@ def configure_logging(
     """Send every logger's records to ``stream`` (stderr) as JSON, or text on a terminal.
 
     ``LOG_LEVEL`` (default INFO; ``level`` overrides it) and ``LOG_FORMAT``
-    (``json``, ``text`` or ``auto``, the default) tune it. Safe to call more
-    than once: it replaces only the handler it installed itself.
+    (``json``, ``text`` or ``auto``, the default) tune it; a bad value raises
+    ConfigError naming the variable. Safe to call more than once: it replaces
+    only the handler it installed itself.
     """
+    from .config import log_format, log_level
+
     env = os.environ if env is None else env
     stream = sys.stderr if stream is None else stream
-    kind = (env.get("LOG_FORMAT") or "auto").strip().lower()
-    if kind not in {"auto", "json", "text"}:
-        raise ValueError(f"LOG_FORMAT must be json, text or auto, got {kind!r}")
+    kind = log_format(env)  # ConfigError naming LOG_FORMAT, or LOG_LEVEL below
     if kind == "auto":
         kind = "text" if stream.isatty() else "json"
-    level = (level or env.get("LOG_LEVEL") or "INFO").strip().upper()
+    level = (level or log_level(env)).strip().upper()
 
     handler = logging.StreamHandler(stream)
     handler.set_name(_HANDLER_NAME)

@@ -49,10 +49,13 @@ def gunicorn(
     env: dict[str, str],
     workers: int = 2,
     graceful_timeout: int | None = 5,
+    log_path: Path | None = None,
+    log_level: str = "warning",
 ) -> Iterator[Server]:
     """Run ``wsgi:app`` under gunicorn with ``env``; yield its URL and process; stop it after.
 
-    ``graceful_timeout=None`` leaves it to gunicorn.conf.py.
+    ``graceful_timeout=None`` leaves it to gunicorn.conf.py; ``log_path`` gets the
+    server's output instead of the test's.
     """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -72,16 +75,19 @@ def gunicorn(
         str(workers),
         "--no-control-socket",
         "--log-level",
-        "warning",
+        log_level,
     ]
     if graceful_timeout is not None:
         argv += ["--graceful-timeout", str(graceful_timeout)]
-    proc = subprocess.Popen(argv, cwd=ROOT, env=full_env)
+    log = open(log_path, "w") if log_path is not None else None  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(argv, cwd=ROOT, env=full_env, stdout=log, stderr=log)
     try:
         wait_until_serving(url, proc)
         yield Server(url, proc)
     finally:
         stop(proc, timeout=15)
+        if log is not None:
+            log.close()
 
 
 def wait_for(

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import JWT_SECRET, TEST_DATABASE_URL, TEST_REDIS_URL
-from live import ROOT, live_server
+from live import ROOT, gunicorn, live_server
 
 from service import create_app
 from service.config import ConfigError
@@ -81,7 +81,8 @@ def test_embedded_mode_serves_the_whole_flow(tmp_path):
     env = embedded_env(tmp_path)
     upgrade = flask_cli(env, "db", "upgrade")
     assert (tmp_path / "tickets.db").is_file()
-    assert "embedded mode" in upgrade.stdout + upgrade.stderr
+    # Only the server says it runs embedded (once), not every command before it.
+    assert "embedded mode" not in upgrade.stdout + upgrade.stderr
     demo = credentials(flask_cli(env, "demo-users").stdout)
     assert set(demo) == {"admin", "agent"}
     # Running it again changes nothing and prints the same credentials.
@@ -115,12 +116,72 @@ def test_embedded_mode_serves_the_whole_flow(tmp_path):
 
     # The SQLite file and the signing key outlive the process; the in-process
     # Redis does not, and is rebuilt from the file at start.
-    with live_server(env, workers=1) as url:
+    log_path = tmp_path / "restart.log"
+    with gunicorn(env, workers=1, log_path=log_path, log_level="info") as server:
+        url = server.url
         api = Api(url)
         assert api.call("GET", "/api/agent/tickets/", agent)["tickets"][0]["id"] == ids[0]
         assert api.call("GET", "/api/admin/queue/", admin)["queued"] == 4
         api.call("POST", f"/api/agent/tickets/sell/{ids[0]}/", agent)
         assert api.fetch(agent) == ids[1:2] + ids[3:17]
+    # A normal restart says once where the data is and what it loaded, in words
+    # that fit: nothing reads like a repair of something broken.
+    log = log_path.read_text()
+    assert log.count("embedded mode: the data is in") == 1, log
+    assert log.count("rebuild: filled the empty Redis from PostgreSQL: 4 unassigned") == 1, log
+    assert "corrected" not in log and "resynced" not in log and "Traceback" not in log
+
+
+def test_embedded_ids_are_never_reused(tmp_path):
+    """Delete the newest ticket and create another: the new one gets a new id, and the
+    deleted one's history stays its own."""
+    env = embedded_env(tmp_path)
+    flask_cli(env, "db", "upgrade")
+    demo = credentials(flask_cli(env, "demo-users").stdout)
+    with live_server(env, workers=1) as url:
+        api = Api(url)
+        admin = api.login(*demo["admin"])
+        ids = [
+            api.call("POST", "/api/admin/tickets/", admin, 201, json={"title": f"t{i}"})["id"]
+            for i in range(3)
+        ]
+        api.call("DELETE", f"/api/admin/tickets/{ids[-1]}/", admin, 204)
+        new = api.call("POST", "/api/admin/tickets/", admin, 201, json={"title": "new"})["id"]
+        assert new > ids[-1]
+        history = api.call("GET", f"/api/admin/tickets/{ids[-1]}/events/", admin)["items"]
+        assert [e["kind"] for e in history] == ["created", "deleted"]
+        fresh = api.call("GET", f"/api/admin/tickets/{new}/events/", admin)["items"]
+        assert [e["kind"] for e in fresh] == ["created"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-m", "flask", "--app", "wsgi", "queue", "audit"],
+        ["-m", "flask", "--app", "wsgi", "queue", "rebuild"],
+        ["scripts/rebuild_queue.py"],
+        ["scripts/rebuild_queue.py", "--check"],
+        ["scripts/seed.py", "10"],
+    ],
+    ids=["queue audit", "queue rebuild", "rebuild script", "rebuild script --check", "seed"],
+)
+def test_embedded_mode_maintenance_commands_refuse_in_one_line(tmp_path, args):
+    """Their Redis would be a throwaway copy, not the server's: they refuse, not
+    report "no violations" about nothing."""
+    env = embedded_env(tmp_path)
+    flask_cli(env, "db", "upgrade")
+    result = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert len(lines) == 1 and lines[0].startswith("configuration error: "), lines
+    assert "no violations" not in result.stdout and "fixed" not in result.stdout
 
 
 def test_only_one_of_database_and_redis_is_a_config_error():

@@ -126,7 +126,7 @@ def test_plain_text_on_a_terminal() -> None:
         root.setLevel(level)
     line = stream.getvalue().strip()
     assert line.endswith("INFO    service.test: hello there user_id=7")
-    with pytest.raises(ValueError, match="LOG_FORMAT"):
+    with pytest.raises(ConfigError, match="LOG_FORMAT"):
         configure_logging(env={"LOG_FORMAT": "xml"}, stream=stream)
 
 
@@ -585,17 +585,17 @@ def test_behind_trusted_proxies_the_limit_and_logs_use_the_forwarded_address(
     assert clients == ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.1", "10.0.0.1"]
 
 
-def test_the_flask_cli_logs_like_the_service(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+def test_the_flask_cli_logs_like_the_service(app: Flask) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "users", "--help"],
+        [sys.executable, "-m", "flask", "--app", "wsgi", "queue", "rebuild"],
         cwd=ROOT,
-        env={**env, "INSTANCE_PATH": str(tmp_path), "LOG_FORMAT": "json"},
+        env={**os.environ, **service_env(LOG_FORMAT="json")},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    (line,) = [json.loads(line) for line in result.stderr.splitlines()]
-    assert (line["level"], line["logger"]) == ("WARNING", "service")
-    assert line["message"].startswith("embedded mode")
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    (rebuilt,) = [line for line in lines if line["logger"] == "service.domain.rebuild"]
+    assert rebuilt["level"] == "INFO"
+    assert rebuilt["message"].startswith("rebuild: filled the empty Redis")

@@ -123,7 +123,7 @@ def test_a_wiped_redis_is_rebuilt(tmp_path, queue, factory: Factory):
         wait_for(queue.is_built, "the epoch to come back", 10)
         assert queued_ids(queue) == ids
         logged(proc, "Redis has no epoch")
-        logged(proc, "rebuild: done, fixed:")
+        logged(proc, "rebuild: filled the empty Redis from PostgreSQL")
 
 
 def test_drift_is_reconciled(tmp_path, queue, factory: Factory):
@@ -135,7 +135,7 @@ def test_drift_is_reconciled(tmp_path, queue, factory: Factory):
         wait_for(lambda: queue.held(agent) == set(), "reconcile to fix the held set", 10)
         wait_for(lambda: queued_ids(queue) == ids, "reconcile to tidy the queue", 10)
         assert queue.client.zscore(queue.queue_key, str(ids[1])) == ids[1]
-        logged(proc, f"resynced held set of agent {agent}")
+        logged(proc, f"held tickets of agent {agent} corrected")
         logged(proc, "queue: took out 1 stray id(s): 424243")
 
 

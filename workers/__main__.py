@@ -18,11 +18,9 @@ _early_stop: list[int] = []
 signal.signal(signal.SIGTERM, lambda signum, frame: _early_stop.append(signum))
 signal.signal(signal.SIGINT, lambda signum, frame: _early_stop.append(signum))
 
-from service.config import ConfigError  # noqa: E402 - after the handlers, on purpose
+from service.config import ConfigError, refuse  # noqa: E402 - after the handlers, on purpose
 
 log = logging.getLogger("workers")
-
-EXIT_CONFIG = 2
 
 
 def main() -> int:
@@ -32,14 +30,9 @@ def main() -> int:
     load_env_file()  # before any setting is read, the log settings included
     try:
         configure_logging()
-    except ValueError as exc:  # a bad LOG_FORMAT
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
         return run()
     except ConfigError as exc:
-        log.error("configuration error: %s", exc)
-        return EXIT_CONFIG
+        refuse(exc)  # one line naming the variable, exit status 2
 
 
 def run() -> int:

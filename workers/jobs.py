@@ -35,8 +35,7 @@ def build_jobs(
         def progress(phase: str, done: int, total: int) -> None:
             check_stop()  # a stop request abandons the rebuild; it merges, so that is safe
 
-        summary = rebuild(session, queue, progress=progress)
-        log.info("rebuild: done, %s", summary.describe())
+        rebuild(session, queue, progress=progress)  # logs what it did
 
     def relay_step() -> None:
         relay(session, queue)

@@ -1,4 +1,4 @@
-"""Check invariants I1-I5 (DESIGN.md) on live data.
+"""Check the invariants (docs/design.md) on live data.
 
 Live traffic moves things between any two reads: a ticket created a moment
 ago is not queued yet, a fetch has just popped an id, a release is about to
@@ -72,7 +72,7 @@ _FOREIGN_SALES = text(
 
 
 def audit(session: DbSession, queue: TicketQueue, *, recheck_after: float = 0.5) -> list[Violation]:
-    """Every violation of I1-I5 that persists across a second look."""
+    """Every violation of an invariant that persists across a second look."""
     try:
         found = _database_checks(session)
         duplicates = _duplicate_holders(session, queue)

@@ -203,6 +203,7 @@ def repair_queue(
     dry_run: bool = False,
     progress: Progress | None = None,
     batch: int = BATCH,
+    quiet: bool = False,
 ) -> QueueRepair:
     """Make the queue hold exactly PostgreSQL's unassigned tickets, scored by id.
 
@@ -222,7 +223,12 @@ def repair_queue(
             added = push_missing(session, queue, part.unqueued, dry_run=dry_run)
             fixes.missing += len(added)
             if added and not dry_run:
-                log.info("queue: queued %d missing ticket(s): %s", len(added), shorten(added))
+                log.log(
+                    logging.DEBUG if quiet else logging.INFO,
+                    "queue: queued %d missing ticket(s): %s",
+                    len(added),
+                    shorten(added),
+                )
         if part.disordered:
             fixes.out_of_order += (
                 len(part.disordered) if dry_run else queue.fix_order(part.disordered)
@@ -424,7 +430,9 @@ def _disagreeing(
     return check
 
 
-def fix_held(session: DbSession, queue: TicketQueue, *, dry_run: bool = False) -> list[int]:
+def fix_held(
+    session: DbSession, queue: TicketQueue, *, dry_run: bool = False, quiet: bool = False
+) -> list[int]:
     """Resync every agent's held set that disagrees with PostgreSQL; return those agents.
 
     Ids reserved and still unassigned are kept (``resync.lua``): they belong to
@@ -455,12 +463,17 @@ def fix_held(session: DbSession, queue: TicketQueue, *, dry_run: bool = False) -
                 queue.resync_held(
                     agent_id, sorted(truth.get(agent_id, set())), check.gone[agent_id]
                 )
-                log.info(
-                    "reconcile: resynced held set of agent %s (redis had %s, postgres has %s)",
-                    agent_id,
-                    shorten(sorted(check.listed[agent_id])),
-                    shorten(sorted(truth.get(agent_id, set()))),
-                )
+                listed, held = sorted(check.listed[agent_id]), sorted(truth.get(agent_id, set()))
+                if quiet or not listed:
+                    # Redis had nothing for this agent (a restart, a wipe): restored.
+                    log.debug("held tickets of agent %s restored: %s", agent_id, shorten(held))
+                else:
+                    log.info(
+                        "held tickets of agent %s corrected: Redis listed %s, PostgreSQL has %s",
+                        agent_id,
+                        shorten(listed),
+                        shorten(held) or "none",
+                    )
                 fixed.append(agent_id)
         finally:
             session.rollback()

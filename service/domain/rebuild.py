@@ -46,12 +46,19 @@ class RebuildSummary:
     revoked: int = 0  # logged-out sessions missing from the Redis blocklist: restored
     dry_run: bool = False
     completed: bool = False  # the epoch was set (False on a dry run, or after a wipe meanwhile)
+    filled: bool = False  # Redis held nothing built from PostgreSQL: a fill, not a repair
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
     def describe(self) -> str:
+        if self.filled:
+            return (
+                f"filled the empty Redis from PostgreSQL: {self.missing} unassigned ticket(s)"
+                f" queued, the held tickets of {self.held_fixed} agent(s),"
+                f" {self.revoked} logged-out session(s) ({self.seconds:.1f}s)"
+            )
         verb = "would fix" if self.dry_run else "fixed"
         return (
             f"{verb}: missing {self.missing}, extra {self.extra}, "
@@ -77,15 +84,19 @@ def rebuild(
     started = time.monotonic()
     report = progress or _noop
     summary = RebuildSummary(dry_run=dry_run)
+    # An empty Redis (a restart, embedded mode's start) is filled, not repaired:
+    # what it lacks is expected, and reported as such.
+    summary.filled = not dry_run and not queue.is_built() and queue.depth() == (0, 0)
+    quiet = summary.filled
     # A wipe while we run deletes this marker, and then the epoch stays unset.
     token = None if dry_run else queue.begin_build()
 
-    fixes = repair_queue(session, queue, dry_run=dry_run, progress=report, batch=batch)
+    fixes = repair_queue(session, queue, dry_run=dry_run, progress=report, batch=batch, quiet=quiet)
     summary.unassigned, summary.missing = fixes.unassigned, fixes.missing
     summary.extra, summary.out_of_order = fixes.extra, fixes.out_of_order
     _clear_reservations(session, queue, summary, dry_run)
     report("held sets", 0, 1)
-    summary.held_fixed = len(fix_held(session, queue, dry_run=dry_run))
+    summary.held_fixed = len(fix_held(session, queue, dry_run=dry_run, quiet=quiet))
     report("held sets", 1, 1)
     summary.revoked = _restore_revocations(session, queue, dry_run)
 
@@ -94,7 +105,7 @@ def rebuild(
         if not summary.completed:
             log.warning("rebuild: Redis lost its data while rebuilding; run the rebuild again")
     summary.seconds = time.monotonic() - started
-    log.info("rebuild %s", summary.describe())
+    log.info("rebuild: %s", summary.describe())
     return summary
 
 
@@ -145,5 +156,5 @@ def _restore_revocations(session: DbSession, queue: TicketQueue, dry_run: bool) 
     session.rollback()
     restored = queue.restore_revocations(entries, dry_run=dry_run)
     if restored:
-        log.info("rebuild: restored %d revoked token(s) to the blocklist", restored)
+        log.debug("rebuild: restored %d logged-out session(s) to the blocklist", restored)
     return restored
