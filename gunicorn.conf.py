@@ -139,10 +139,11 @@ def on_starting(server: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """A dead worker's live gauges stop counting; its counters stay in the sums."""
-    from prometheus_client import multiprocess
+    """A dead worker's counters stay in the sums, folded into one archive file, so
+    the metrics directory does not grow with every recycled worker."""
+    from service.metrics import fold_dead_process
 
-    multiprocess.mark_process_dead(worker.pid)
+    fold_dead_process(worker.pid)
 
 
 def on_exit(server: Any) -> None:

@@ -13,11 +13,14 @@ not counted by anyone: they are computed with two cheap queries at scrape time.
 
 from __future__ import annotations
 
+import fcntl
 import hmac
 import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, current_app, g, request
@@ -31,6 +34,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
@@ -176,6 +180,46 @@ class BacklogCollector(Collector):
             )
 
 
+# -- the multiprocess directory ------------------------------------------------
+# A dead worker's counters must stay in the sums, but one file per dead worker
+# would grow the directory, and the time of every scrape, with each recycle.
+# gunicorn's child_exit folds them into one archive file per type instead.
+ARCHIVE_ID = "archive"
+_FOLDED_TYPES = ("counter", "histogram")
+
+
+@contextmanager
+def _directory_lock(directory: Path, exclusive: bool) -> Iterator[None]:
+    """Scrapes read the directory under a shared lock; a fold writes under an
+    exclusive one, so no scrape sees a dead worker's counts twice or not at all."""
+    with open(directory / ".fold.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def fold_dead_process(pid: int, directory: Path | None = None) -> None:
+    """Add a dead worker's counters and histograms to the archive files and remove
+    its own; its live gauges stop counting."""
+    directory = Path(directory or os.environ[MULTIPROC_ENV])
+    with _directory_lock(directory, exclusive=True):
+        for kind in _FOLDED_TYPES:
+            dead = directory / f"{kind}_{pid}.db"
+            if not dead.exists():
+                continue
+            archive = MmapedDict(str(directory / f"{kind}_{ARCHIVE_ID}.db"))
+            try:
+                for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(str(dead)):
+                    total, _ = archive.read_value(key)
+                    archive.write_value(key, total + value, timestamp)
+            finally:
+                archive.close()
+            dead.unlink()
+        multiprocess.mark_process_dead(pid, str(directory))
+
+
 def render() -> Response:
     """The Prometheus exposition the scraper asked for, summed over every worker process.
 
@@ -190,7 +234,13 @@ def render() -> Response:
         raise Unauthorized("scrape /metrics with the METRICS_TOKEN as a bearer token")
     registry = current_app.extensions["metrics_registry"]
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    return Response(encoder(registry), headers={"Content-Type": content_type})
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
+        with _directory_lock(Path(directory), exclusive=False):
+            body = encoder(registry)
+    else:
+        body = encoder(registry)
+    return Response(body, headers={"Content-Type": content_type})
 
 
 def _registry(app: Flask) -> CollectorRegistry:

@@ -23,7 +23,7 @@ from conftest import METRICS_AUTH, PASSWORD, Factory, fresh_app, service_env
 from flask import Flask
 from flask.testing import FlaskClient
 from helpers import assert_error
-from live import ROOT, free_port, live_server, stop
+from live import ROOT, free_port, live_server, stop, wait_for
 
 from service import create_app
 from service.config import ConfigError, load_config
@@ -282,25 +282,42 @@ def test_recycled_workers_fork_from_the_loaded_app_and_serve(
     held: list[int] = []
     sold: list[int] = []
 
-    def recycled_workers() -> set[str]:
-        """Each worker writes its own metrics file on its first request."""
-        return {p.stem.rsplit("_", 1)[-1] for p in metrics_dir.glob("histogram_*.db")}
+    def files(kind: str) -> set[str]:
+        return {p.stem.split("_", 1)[1] for p in metrics_dir.glob(f"{kind}_*.db")}
 
+    served_by: set[str] = set()
+    requests_sent = 0
     with live_server(env, workers=1) as url:
         # A gevent worker told to recycle finishes the requests it has taken in the
         # meantime, so how many each serves varies: go on until three have served.
         deadline = time.monotonic() + 60
-        while len(recycled_workers()) < 3 and time.monotonic() < deadline and len(sold) < 5:
+        while len(served_by) < 3 and time.monotonic() < deadline and len(sold) < 5:
             if held:
                 sold.append(held.pop(0))
                 reply = requests.post(f"{url}/api/agent/tickets/sell/{sold[-1]}/", headers=headers)
                 assert reply.status_code == 200, reply.text
+                requests_sent += 1
             reply = requests.get(f"{url}/api/agent/tickets/assign/", headers=headers, timeout=10)
             assert reply.status_code == 200, reply.text
+            requests_sent += 1
             held = [t["id"] for t in reply.json()["tickets"]]
+            # Each worker writes its own file on its first request.
+            served_by |= files("histogram") - {"archive"}
             time.sleep(0.5)
-        workers = recycled_workers()
-    assert len(workers) >= 2, workers
+        # Dead workers' counts were folded into one archive file: the directory holds
+        # the master's (it made the unlabelled counters when it loaded the app), the
+        # live worker's and the archive, however many workers have come and gone.
+        wait_for(lambda: len(files("counter")) <= 3, "the dead workers' files to be folded")
+        assert "archive" in files("counter") and len(files("histogram")) <= 2
+        # ... and nothing they counted was lost.
+        text = requests.get(f"{url}/metrics", headers=METRICS_AUTH, timeout=5).text
+        agent_requests = sum(
+            value
+            for key, value in scrape(text).items()
+            if key.startswith("tq_http_requests_total") and "/api/agent/" in key
+        )
+        assert agent_requests == requests_sent
+    assert len(served_by) >= 2, served_by
     # Oldest first, one holder each: the sold ones, then the next 15 held.
     assert sold == tickets[: len(sold)]
     assert held == tickets[len(sold) : len(sold) + 15]
