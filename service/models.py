@@ -128,3 +128,14 @@ class RevokedSession(db.Model):  # type: ignore[name-defined]
     sid: Mapped[str] = mapped_column(String(64), primary_key=True)
     # Once past, no token of the session can be valid any more.
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class QueueOutbox(db.Model):  # type: ignore[name-defined]
+    """Tickets that became unassigned (inserted, or released), noted by a trigger in the
+    same transaction; the relay drains it (service/domain/relay.py)."""
+
+    __tablename__ = "queue_outbox"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(BigInteger)

@@ -297,6 +297,28 @@ class TicketQueue:
             restored += sum(1 for r in replies if (not r if dry_run else r))
         return restored
 
+    # -- where the background passes are ---------------------------------------
+    def cursor_key(self, name: str) -> str:
+        return f"{self.prefix}:cursor:{name}"
+
+    def cursor_text(self, name: str) -> str | None:
+        value = self.client.get(self.cursor_key(name))
+        return None if value is None else str(value)
+
+    def set_cursor_text(self, name: str, value: str | None) -> None:
+        if value is None:
+            self.client.delete(self.cursor_key(name))
+        else:
+            self.client.set(self.cursor_key(name), value)
+
+    def cursor(self, name: str) -> int | None:
+        """A rolling sweep's place (the last id it covered); None: start over."""
+        value = self.cursor_text(name)
+        return None if value is None else int(value)
+
+    def set_cursor(self, name: str, value: int | None) -> None:
+        self.set_cursor_text(name, None if value is None else str(value))
+
     # -- build marker and worker locks -------------------------------------
     def begin_build(self, ttl_seconds: int = 3600) -> str:
         """Note that a rebuild started; a wipe meanwhile deletes the note."""

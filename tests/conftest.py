@@ -86,7 +86,8 @@ def reset_state(app: Flask) -> None:
     with app.app_context():
         db.session.execute(
             sa.text(
-                "TRUNCATE users, tickets, ticket_events, revoked_sessions RESTART IDENTITY CASCADE"
+                "TRUNCATE users, tickets, ticket_events, revoked_sessions, queue_outbox"
+                " RESTART IDENTITY CASCADE"
             )
         )
         db.session.commit()

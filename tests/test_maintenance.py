@@ -19,8 +19,11 @@ from live import ROOT
 
 from service.domain.assignment import assign, sell
 from service.domain.audit import Violation, audit
-from service.domain.maintenance import push_missing, reap, reconcile, relay, tidy_queue
+from service.domain.queue_repair import push_missing, sweep_queue
+from service.domain.reaper import reap
 from service.domain.rebuild import rebuild
+from service.domain.reconcile import reconcile
+from service.domain.relay import relay
 from service.domain.tickets import delete_ticket
 from service.extensions import db
 from service.models import RevokedSession, Ticket, utcnow
@@ -86,6 +89,26 @@ def test_relay_leaves_reserved_tickets_alone(ctx, factory):
     assert in_flight == ids[:2]
     assert relay(db.session, queue) == 0
     assert queued_ids(queue) == ids[2:]
+
+
+def test_relay_reads_the_outbox_not_the_backlog(ctx, factory):
+    """An idle relay costs the same with a large backlog as with none: it reads the
+    outbox (empty) and never the unassigned tickets."""
+    queue = ctx
+    factory.bulk_tickets(2000)
+    assert relay(db.session, queue) == 0  # the outbox rows of the bulk insert
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    sa.event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        assert relay(db.session, queue) == 0
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", record)
+    assert len(statements) <= 2, statements
+    assert all("tickets" not in s.split("FROM", 1)[-1] for s in statements), statements
 
 
 def test_relay_scans_in_pages(ctx):
@@ -200,39 +223,81 @@ def test_reconcile_resyncs_held_sets_that_disagree(ctx, factory):
     # Drift: a lost two ids (a failed cleanup), b lists one it never got.
     queue.client.srem(queue.held_key(a), fetched_a[0], fetched_a[1])
     queue.client.sadd(queue.held_key(b), extra[-1])
-    assert reconcile(db.session, queue) == 2
+    assert reconcile(db.session, queue).agents_fixed == 2
     assert queue.held(a) == set(fetched_a)
     assert queue.held(b) == set()
     assert queue.held(c) == set(in_flight)
-    assert reconcile(db.session, queue) == 0
+    assert reconcile(db.session, queue).agents_fixed == 0
 
 
-def test_reconcile_clears_held_sets_of_sold_tickets_and_unknown_agents(ctx, factory):
+def test_reconcile_clears_held_sets_of_sold_tickets(ctx, factory):
     queue = ctx
     agent = factory.agents(1)[0]
     factory.bulk_tickets(2)
     held = [t.id for t in assign(db.session, queue, caller(agent), LEASE).tickets]
     sell(db.session, queue, caller(agent), held[0])
     queue.client.sadd(queue.held_key(agent), held[0])  # the sale's cleanup "failed"
-    queue.client.sadd(queue.held_key(999_999), held[1])  # no such agent
-    assert reconcile(db.session, queue) == 2
+    assert reconcile(db.session, queue).agents_fixed == 1
     assert queue.held(agent) == {held[1]}
+
+
+def test_the_rebuild_clears_held_sets_of_unknown_agents(ctx, factory):
+    """Reconcile looks at known agents only; a held set of an id that is no agent
+    (Redis junk) is the rebuild's, which looks at every held set Redis has."""
+    queue = ctx
+    queue.mark_built("epoch")
+    queue.client.sadd(queue.held_key(999_999), 42)
+    assert reconcile(db.session, queue).agents_fixed == 0
+    assert rebuild(db.session, queue).held_fixed == 1
     assert queue.held(999_999) == set()
 
 
-def test_tidy_queue_takes_out_strays_and_fixes_order_without_pushing(ctx, factory):
+def test_reconcile_repairs_a_lost_cleanup_of_an_agent_beyond_the_rolling_sweep(
+    ctx, factory, monkeypatch
+):
+    """The agents whose tickets changed since the last pass are checked, wherever the
+    rolling sweep is: a sale's lost cleanup is repaired on the next pass."""
+    from service.domain import reconcile as module
+
+    queue = ctx
+    agents = factory.agents(4)
+    factory.bulk_tickets(8)
+    monkeypatch.setattr(module, "AGENT_BATCH", 1)  # the sweep sees one agent per pass
+    reconcile(db.session, queue)  # the first pass starts the events' cursor
+    held = [t.id for t in assign(db.session, queue, caller(agents[3]), LEASE).tickets]
+    sell(db.session, queue, caller(agents[3]), held[0])
+    queue.client.sadd(queue.held_key(agents[3]), held[0])  # the sale's cleanup "failed"
+    assert queue.cursor(module.AGENTS_CURSOR) == agents[0]  # the sweep is far from agent 4
+    result = reconcile(db.session, queue)
+    assert result.agents_fixed == 1
+    assert queue.held(agents[3]) == set(held[1:])
+
+
+def test_the_queue_sweep_takes_out_strays_and_queues_what_redis_lost(ctx, factory):
     queue = ctx
     agent = factory.agents(1)[0]
     ids = factory.bulk_tickets(4)
     held = [t.id for t in assign(db.session, queue, caller(agent), LEASE).tickets]
-    lost = insert_unqueued(1)  # the relay's business, not tidy_queue's
+    lost = insert_unqueued(1)
+    db.session.execute(sa.text("TRUNCATE queue_outbox"))  # beyond the outbox's sight
+    db.session.commit()
     queue.client.zadd(queue.queue_key, {str(held[0]): held[0]})  # a stale entry of a held ticket
     queue.client.zadd(queue.queue_key, {"x": 2})
-    fixes = tidy_queue(db.session, queue)
-    assert (fixes.extra, fixes.out_of_order, fixes.missing) == (2, 0, 0)
-    assert queued_ids(queue) == []
-    assert relay(db.session, queue) == 1 and queued_ids(queue) == lost
+    assert relay(db.session, queue) == 0  # nothing in the outbox
+    fixes = sweep_queue(db.session, queue)
+    assert (fixes.extra, fixes.out_of_order, fixes.missing) == (2, 0, 1)
+    assert queued_ids(queue) == lost
     assert held == ids
+
+
+def test_the_queue_sweep_covers_the_queue_a_page_per_pass(ctx, factory):
+    queue = ctx
+    ids = factory.bulk_tickets(10)
+    queue.client.zrem(queue.queue_key, *ids)  # Redis lost them all
+    found = [sweep_queue(db.session, queue, batch=4).missing for _ in range(3)]
+    assert found == [4, 4, 2]
+    assert queued_ids(queue) == ids
+    assert queue.cursor("sweep:queue") is None  # the round is done: it starts over
 
 
 # -- rebuild -----------------------------------------------------------------

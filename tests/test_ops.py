@@ -453,7 +453,7 @@ def test_app_factory_names_the_variable(tmp_path: Path) -> None:
 
 
 def test_reservations_the_reaper_returns_are_counted(app: Flask, factory: Factory) -> None:
-    from service.domain.maintenance import reap
+    from service.domain.reaper import reap
     from service.extensions import db
     from service.metrics import RESERVATIONS_RETURNED
 

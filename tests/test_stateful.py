@@ -30,8 +30,9 @@ from hypothesis.stateful import (
 from service import errors
 from service.domain.assignment import assign, sell
 from service.domain.audit import audit
-from service.domain.maintenance import reap, relay
+from service.domain.reaper import reap
 from service.domain.rebuild import rebuild
+from service.domain.relay import relay
 from service.domain.tickets import create_ticket, delete_ticket, update_ticket
 from service.domain.users import update_user
 from service.extensions import db

@@ -6,8 +6,10 @@ import logging
 from collections.abc import Callable
 
 from service.domain import DbSession
-from service.domain.maintenance import reap, reconcile, relay, tidy_queue
+from service.domain.reaper import reap
 from service.domain.rebuild import rebuild
+from service.domain.reconcile import reconcile
+from service.domain.relay import relay
 from service.queue import TicketQueue
 
 from .config import WorkerConfig
@@ -45,7 +47,6 @@ def build_jobs(
 
     def reconcile_step() -> None:
         reconcile(session, queue)
-        tidy_queue(session, queue)
 
     return [
         # The rebuild first: while Redis is empty, the others would only redo

@@ -38,7 +38,7 @@ from ..models import Ticket, User, utcnow
 from ..queue import TicketQueue
 from . import DbSession, events
 from .faults import fault_point
-from .maintenance import ticket_states
+from .ticket_state import ticket_states
 
 log = logging.getLogger(__name__)
 

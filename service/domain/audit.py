@@ -19,13 +19,9 @@ from sqlalchemy import func, select, text
 from ..models import Ticket, User
 from ..queue import TicketQueue
 from . import DbSession
-from .maintenance import (
-    BATCH,
-    compare_queue,
-    holders,
-    ticket_states,
-    unassigned_among,
-)
+from .queue_repair import compare_queue
+from .reaper import holders
+from .ticket_state import BATCH, ticket_states, unassigned_among
 
 
 @dataclass(frozen=True)

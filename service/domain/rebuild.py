@@ -21,14 +21,11 @@ from sqlalchemy import select
 from ..models import RevokedSession, utcnow
 from ..queue import TicketQueue
 from . import DbSession
-from .maintenance import (
-    BATCH,
-    Progress,
-    end_reservations,
-    fix_held,
-    repair_queue,
-    ticket_states,
-)
+from .queue_repair import repair_queue
+from .reaper import end_reservations
+from .reconcile import fix_held
+from .relay import forget_covered, outbox_high_water
+from .ticket_state import BATCH, Progress, ticket_states
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +87,9 @@ def rebuild(
     quiet = summary.filled
     # A wipe while we run deletes this marker, and then the epoch stays unset.
     token = None if dry_run else queue.begin_build()
+    # The outbox rows written so far name tickets this rebuild covers.
+    outbox_upto = outbox_high_water(session)
+    session.rollback()
 
     fixes = repair_queue(session, queue, dry_run=dry_run, progress=report, batch=batch, quiet=quiet)
     summary.unassigned, summary.missing = fixes.unassigned, fixes.missing
@@ -101,6 +101,8 @@ def rebuild(
     summary.revoked = _restore_revocations(session, queue, dry_run)
 
     if token is not None:
+        forget_covered(session, outbox_upto)
+        session.commit()
         summary.completed = queue.finish_build(token, uuid.uuid4().hex)
         if not summary.completed:
             log.warning("rebuild: Redis lost its data while rebuilding; run the rebuild again")
