@@ -8,16 +8,12 @@ overrides both.
 from __future__ import annotations
 
 # gevent first, before anything else is imported (the preloaded app included):
-# sockets, locks and sleeps become cooperative, and psycopg2 waits through
-# gevent instead of blocking the process. See service/serving.py for why the
-# service is served by gevent workers.
+# sockets, locks, sleeps and select become cooperative. psycopg2 waits through
+# that select too (service/database.py, bound_waits). See service/serving.py for
+# why the service is served by gevent workers.
 from gevent import monkey
 
 monkey.patch_all()
-
-from psycogreen.gevent import patch_psycopg  # noqa: E402
-
-patch_psycopg()
 
 import os  # noqa: E402
 import shutil  # noqa: E402

@@ -31,10 +31,13 @@ _SEED = text(
 
 def seed_tickets(session: DbSession, count: int) -> None:
     """Insert ``count`` unassigned tickets in one statement and commit."""
+    from service.database import patience
+
     # A million rows take longer than the service's per-statement limit.
-    session.execute(text("SET LOCAL statement_timeout = 0"))
-    session.execute(_SEED, {"count": count})
-    session.commit()
+    with patience(3600):
+        session.execute(text("SET LOCAL statement_timeout = 0"))
+        session.execute(_SEED, {"count": count})
+        session.commit()
 
 
 def main(argv: list[str] | None = None) -> int:

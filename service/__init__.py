@@ -16,7 +16,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import metrics, ratelimit
 from .config import ConfigError, load_config, load_env_file, refuse
-from .database import replace_closed_connections, serialise_sqlite
+from .database import bound_waits, replace_closed_connections, serialise_sqlite
 from .extensions import db, jwt, migrate
 from .json_provider import OrjsonProvider
 from .logging import ensure_logging
@@ -90,13 +90,21 @@ def register_extensions(app: Flask) -> None:
     # flask-jwt-extended issues the tokens; service/auth.py verifies them.
     jwt.init_app(app)
     ratelimit.init_app(app)
-    client = make_redis(app.config["REDIS_URL"], app.config["REDIS_CLUSTER"])
+    client = make_redis(
+        app.config["REDIS_URL"], app.config["REDIS_CLUSTER"], app.config["REDIS_TIMEOUT_SECONDS"]
+    )
     app.extensions["ticket_queue"] = TicketQueue(client, app.config["REDIS_KEY_PREFIX"])
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
             serialise_sqlite(db.engine)
         elif db.engine.dialect.name == "postgresql":
             replace_closed_connections(db.engine)
+            bound_waits(
+                app.config["DB_CONNECT_TIMEOUT"],
+                # PostgreSQL ends a statement at its timeout; this is for one that
+                # hangs, so it gives PostgreSQL its chance first.
+                app.config["DB_STATEMENT_TIMEOUT_MS"] / 1000 + 1.0,
+            )
 
 
 def register_body_limit(app: Flask) -> None:

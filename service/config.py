@@ -133,6 +133,8 @@ def load_config(instance_path: Path, env: Mapping[str, str] | None = None) -> di
     else:
         from .database import FairQueuePool
 
+        connect_timeout = _int(env, "DB_CONNECT_TIMEOUT", 3)
+        statement_timeout_ms = _int(env, "DB_STATEMENT_TIMEOUT_MS", 5000)
         engine_options = {
             "poolclass": FairQueuePool,
             # No pool_pre_ping: its SELECT 1 was a round trip on every request.
@@ -142,10 +144,10 @@ def load_config(instance_path: Path, env: Mapping[str, str] | None = None) -> di
             "max_overflow": _int(env, "DB_MAX_OVERFLOW", 5, minimum=0),
             "pool_timeout": _int(env, "DB_POOL_TIMEOUT", 5),
             "connect_args": {
-                "connect_timeout": _int(env, "DB_CONNECT_TIMEOUT", 3),
-                # A query stuck behind a lock or a dead server fails instead of
-                # holding a worker forever.
-                "options": f"-c statement_timeout={_int(env, 'DB_STATEMENT_TIMEOUT_MS', 5000)}"
+                "connect_timeout": connect_timeout,
+                # A query stuck behind a lock fails instead of holding a request
+                # forever (a server that hangs: service/database.py, bound_waits).
+                "options": f"-c statement_timeout={statement_timeout_ms}"
                 # Timestamps come back in UTC, as the API writes them.
                 " -c timezone=UTC",
             },
@@ -153,10 +155,14 @@ def load_config(instance_path: Path, env: Mapping[str, str] | None = None) -> di
 
     return {
         "EMBEDDED": embedded,
+        "DB_CONNECT_TIMEOUT": None if embedded else connect_timeout,
+        "DB_STATEMENT_TIMEOUT_MS": None if embedded else statement_timeout_ms,
         "SQLALCHEMY_DATABASE_URI": database_url,
         "SQLALCHEMY_ENGINE_OPTIONS": engine_options,
         "REDIS_URL": redis_url,
         "REDIS_CLUSTER": _bool(env, "REDIS_CLUSTER"),
+        # How long any Redis command may wait for a connection or an answer.
+        "REDIS_TIMEOUT_SECONDS": read_seconds(env, "REDIS_TIMEOUT_SECONDS", 1.0, maximum=60),
         "LOG_LEVEL": log_level(env),
         "LOG_FORMAT": log_format(env),
         "REDIS_KEY_PREFIX": env.get("REDIS_KEY_PREFIX") or "{tq}",

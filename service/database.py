@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
 import select
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,6 +87,63 @@ class FairQueuePool(QueuePool):
             super()._do_return_conn(record)
         finally:
             self._gate.leave()
+
+
+# A longer wait, for the few statements that raise PostgreSQL's statement
+# timeout themselves (an operator's audit over the whole history).
+_patience: contextvars.ContextVar[float | None] = contextvars.ContextVar("patience", default=None)
+
+
+@contextmanager
+def patience(seconds: float) -> Iterator[None]:
+    """Let statements run inside this block wait up to ``seconds`` (see ``bound_waits``)."""
+    token = _patience.set(seconds)
+    try:
+        yield
+    finally:
+        _patience.reset(token)
+
+
+def bound_waits(connect_timeout: float, statement_timeout: float) -> None:
+    """Make every wait on PostgreSQL in this process end in bounded time.
+
+    ``statement_timeout`` is PostgreSQL's own deadline, but a server that hangs
+    (frozen, or a network that drops everything) enforces nothing, and the
+    driver waited forever: a request never answered, a worker never moved. The
+    driver runs every operation through a wait callback instead (psycopg2's
+    "green" mode), which waits on the socket with ``select`` for at most
+    ``connect_timeout`` while connecting and ``statement_timeout`` after; past
+    that it raises OperationalError and psycopg2 closes the connection, so the
+    request answers 503 and the pool opens a new one next time.
+
+    The same callback serves gevent's processes: gevent's patched ``select``
+    lets the other greenlets run while one waits.
+    """
+    from psycopg2 import OperationalError, extensions
+
+    def wait(conn: Any) -> None:
+        setup = conn.status == extensions.STATUS_SETUP
+        limit = connect_timeout if setup else _patience.get() or statement_timeout
+        deadline = time.monotonic() + limit
+        while True:
+            state = conn.poll()
+            if state == extensions.POLL_OK:
+                return
+            left = deadline - time.monotonic()
+            if left > 0:
+                fd = conn.fileno()
+                if state == extensions.POLL_READ:
+                    ready = select.select([fd], [], [], left)[0]
+                elif state == extensions.POLL_WRITE:
+                    ready = select.select([], [fd], [], left)[1]
+                else:
+                    raise OperationalError(f"bad state from poll: {state}")
+                if ready:
+                    continue
+            what = "connecting" if setup else "answering"
+            raise OperationalError(f"PostgreSQL did not finish {what} within {limit:g}s")
+
+    extensions.set_wait_callback(wait)
 
 
 def replace_closed_connections(engine: Engine) -> None:

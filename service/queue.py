@@ -7,6 +7,7 @@ passed through KEYS; no script builds a key name itself.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -348,23 +349,82 @@ class TicketQueue:
         return bool(self._unlock(keys=[self.lock_key(name)], args=[token]))
 
 
-def make_redis(url: str | None, cluster: bool) -> RedisClient:
-    """A real client for ``url``, or an in-process fakeredis (with Lua) when ``url`` is None."""
+class Breaker:
+    """After a Redis command timed out, fail the next ones at once for a while.
+
+    A Redis that hangs (it accepts connections but does not answer) would cost
+    every command a full timeout, and every request several: with many
+    requests in flight they would all wait. Once one command has timed out,
+    the others fail fast (503) for ``cooldown`` seconds; then one tries again.
+    So a request waits on a hung Redis for at most about one timeout.
+    """
+
+    def __init__(self, cooldown: float) -> None:
+        self.cooldown = cooldown
+        self.open_until = 0.0
+
+    def check(self) -> None:
+        if time.monotonic() < self.open_until:
+            raise redis.exceptions.TimeoutError(
+                "Redis timed out moments ago; not waiting on it again yet"
+            )
+
+    def trip(self) -> None:
+        self.open_until = time.monotonic() + self.cooldown
+
+
+def _guarded(connection_class: type[Any], breaker: Breaker) -> type[Any]:
+    """``connection_class`` whose every command goes through ``breaker``: the one place
+    every command, pipeline and script of a client passes."""
+
+    class Guarded(connection_class):
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            breaker.check()
+            try:
+                super().send_packed_command(command, check_health)
+            except redis.exceptions.TimeoutError:
+                breaker.trip()
+                raise
+
+        def read_response(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return super().read_response(*args, **kwargs)
+            except redis.exceptions.TimeoutError:
+                breaker.trip()
+                raise
+
+    Guarded.__name__ = f"Guarded{connection_class.__name__}"
+    return Guarded
+
+
+def make_redis(url: str | None, cluster: bool, timeout: float = 1.0) -> RedisClient:
+    """A real client for ``url``, or an in-process fakeredis (with Lua) when ``url`` is None.
+
+    Every command waits at most ``timeout`` seconds for a connection or an answer
+    (REDIS_TIMEOUT_SECONDS), and a timed-out command makes the next ones fail at
+    once for as long (``Breaker``).
+    """
     if url is None:
         import fakeredis
 
         return fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
-    retry_options: dict[str, Any] = {
-        "socket_timeout": 2.0,
-        "socket_connect_timeout": 1.0,
+    breaker = Breaker(timeout)
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
         "decode_responses": True,
     }
     if cluster:
-        return redis.RedisCluster.from_url(url, **retry_options)
+        from redis.connection import Connection, SSLConnection
+
+        plain = SSLConnection if url.startswith("rediss://") else Connection
+        return redis.RedisCluster.from_url(
+            url, connection_class=_guarded(plain, breaker), **options
+        )
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
 
-    return redis.Redis.from_url(
+    pool = redis.ConnectionPool.from_url(
         url,
         # A refused or dropped connection (a restart, a failover) is retried
         # with a short backoff: every command and script here is idempotent or,
@@ -377,5 +437,7 @@ def make_redis(url: str | None, cluster: bool) -> RedisClient:
             supported_errors=(redis.exceptions.ConnectionError,),
         ),
         health_check_interval=30,
-        **retry_options,
+        **options,
     )
+    pool.connection_class = _guarded(pool.connection_class, breaker)
+    return redis.Redis(connection_pool=pool)

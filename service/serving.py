@@ -5,8 +5,9 @@ five clients that send a login's headers and then trickle its body hold all
 five workers until the worker timeout, and ``/healthz`` stops answering. A
 gevent worker serves each connection in a greenlet: a slow or idle client
 costs a greenlet and a socket, and long-polls and event streams stay open the
-same way. PostgreSQL (psycogreen) and Redis (gevent's sockets) wait
-cooperatively; ``gunicorn.conf.py`` patches both before anything is imported.
+same way. PostgreSQL (the driver's wait callback, service/database.py) and
+Redis (gevent's sockets) wait cooperatively, since ``gunicorn.conf.py`` patches
+the standard library before anything is imported.
 
 Two things gunicorn does on its own are changed here:
 

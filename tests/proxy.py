@@ -3,6 +3,10 @@
 ``cut()`` closes the listening socket and every connection through it, so the
 app sees what a stopped PostgreSQL looks like: pooled connections are dead and
 new ones are refused. ``restore()`` listens again on the same port.
+
+``hang()`` is what a frozen server (or a network that drops everything) looks
+like: connections stay open and new ones are accepted, but nothing more is
+forwarded either way; ``resume()`` forwards what waited, as if nothing happened.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ class TcpProxy:
         # Chunks the clients sent: a driver that waits for each answer (libpq)
         # sends one per round trip, so this counts round trips.
         self.client_sends = 0
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._listen()
 
     # -- control -----------------------------------------------------------
@@ -45,6 +51,13 @@ class TcpProxy:
         if not self.up:
             self._listen()
 
+    def hang(self) -> None:
+        """Stop forwarding, both ways, on every connection, old and new."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
     def close(self) -> None:
         self.cut()
 
@@ -65,6 +78,7 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return  # cut
+            self._flowing.wait()  # a hung server answers no new connection either
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
                 upstream.settimeout(None)
@@ -83,6 +97,7 @@ class TcpProxy:
     def _pump(self, src: socket.socket, dst: socket.socket, counted: bool) -> None:
         try:
             while data := src.recv(65536):
+                self._flowing.wait()
                 if counted:
                     with self._lock:
                         self.client_sends += 1

@@ -196,9 +196,10 @@ def test_redis_down_assign_503_while_postgres_writes_go_on(world: World) -> None
     assert stats == {"queued": 0, "unassigned": 0, "assigned": 3, "sold": 1, "reserved": 2}
 
 
-def test_a_hung_redis_costs_one_timeout_per_call_not_one_per_retry(world: World) -> None:
+def test_a_hung_redis_costs_about_one_timeout_per_request(world: World) -> None:
     """A Redis that accepts connections but never answers (SIGSTOP): a timed-out command may
-    have run, so it is not retried; the fetch fails fast and a sale still goes through."""
+    have run, so it is not retried, and the commands after it fail at once for a moment
+    (service/queue.py, Breaker); the fetch fails fast and a sale still goes through."""
     c, alice = world.client, world.headers(world.alice)
     tickets = world.factory.tickets(3)
     assert ids(c.get(ASSIGN, headers=alice)) == tickets
@@ -210,7 +211,9 @@ def test_a_hung_redis_costs_one_timeout_per_call_not_one_per_retry(world: World)
         started = time.monotonic()
         sold = c.post(f"/api/agent/tickets/sell/{tickets[0]}/", headers=alice)
         assert sold.status_code == 200
-        assert time.monotonic() - started < 3 * timeout  # the check, then the held set
+        assert time.monotonic() - started < 2 * timeout  # not a timeout per command
+    # Once the breaker's moment is over, the first command finds Redis back.
+    wait_for(lambda: c.get(ASSIGN, headers=alice).status_code == 200, "Redis to be used again", 5)
     assert ids(c.get(ASSIGN, headers=alice)) == tickets[1:]
 
 

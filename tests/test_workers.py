@@ -16,7 +16,7 @@ import redis
 from conftest import Factory, service_env
 from flask import Flask
 from helpers import insert_unqueued, queued_ids
-from live import ROOT, free_port, stop, wait_for
+from live import ROOT, Workers, free_port, stop, wait_for
 
 from service.domain.rebuild import rebuild
 from service.extensions import db
@@ -33,36 +33,6 @@ FAST = {
     "LOG_FORMAT": "text",
     "LOG_LEVEL": "INFO",
 }
-
-
-class Workers:
-    """One ``python -m workers`` process with its log in a file."""
-
-    def __init__(self, log_path: Path, env: dict[str, str]) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workers"],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            self._log.close()
 
 
 @contextmanager

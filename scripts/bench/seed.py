@@ -124,6 +124,13 @@ class Seeder:
     def seed(self, agents: int, capacity: int, held: int, unassigned: int) -> SeedInfo:
         """Replace all state: ``agents`` agents holding ``held`` tickets each, then
         ``unassigned`` queued tickets."""
+        from service.database import patience
+
+        # A million rows take longer than a request's statement may.
+        with patience(3600):
+            return self._seed(agents, capacity, held, unassigned)
+
+    def _seed(self, agents: int, capacity: int, held: int, unassigned: int) -> SeedInfo:
         import time
 
         from service.auth import hash_password
