@@ -140,7 +140,10 @@ def load_config(instance_path: Path, env: Mapping[str, str] | None = None) -> di
             # No pool_pre_ping: its SELECT 1 was a round trip on every request.
             # A connection the server closed is replaced on checkout by a
             # check of its socket instead (service/database.py).
-            "pool_size": _int(env, "DB_POOL_SIZE", 5),
+            # A gevent worker serves many requests at once: enough kept connections
+            # for its usual concurrency, so they are not opened and closed (a
+            # PostgreSQL backend each) request after request.
+            "pool_size": _int(env, "DB_POOL_SIZE", 10),
             "max_overflow": _int(env, "DB_MAX_OVERFLOW", 5, minimum=0),
             "pool_timeout": _int(env, "DB_POOL_TIMEOUT", 5),
             "connect_args": {

@@ -4,7 +4,7 @@ Not the product. It does what the issue's work budget asks of a fetch, with
 no framework around the drivers, on the product's own state (its tables, its
 Redis keys, its statements):
 
-* every request: the ceiling's JWT check (flask-jwt-extended) with the
+* every request: the ceiling's JWT check (the product's one decode) and the
   revocation MGET through redis-py (``TicketQueue.revocation``);
 * a fetch: the product's SELECT of the agent's row and unsold tickets through
   a bare psycopg2 connection in autocommit. A full agent is answered from it
@@ -40,12 +40,12 @@ import orjson
 import psycopg2
 import psycopg2.extras
 import redis
-from flask import Flask, Response
-from flask_jwt_extended import JWTManager, get_jwt, jwt_required
+from flask import Flask, Response, request
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 from sqlalchemy.sql import ClauseElement
 
+from service.auth import Claims, decode
 from service.domain.assignment import (
     _ASSIGN_LOGGED,
     _HOLDING,
@@ -54,6 +54,7 @@ from service.domain.assignment import (
     _STILL_UNASSIGNED,
     _UNSOLD,
 )
+from service.errors import ServiceError
 from service.models import utcnow
 from service.queue import TicketQueue
 from service.schemas import holding_json, ticket_json
@@ -79,7 +80,6 @@ SELL = _compiled(_SELL_LOGGED.one_statement)
 app = Flask(__name__)
 app.config["JWT_SECRET_KEY"] = os.environ["JWT_SECRET_KEY"]
 app.url_map.strict_slashes = False
-jwt = JWTManager(app)
 
 _DSN = make_url(os.environ["DATABASE_URL"]).set(drivername="postgresql")
 _LEASE_SECONDS = int(os.environ.get("RESERVATION_LEASE_SECONDS") or 30)
@@ -143,11 +143,6 @@ def _transaction() -> Iterator[Any]:
         cur.execute("COMMIT")
 
 
-@jwt.token_in_blocklist_loader
-def _revoked(_header: dict[str, Any], payload: dict[str, Any]) -> bool:
-    return _queue.revocation(payload["sid"])[0]
-
-
 def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status=status, mimetype="application/json")
 
@@ -156,9 +151,18 @@ def _error(status: int, code: str, message: str) -> Response:
     return _json({"error": {"code": code, "message": message}}, status)
 
 
-def _agent() -> int | None:
-    claims = get_jwt()
-    return int(claims["sub"]) if claims.get("role") == "agent" else None
+def _caller() -> Claims | Response:
+    """The token's claims, checked as the product checks them: one decode, then the
+    revocation MGET; or the error to answer."""
+    try:
+        claims = decode(request.headers.get("Authorization", "").removeprefix("Bearer "))
+    except ServiceError as exc:
+        return _error(exc.status, exc.code, exc.message)
+    if _queue.revocation(claims.session)[0]:
+        return _error(401, "token_revoked", "the token was revoked")
+    if claims.role != "agent":
+        return _error(403, "forbidden", "agents only")
+    return claims
 
 
 def _top_up(agent_id: int, capacity: int, known: Sequence[Any]) -> list[Any] | None:
@@ -206,11 +210,11 @@ def _confirm(
 
 
 @app.route("/api/agent/tickets/assign/", methods=["GET", "POST"])
-@jwt_required()
 def assign() -> Response:
-    agent_id = _agent()
-    if agent_id is None:
-        return _error(403, "forbidden", "agents only")
+    caller = _caller()
+    if isinstance(caller, Response):
+        return caller
+    agent_id = caller.user_id
     with _cursor() as cur:
         rows = _run(cur, HOLDING, agent_id=agent_id)
     if not rows or not rows[0].is_active:
@@ -225,18 +229,17 @@ def assign() -> Response:
 
 
 @app.route("/api/agent/tickets/sell/<int:ticket_id>/", methods=["POST"])
-@jwt_required()
 def sell(ticket_id: int) -> Response:
-    agent_id = _agent()
-    if agent_id is None:
-        return _error(403, "forbidden", "agents only")
+    caller = _caller()
+    if isinstance(caller, Response):
+        return caller
     with _cursor() as cur:
         sold = _run(
             cur,
             SELL,
             sale_ticket=ticket_id,
-            seller=agent_id,
-            seller_version=get_jwt()["ver"],
+            seller=caller.user_id,
+            seller_version=caller.version,
             sold_now=utcnow(),
         )
     if not sold:
