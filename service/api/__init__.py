@@ -16,6 +16,7 @@ from werkzeug.routing import BaseConverter
 from ..extensions import rest_api
 from ..logging import SANE_REQUEST_ID
 from ..schemas import ErrorSchema
+from .document import DocumentPlugin
 
 SECURITY_SCHEME = "bearerAuth"
 METRICS_SCHEME = "metricsToken"
@@ -185,7 +186,7 @@ def init_api(app: Flask) -> None:
     # "default" response that would make any status look documented.
     rest_api.DEFAULT_ERROR_RESPONSE_NAME = None
     app.url_map.converters["id"] = IdConverter
-    rest_api.init_app(app)
+    rest_api.init_app(app, spec_kwargs={"marshmallow_plugin": DocumentPlugin()})
     rest_api.register_converter(IdConverter, _id_parameter)
     rest_api.spec.components.security_scheme(
         SECURITY_SCHEME,

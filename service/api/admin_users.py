@@ -66,5 +66,10 @@ def get_user(user_id: int) -> User:
     description="An admin deactivating itself, or the last active admin",
 )
 def patch_user(changes: dict[str, Any], user_id: int) -> User:
-    """Change a password, deactivate or reactivate, or set an agent's capacity."""
+    """Change a password, deactivate or reactivate, or set an agent's capacity.
+
+    Only agents have a capacity: a `capacity` for an admin is a 400 (`fields`
+    names it). That depends on the user's role, not on the body, so the body's
+    schema cannot rule it out.
+    """
     return users.update_user(db.session, ticket_queue(), user_id, changes, actor_id=g.user.id)
