@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flask_smorest
@@ -81,6 +81,32 @@ REQUEST_ID = {
 }
 
 
+def operation_ids(
+    view: str, methods: list[str], given: str | Mapping[str, str] | None
+) -> dict[str, str]:
+    """Each method's operationId: the view function's name in camelCase
+    (``create_user``: ``createUser``) unless ``given``. A view serving several
+    methods needs one per method: derived ones end with the method's name.
+
+    Generated clients name their functions after these ids, so they are short
+    and stable; a view whose function name reads badly as one gives its own."""
+    if isinstance(given, Mapping):
+        if set(given) != set(methods):
+            raise ValueError(f"{view}: give an operationId for each of {methods}")
+        return {method.lower(): given[method] for method in methods}
+    base = given or _camel_case(view)
+    if len(methods) == 1:
+        return {methods[0].lower(): base}
+    if given is not None:
+        raise ValueError(f"{view}: one operationId for {methods}; give one per method")
+    return {method.lower(): base + method.capitalize() for method in methods}
+
+
+def _camel_case(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(word.capitalize() for word in rest)
+
+
 def error_doc(status: int) -> dict[str, Any]:
     """An OpenAPI response object for an error ``status`` in the ``ErrorSchema`` shape."""
     return {
@@ -124,6 +150,9 @@ class Blueprint(flask_smorest.Blueprint):
     path parameter 404; ``role_required`` adds the bearer scheme, 401 and (for
     one role) 403; every operation touches PostgreSQL or Redis, so 503. Errors
     particular to a view (409, 429) are declared on it with ``alt_response``.
+
+    Every operation gets an operationId (``operation_ids``), so every future
+    view has one too.
     """
 
     ARGUMENTS_PARSER = Parser()
@@ -132,10 +161,23 @@ class Blueprint(flask_smorest.Blueprint):
         """``uses_backends=False``: the views answer without PostgreSQL or Redis (no 503)."""
         super().__init__(*args, **kwargs)
         self.uses_backends = uses_backends
+        self._prepare_doc_cbks.append(self._prepare_operation_id)
         self._prepare_doc_cbks.append(self._prepare_error_doc)
 
-    def route(self, rule: str, *, parameters: Any = None, tags: Any = None, **options: Any) -> Any:
+    def route(
+        self,
+        rule: str,
+        *,
+        parameters: Any = None,
+        tags: Any = None,
+        operation_id: str | Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> Any:
+        """flask-smorest's ``route``; ``operation_id`` names the operation (a
+        mapping of method to id when the view serves several), instead of
+        the view's name in camelCase."""
         register = super().route(rule, parameters=parameters, tags=tags, **options)
+        methods = [method.upper() for method in options.get("methods", ["GET"])]
 
         def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
             # `_apidoc` is where flask-smorest's decorators leave what they
@@ -145,10 +187,18 @@ class Blueprint(flask_smorest.Blueprint):
                 "auth": getattr(func, "auth_required", None),
                 "path_params": "<" in rule,
             }
+            apidoc["operation_ids"] = operation_ids(func.__name__, methods, operation_id)
             func._apidoc = apidoc  # type: ignore[attr-defined]
             return register(func)
 
         return decorator
+
+    @staticmethod
+    def _prepare_operation_id(
+        doc: dict[str, Any], doc_info: dict[str, Any], *, method: str, **_: Any
+    ) -> dict[str, Any]:
+        doc["operationId"] = doc_info["operation_ids"][method]
+        return doc
 
     def _prepare_error_doc(self, doc: dict[str, Any], doc_info: dict[str, Any], **_: Any) -> Any:
         info = doc_info.get("errors") or {}

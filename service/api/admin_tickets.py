@@ -55,7 +55,7 @@ def get_ticket(ticket_id: int) -> Ticket:
     return tickets.get_ticket(db.session, ticket_id)
 
 
-@blp.route(f"/tickets/{TICKET_ID}/", methods=["PUT"])
+@blp.route(f"/tickets/{TICKET_ID}/", methods=["PUT"], operation_id="replaceTicket")
 @role_required("admin")
 @blp.arguments(TicketCreateSchema)
 @blp.response(200, TicketSchema)
@@ -64,7 +64,7 @@ def put_ticket(body: dict[str, str], ticket_id: int) -> Ticket:
     return tickets.update_ticket(db.session, ticket_id, body)
 
 
-@blp.route(f"/tickets/{TICKET_ID}/", methods=["PATCH"])
+@blp.route(f"/tickets/{TICKET_ID}/", methods=["PATCH"], operation_id="updateTicket")
 @role_required("admin")
 @blp.arguments(TicketPatchSchema)
 @blp.response(200, TicketSchema)
@@ -81,7 +81,7 @@ def delete_ticket(ticket_id: int) -> None:
     tickets.delete_ticket(db.session, ticket_queue(), ticket_id, actor_id=g.user.id)
 
 
-@blp.route(f"/tickets/{TICKET_ID}/events/", methods=["GET"])
+@blp.route(f"/tickets/{TICKET_ID}/events/", methods=["GET"], operation_id="listTicketEvents")
 @blp.response(200, TicketEventListSchema)
 @role_required("admin")
 def ticket_history(ticket_id: int) -> dict[str, Any]:
@@ -92,7 +92,7 @@ def ticket_history(ticket_id: int) -> dict[str, Any]:
     return {"items": items}
 
 
-@blp.route("/queue/", methods=["GET"])
+@blp.route("/queue/", methods=["GET"], operation_id="getQueueStats")
 @blp.response(200, QueueStatsSchema)
 @role_required("admin")
 def queue_stats() -> tickets.QueueStats:

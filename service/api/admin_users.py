@@ -56,7 +56,7 @@ def get_user(user_id: int) -> User:
     return users.get_user(db.session, user_id)
 
 
-@blp.route(f"/{USER_ID}/", methods=["PATCH"])
+@blp.route(f"/{USER_ID}/", methods=["PATCH"], operation_id="updateUser")
 @role_required("admin")
 @blp.arguments(UserPatchSchema)
 @blp.response(200, UserSchema)

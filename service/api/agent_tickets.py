@@ -19,7 +19,11 @@ blp = Blueprint(
 
 # The agent routes check the account inside the one query they run anyway, and
 # serialise with holding_json (HoldingSchema documents the same shape).
-@blp.route("/assign/", methods=["GET", "POST"])
+@blp.route(
+    "/assign/",
+    methods=["GET", "POST"],
+    operation_id={"POST": "fetchTickets", "GET": "fetchTicketsWithGet"},
+)
 @blp.response(200, HoldingSchema)
 @role_required("agent", load_user=False)
 def assign() -> Response:
@@ -35,7 +39,7 @@ def assign() -> Response:
     return jsonify(holding_json(result.tickets, result.capacity))
 
 
-@blp.route("/", methods=["GET"])
+@blp.route("/", methods=["GET"], operation_id="listHeldTickets")
 @blp.response(200, HoldingSchema)
 @role_required("agent", load_user=False)
 def held() -> Response:
@@ -44,7 +48,7 @@ def held() -> Response:
     return jsonify(holding_json(result.tickets, result.capacity))
 
 
-@blp.route(f"/sell/{TICKET_ID}/", methods=["POST"])
+@blp.route(f"/sell/{TICKET_ID}/", methods=["POST"], operation_id="sellTicket")
 @blp.response(200, TicketSchema)
 @blp.alt_response(409, schema=ErrorSchema, description="You already sold this ticket")
 @role_required("agent", load_user=False)

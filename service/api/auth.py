@@ -34,7 +34,7 @@ def login(credentials: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
     return auth.issue_tokens(user), NO_STORE
 
 
-@blp.route("/refresh/", methods=["POST"])
+@blp.route("/refresh/", methods=["POST"], operation_id="refreshToken")
 @blp.response(200, AccessTokenSchema)
 @auth.role_required("any", token="refresh")
 def refresh() -> tuple[dict[str, Any], dict[str, str]]:

@@ -90,7 +90,7 @@ def readyz() -> Any:
     return {"status": "ready"}
 
 
-@blp.route("/metrics", methods=["GET"])
+@blp.route("/metrics", methods=["GET"], operation_id="getMetrics")
 @blp.doc(security=[{METRICS_SCHEME: []}])
 @blp.response(
     200,
