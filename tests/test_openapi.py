@@ -193,6 +193,7 @@ def test_document_declares_auth_errors_and_no_catch_all(seeded: Seeded) -> None:
             assert "404" in operation["responses"], (method, path)
         if "requestBody" in operation:
             assert {"400", "413", "415"} <= set(operation["responses"]), (method, path)
+        assert "500" in operation["responses"], (method, path)
 
     assert "403" in operations[("GET", "/api/admin/tickets/")]["responses"]
     assert "403" in operations[("POST", "/api/agent/tickets/sell/{ticket_id}/")]["responses"]
@@ -204,7 +205,7 @@ def test_document_declares_auth_errors_and_no_catch_all(seeded: Seeded) -> None:
     assert "204" in operations[("POST", "/api/auth/logout/")]["responses"]
     query = {p["name"] for p in operations[("GET", "/api/admin/tickets/")]["parameters"]}
     assert query == {"status", "agent_id", "limit", "cursor"}
-    assert set(operations[("GET", "/readyz")]["responses"]) == {"200", "503"}
+    assert set(operations[("GET", "/readyz")]["responses"]) == {"200", "500", "503"}
 
 
 @pytest.mark.parametrize(

@@ -55,6 +55,7 @@ USER_ID = "<id(max=2147483647):user_id>"
 
 # What each error status that follows from how a view is declared means (API.md,
 # "Errors"); a view declares its own others (409, 429) with alt_response.
+# Every operation can fail unexpectedly: 500, in the same shape.
 ERROR_DESCRIPTIONS = {
     400: "Malformed JSON, a body that is not an object, or a missing, wrong-typed or "
     "out-of-range field or query parameter (`fields` names each one)",
@@ -63,6 +64,7 @@ ERROR_DESCRIPTIONS = {
     404: "No such resource",
     413: "The body is over the configured limit",
     415: "The body is not application/json",
+    500: "An unexpected error; it is logged with the request's id",
     503: "PostgreSQL or Redis is unreachable; nothing was changed, the client may retry",
 }
 RETRY_AFTER = {
@@ -148,8 +150,9 @@ class Blueprint(flask_smorest.Blueprint):
     The errors follow from how a view is declared, so the document cannot drift
     from the code: a JSON body can get 400, 413 and 415; query parameters 400; a
     path parameter 404; ``role_required`` adds the bearer scheme, 401 and (for
-    one role) 403; every operation touches PostgreSQL or Redis, so 503. Errors
-    particular to a view (409, 429) are declared on it with ``alt_response``.
+    one role) 403; every operation touches PostgreSQL or Redis, so 503; any can
+    fail unexpectedly, so 500. Errors particular to a view (409, 429) are
+    declared on it with ``alt_response``.
 
     Every operation gets an operationId (``operation_ids``), so every future
     view has one too.
@@ -202,7 +205,7 @@ class Blueprint(flask_smorest.Blueprint):
 
     def _prepare_error_doc(self, doc: dict[str, Any], doc_info: dict[str, Any], **_: Any) -> Any:
         info = doc_info.get("errors") or {}
-        statuses = {503} if self.uses_backends else set()
+        statuses = {500, 503} if self.uses_backends else {500}
         # flask-smorest has turned the body argument into requestBody by now.
         if "requestBody" in doc:
             statuses |= {400, 413, 415}
@@ -236,7 +239,19 @@ def init_api(app: Flask) -> None:
     # "default" response that would make any status look documented.
     rest_api.DEFAULT_ERROR_RESPONSE_NAME = None
     app.url_map.converters["id"] = IdConverter
-    rest_api.init_app(app, spec_kwargs={"marshmallow_plugin": DocumentPlugin()})
+    rest_api.init_app(
+        app,
+        spec_kwargs={
+            "marshmallow_plugin": DocumentPlugin(),
+            # Relative: the document works wherever it is served (its own origin,
+            # behind a proxy, Swagger UI's "Try it out").
+            "servers": [{"url": "/", "description": "The origin serving this document"}],
+        },
+    )
+    # flask-smorest documents its page-number pagination header for every API;
+    # this one pages with cursors in the body, so the header's schema is dead.
+    rest_api.spec.components.headers_lazy.pop("PAGINATION", None)
+    rest_api.spec.components.schemas.pop("PaginationMetadata", None)
     rest_api.register_converter(IdConverter, _id_parameter)
     rest_api.spec.components.security_scheme(
         SECURITY_SCHEME,
