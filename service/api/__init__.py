@@ -109,6 +109,15 @@ def _camel_case(name: str) -> str:
     return first + "".join(word.capitalize() for word in rest)
 
 
+def link(operation_id: str, description: str, **parameters: str) -> dict[str, Any]:
+    """An OpenAPI link to the operation ``operation_id``; ``parameters`` maps its
+    parameters to runtime expressions, e.g. ``ticket_id="$response.body#/id"``."""
+    doc: dict[str, Any] = {"operationId": operation_id, "description": description}
+    if parameters:
+        doc["parameters"] = parameters
+    return doc
+
+
 def error_doc(status: int) -> dict[str, Any]:
     """An OpenAPI response object for an error ``status`` in the ``ErrorSchema`` shape."""
     return {
@@ -194,6 +203,11 @@ class Blueprint(flask_smorest.Blueprint):
             func._apidoc = apidoc  # type: ignore[attr-defined]
             return register(func)
 
+        return decorator
+
+    def links(self, status: int, **links: dict[str, Any]) -> Callable[..., Any]:
+        """Document the operations an answer with ``status`` leads to (``link``)."""
+        decorator: Callable[..., Any] = self.doc(responses={status: {"links": links}})
         return decorator
 
     @staticmethod

@@ -21,17 +21,39 @@ from ..schemas import (
     TicketSchema,
 )
 from ..state import ticket_queue
-from . import TICKET_ID, Blueprint
+from . import TICKET_ID, Blueprint, link
 
 blp = Blueprint("admin_tickets", __name__, url_prefix="/api/admin", description="Tickets (admin)")
+
+NEW_TICKET = {"title": "Printer on fire", "description": "Third floor, by the kitchen."}
+TICKET = {
+    "id": 42,
+    **NEW_TICKET,
+    "status": "unassigned",
+    "agent_id": None,
+    "created_at": "2025-03-04T09:20:00+00:00",
+    "updated_at": "2025-03-04T09:20:00+00:00",
+    "assigned_at": None,
+    "sold_at": None,
+}
+# What a new ticket leads to: each operation on it by its id.
+_THE_TICKET = "$response.body#/id"
 
 
 # role_required sits above @blp.arguments so the token is checked before the body:
 # an anonymous or wrong-role caller gets 401/403, never a 400/415 describing the body.
 @blp.route("/tickets/", methods=["POST"])
+@blp.links(
+    201,
+    getTicket=link("getTicket", "The new ticket", ticket_id=_THE_TICKET),
+    updateTicket=link("updateTicket", "Change its title or description", ticket_id=_THE_TICKET),
+    replaceTicket=link("replaceTicket", "Replace its title and description", ticket_id=_THE_TICKET),
+    listTicketEvents=link("listTicketEvents", "Its history", ticket_id=_THE_TICKET),
+    deleteTicket=link("deleteTicket", "Delete it", ticket_id=_THE_TICKET),
+)
 @role_required("admin")
-@blp.arguments(TicketCreateSchema)
-@blp.response(201, TicketSchema)
+@blp.arguments(TicketCreateSchema, example=NEW_TICKET)
+@blp.response(201, TicketSchema, example=TICKET)
 def create_ticket(body: dict[str, str]) -> Ticket:
     """Create a ticket; it joins the queue behind every older unassigned ticket."""
     return tickets.create_ticket(db.session, ticket_queue(), actor_id=g.user.id, **body)
