@@ -112,7 +112,10 @@ def _document() -> dict[str, Any]:
 
 
 DOCUMENT = _document()
-NEGATIVE_REJECTED = ["400", "401", "403", "404", "405", "409", "413", "415", "422", "429"]
+# An invalid request may also be too large, in its body (413), its request line
+# (414) or its headers (431), or ask for what the server does not do (417).
+NEGATIVE_REJECTED = ["400", "401", "403", "404", "405", "409", "413", "414", "415", "417"]
+NEGATIVE_REJECTED += ["422", "429", "431"]
 schema = schemathesis.openapi.from_dict(
     DOCUMENT,
     # Per operation: the examples, the coverage phase (every boundary and
@@ -121,7 +124,6 @@ schema = schemathesis.openapi.from_dict(
     config=SchemathesisConfig.from_dict(
         {
             "phases": {"stateful": {"enabled": False}},
-            # An invalid body may also be too large: 413 is a rejection too.
             "checks": {"negative_data_rejection": {"expected-statuses": NEGATIVE_REJECTED}},
         }
     ),
@@ -205,7 +207,10 @@ def test_document_declares_auth_errors_and_no_catch_all(seeded: Seeded) -> None:
     assert "204" in operations[("POST", "/api/auth/logout/")]["responses"]
     query = {p["name"] for p in operations[("GET", "/api/admin/tickets/")]["parameters"]}
     assert query == {"status", "agent_id", "limit", "cursor"}
-    assert set(operations[("GET", "/readyz")]["responses"]) == {"200", "500", "503"}
+    assert set(operations[("GET", "/readyz")]["responses"]) == {
+        *{"200", "503"},  # the probe's own
+        *{"400", "414", "417", "431", "500"},  # any request's
+    }
 
 
 @pytest.mark.parametrize(

@@ -55,18 +55,24 @@ USER_ID = "<id(max=2147483647):user_id>"
 
 # What each error status that follows from how a view is declared means (API.md,
 # "Errors"); a view declares its own others (409, 429) with alt_response.
-# Every operation can fail unexpectedly: 500, in the same shape.
 ERROR_DESCRIPTIONS = {
-    400: "Malformed JSON, a body that is not an object, or a missing, wrong-typed or "
-    "out-of-range field or query parameter (`fields` names each one)",
+    400: "A malformed request: malformed JSON, a body that is not an object, a missing, "
+    "wrong-typed or out-of-range field or query parameter (`fields` names each one), or "
+    "HTTP the server cannot read (a bad header, a transfer coding other than chunked)",
     401: "No token, a bad signature, an expired or revoked token, or a deactivated account",
     403: "A valid token of the wrong role",
     404: "No such resource",
     413: "The body is over the configured limit",
+    414: "The request line (the path and the query) is over the server's limit",
     415: "The body is not application/json",
+    417: "An Expect header other than 100-continue",
+    431: "A header, or the headers together, over the server's limit",
     500: "An unexpected error; it is logged with the request's id",
     503: "PostgreSQL or Redis is unreachable; nothing was changed, the client may retry",
 }
+# Any request can get these, whatever the operation: the HTTP server's refusals
+# of a request it cannot read (service/serving.py), and an unexpected failure.
+EVERY_OPERATION = {400, 414, 417, 431, 500}
 RETRY_AFTER = {
     "Retry-After": {
         "description": "Seconds to wait before the next attempt",
@@ -160,8 +166,9 @@ class Blueprint(flask_smorest.Blueprint):
     from the code: a JSON body can get 400, 413 and 415; query parameters 400; a
     path parameter 404; ``role_required`` adds the bearer scheme, 401 and (for
     one role) 403; every operation touches PostgreSQL or Redis, so 503; any can
-    fail unexpectedly, so 500. Errors particular to a view (409, 429) are
-    declared on it with ``alt_response``.
+    be refused by the HTTP server or fail unexpectedly (``EVERY_OPERATION``).
+    Errors particular to a view (409, 429) are declared on it with
+    ``alt_response``.
 
     Every operation gets an operationId (``operation_ids``), so every future
     view has one too.
@@ -219,7 +226,7 @@ class Blueprint(flask_smorest.Blueprint):
 
     def _prepare_error_doc(self, doc: dict[str, Any], doc_info: dict[str, Any], **_: Any) -> Any:
         info = doc_info.get("errors") or {}
-        statuses = {500, 503} if self.uses_backends else {500}
+        statuses = EVERY_OPERATION | ({503} if self.uses_backends else set())
         # flask-smorest has turned the body argument into requestBody by now.
         if "requestBody" in doc:
             statuses |= {400, 413, 415}
