@@ -14,7 +14,8 @@ every run. To search at scale, with new cases on every run:
 
     SCHEMATHESIS_RANDOM=1 SCHEMATHESIS_EXAMPLES=200 pytest tests/test_openapi.py
 
-(``SCHEMATHESIS_EXAMPLES`` cases per operation, and as many linked sequences.)
+(``SCHEMATHESIS_EXAMPLES`` cases per operation, and as many linked sequences;
+past a few hundred, raise pytest's per-test limit too, e.g. ``--timeout 1800``.)
 """
 
 from __future__ import annotations
