@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from .models import ROLES, STATUSES
+from .models import EVENT_KINDS, ROLES, STATUSES
 
 
 class StrictInteger(fields.Integer):
@@ -88,6 +90,73 @@ class UtcDateTime(fields.DateTime):
         return utc_iso(value)
 
 
+# -- the document's shape ------------------------------------------------
+# A schema's class may say more about its document than its fields do; the
+# document's generator (service/api/document.py) reads these two attributes.
+@dataclass(frozen=True)
+class OneOf:
+    """Document a schema as one of several shapes, told apart by one property.
+
+    The schema itself stays the validator; the shapes only describe, for
+    clients, a rule the server checks across fields (or in the domain)."""
+
+    discriminator: str
+    mapping: Mapping[str, type[Schema]]
+
+
+class Documented(Schema):
+    """A schema with JSON Schema keywords of its own in the document."""
+
+    # Keywords added to the schema's document, e.g. ``minProperties``.
+    document_keywords: ClassVar[Mapping[str, Any]] = {}
+    # Documented as this union of shapes instead of its own fields.
+    document_one_of: ClassVar[OneOf | None] = None
+
+
+class Choice(fields.String):
+    """A string from one of the API's fixed sets: a role, a ticket status, an event kind.
+
+    Each set is a subclass, documented once as an enum component named after
+    it that every use refers to, so a generated client has one enum type per
+    set. The first paragraph of the subclass's docstring describes the component.
+    ``only`` narrows a use to some of the set's values (documented as the
+    component, restricted), e.g. the role that tells a union's shapes apart.
+    """
+
+    values: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, *, only: Sequence[str] | None = None, **kwargs: Any) -> None:
+        self.only = tuple(only) if only is not None else None
+        if self.only is not None and not set(self.only) <= set(self.values):
+            raise ValueError(f"{type(self).__name__} has no {self.only}")
+        super().__init__(validate=validate.OneOf(self.only or self.values), **kwargs)
+        if self.allow_none:
+            # A reference to the enum cannot also allow null in OpenAPI 3.0.
+            raise TypeError(f"{type(self).__name__} cannot be null")
+
+
+class Role(Choice):
+    """A user's role: admins manage users and tickets, agents are handed tickets."""
+
+    values = ROLES
+
+
+class TicketStatus(Choice):
+    """Where a ticket is: waiting in the queue, held by an agent, or sold."""
+
+    values = STATUSES
+
+
+class TicketEventKind(Choice):
+    """What happened to a ticket: created, updated (its title or description),
+    assigned to an agent, sold, released back to the queue, or deleted.
+
+    "updated" is listed before the log writes it, so that clients generated now
+    already read it; the log's own kinds (``EVENT_KINDS``) are all listed."""
+
+    values = tuple(dict.fromkeys((*EVENT_KINDS, "updated")))
+
+
 # -- errors --------------------------------------------------------------
 class ErrorBodySchema(Schema):
     code = fields.String(required=True)
@@ -128,15 +197,53 @@ PASSWORD = validate.Length(min=8, max=256)
 CAPACITY = validate.Range(min=1, max=1000)
 
 
-class UserCreateSchema(Schema):
+def agent_capacity() -> StrictInteger:
+    """An agent's capacity on creation: left out or null, the configured default."""
+    return StrictInteger(validate=CAPACITY, load_default=None, allow_none=True)
+
+
+class NewUserSchema(Schema):
     username = Text(required=True, validate=USERNAME)
     password = Text(required=True, validate=PASSWORD, load_only=True)
-    role = fields.String(required=True, validate=validate.OneOf(ROLES))
-    capacity = StrictInteger(validate=CAPACITY, load_default=None, allow_none=True)
 
 
-class PatchSchema(Schema):
+class AgentCreateSchema(NewUserSchema, Documented):
+    """A new agent, as documented (``UserCreateSchema`` validates)."""
+
+    role = Role(required=True, only=["agent"])
+    capacity = agent_capacity()
+
+    document_keywords = {
+        "description": "A new agent. Without a capacity (or with null), it gets the "
+        "configured default (TICKETS_PER_AGENT)."
+    }
+
+
+class AdminCreateSchema(NewUserSchema, Documented):
+    """A new admin, as documented (``UserCreateSchema`` validates)."""
+
+    role = Role(required=True, only=["admin"])
+    capacity = StrictInteger(validate=validate.OneOf([None]), allow_none=True)
+
+    document_keywords = {
+        "description": "A new admin. Admins have no capacity: leave it out (null means the same)."
+    }
+
+
+class UserCreateSchema(NewUserSchema, Documented):
+    """Validates a new user; the domain refuses a capacity for an admin
+    (``users.create_user``). The document shows the two shapes that rule leaves."""
+
+    role = Role(required=True)
+    capacity = agent_capacity()
+
+    document_one_of = OneOf("role", {"agent": AgentCreateSchema, "admin": AdminCreateSchema})
+
+
+class PatchSchema(Documented):
     """A PATCH body must change something."""
+
+    document_keywords = {"minProperties": 1}
 
     @validates_schema
     def _not_empty(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -154,7 +261,7 @@ class UserPatchSchema(PatchSchema):
 class UserSchema(Schema):
     id = fields.Integer(required=True)
     username = fields.String(required=True)
-    role = fields.String(required=True)
+    role = Role(required=True)
     is_active = fields.Boolean(required=True)
     capacity = fields.Integer(required=True, allow_none=True)
     created_at = UtcDateTime(required=True)
@@ -166,6 +273,8 @@ class UserPageSchema(Schema):
 
 
 # StrictInteger refuses query strings ("5"), so query params use plain Integer.
+# A left-out parameter has no default here (the domain's is None): a query
+# string cannot carry a null, so the document must not offer one.
 class UserQuerySchema(Schema):
     limit = fields.Integer(
         validate=validate.Range(min=1, max=500),
@@ -173,7 +282,6 @@ class UserQuerySchema(Schema):
         metadata={"description": "Items per page"},
     )
     cursor = fields.String(
-        load_default=None,
         validate=[validate.Length(min=1, max=20), WholeMatch(r"^[0-9]+$", error="not a cursor")],
         metadata={"description": "The `next_cursor` of the previous page"},
     )
@@ -240,14 +348,9 @@ class TicketPatchSchema(PatchSchema):
 
 
 class TicketQuerySchema(UserQuerySchema):
-    status = fields.String(
-        validate=validate.OneOf(STATUSES),
-        load_default=None,
-        metadata={"description": "Only tickets in this state"},
-    )
+    status = TicketStatus(metadata={"description": "Only tickets in this state"})
     agent_id = fields.Integer(
         validate=validate.Range(min=1, max=MAX_USER_ID),
-        load_default=None,
         metadata={"description": "Only tickets held or sold by this agent"},
     )
 
@@ -256,7 +359,7 @@ class TicketSchema(Schema):
     id = fields.Integer(required=True)
     title = fields.String(required=True)
     description = fields.String(required=True)
-    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+    status = TicketStatus(required=True)
     agent_id = fields.Integer(required=True, allow_none=True)
     created_at = UtcDateTime(required=True)
     updated_at = UtcDateTime(required=True)
@@ -277,7 +380,7 @@ class HoldingSchema(Schema):
 class TicketEventSchema(Schema):
     id = fields.Integer(required=True)
     ticket_id = fields.Integer(required=True)
-    kind = fields.String(required=True)
+    kind = TicketEventKind(required=True)
     actor_id = fields.Integer(required=True, allow_none=True)
     agent_id = fields.Integer(required=True, allow_none=True)
     at = UtcDateTime(required=True)

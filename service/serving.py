@@ -9,10 +9,12 @@ same way. PostgreSQL (the driver's wait callback, service/database.py) and
 Redis (gevent's sockets) wait cooperatively, since ``gunicorn.conf.py`` patches
 the standard library before anything is imported.
 
-Two things gunicorn does on its own are changed here:
+Three things gunicorn does on its own are changed here:
 
 * its error pages (a request line or headers too large, a malformed request)
   are HTML; the service answers every error as ``{"error": {...}}``;
+* a transfer coding it does not implement is a 501, which tells a client the
+  server failed; the request is the client's error, a 400 (below);
 * a connection has no read deadline once its headers are in: a client that
   sends a body one byte a minute would hold its greenlet forever. Every
   socket operation on a client connection gets ``GUNICORN_CLIENT_TIMEOUT``
@@ -26,6 +28,7 @@ import os
 from typing import Any
 
 from gunicorn import util
+from gunicorn.http.errors import InvalidHeader, UnsupportedTransferCoding
 from gunicorn.workers.ggevent import GeventWorker
 
 # Seconds a client may stay silent in the middle of a request (reading its
@@ -76,3 +79,12 @@ class Worker(GeventWorker):
         # keeps it blocking (for the greenlet) but bounded per operation.
         client.settimeout(self.client_timeout)
         super(GeventWorker, self).handle(listener, client, addr)
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        # gunicorn answers a transfer coding it does not implement with a 501.
+        # The service's 5xx say it failed and a retry may pass; no retry of
+        # this request will. A 400, as RFC 9112 (6.3) requires anyway when the
+        # last coding is not chunked (then the body has no length).
+        if isinstance(exc, UnsupportedTransferCoding):
+            exc = InvalidHeader("Transfer-Encoding", req=req)
+        super().handle_error(req, client, addr, exc)

@@ -102,8 +102,20 @@ def test_a_client_silent_mid_body_is_cut_off(server: Server) -> None:
         (b"GET / HTTP/1.1\r\nHost: tq\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431, None),
         (b"GARBAGE\r\n\r\n", 400, "bad_request"),
         (b"GET / HTTP/1.1\r\nHost: tq\r\nBad Header Name: x\r\n\r\n", 400, "bad_request"),
+        # A body the server cannot read is the client's error, not a 501.
+        (b"GET / HTTP/1.1\r\nHost: tq\r\nTransfer-Encoding: DD(\r\n\r\n", 400, "bad_request"),
+        (b"GET / HTTP/1.1\r\nHost: tq\r\nTransfer-Encoding: br, chunked\r\n\r\n", 400, None),
+        (b"GET / HTTP/1.1\r\nHost: tq\r\nExpect: x\r\n\r\n", 417, "expectation_failed"),
     ],
-    ids=["long request line", "large header", "malformed request line", "bad header name"],
+    ids=[
+        "long request line",
+        "large header",
+        "malformed request line",
+        "bad header name",
+        "unknown transfer coding",
+        "unknown coding before chunked",
+        "unknown expectation",
+    ],
 )
 def test_gunicorns_own_errors_are_json(
     server: Server, request_bytes: bytes, status: int, code: str | None

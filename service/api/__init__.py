@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flask_smorest
@@ -16,6 +16,7 @@ from werkzeug.routing import BaseConverter
 from ..extensions import rest_api
 from ..logging import SANE_REQUEST_ID
 from ..schemas import ErrorSchema
+from .document import DocumentPlugin
 
 SECURITY_SCHEME = "bearerAuth"
 METRICS_SCHEME = "metricsToken"
@@ -55,15 +56,23 @@ USER_ID = "<id(max=2147483647):user_id>"
 # What each error status that follows from how a view is declared means (API.md,
 # "Errors"); a view declares its own others (409, 429) with alt_response.
 ERROR_DESCRIPTIONS = {
-    400: "Malformed JSON, a body that is not an object, or a missing, wrong-typed or "
-    "out-of-range field or query parameter (`fields` names each one)",
+    400: "A malformed request: malformed JSON, a body that is not an object, a missing, "
+    "wrong-typed or out-of-range field or query parameter (`fields` names each one), or "
+    "HTTP the server cannot read (a bad header, a transfer coding other than chunked)",
     401: "No token, a bad signature, an expired or revoked token, or a deactivated account",
     403: "A valid token of the wrong role",
     404: "No such resource",
     413: "The body is over the configured limit",
+    414: "The request line (the path and the query) is over the server's limit",
     415: "The body is not application/json",
+    417: "An Expect header other than 100-continue",
+    431: "A header, or the headers together, over the server's limit",
+    500: "An unexpected error; it is logged with the request's id",
     503: "PostgreSQL or Redis is unreachable; nothing was changed, the client may retry",
 }
+# Any request can get these, whatever the operation: the HTTP server's refusals
+# of a request it cannot read (service/serving.py), and an unexpected failure.
+EVERY_OPERATION = {400, 414, 417, 431, 500}
 RETRY_AFTER = {
     "Retry-After": {
         "description": "Seconds to wait before the next attempt",
@@ -78,6 +87,41 @@ REQUEST_ID = {
         "schema": {"type": "string", "pattern": f"^{SANE_REQUEST_ID.pattern}$"},
     }
 }
+
+
+def operation_ids(
+    view: str, methods: list[str], given: str | Mapping[str, str] | None
+) -> dict[str, str]:
+    """Each method's operationId: the view function's name in camelCase
+    (``create_user``: ``createUser``) unless ``given``. A view serving several
+    methods needs one per method: derived ones end with the method's name.
+
+    Generated clients name their functions after these ids, so they are short
+    and stable; a view whose function name reads badly as one gives its own."""
+    if isinstance(given, Mapping):
+        if set(given) != set(methods):
+            raise ValueError(f"{view}: give an operationId for each of {methods}")
+        return {method.lower(): given[method] for method in methods}
+    base = given or _camel_case(view)
+    if len(methods) == 1:
+        return {methods[0].lower(): base}
+    if given is not None:
+        raise ValueError(f"{view}: one operationId for {methods}; give one per method")
+    return {method.lower(): base + method.capitalize() for method in methods}
+
+
+def _camel_case(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(word.capitalize() for word in rest)
+
+
+def link(operation_id: str, description: str, **parameters: str) -> dict[str, Any]:
+    """An OpenAPI link to the operation ``operation_id``; ``parameters`` maps its
+    parameters to runtime expressions, e.g. ``ticket_id="$response.body#/id"``."""
+    doc: dict[str, Any] = {"operationId": operation_id, "description": description}
+    if parameters:
+        doc["parameters"] = parameters
+    return doc
 
 
 def error_doc(status: int) -> dict[str, Any]:
@@ -121,8 +165,13 @@ class Blueprint(flask_smorest.Blueprint):
     The errors follow from how a view is declared, so the document cannot drift
     from the code: a JSON body can get 400, 413 and 415; query parameters 400; a
     path parameter 404; ``role_required`` adds the bearer scheme, 401 and (for
-    one role) 403; every operation touches PostgreSQL or Redis, so 503. Errors
-    particular to a view (409, 429) are declared on it with ``alt_response``.
+    one role) 403; every operation touches PostgreSQL or Redis, so 503; any can
+    be refused by the HTTP server or fail unexpectedly (``EVERY_OPERATION``).
+    Errors particular to a view (409, 429) are declared on it with
+    ``alt_response``.
+
+    Every operation gets an operationId (``operation_ids``), so every future
+    view has one too.
     """
 
     ARGUMENTS_PARSER = Parser()
@@ -131,10 +180,23 @@ class Blueprint(flask_smorest.Blueprint):
         """``uses_backends=False``: the views answer without PostgreSQL or Redis (no 503)."""
         super().__init__(*args, **kwargs)
         self.uses_backends = uses_backends
+        self._prepare_doc_cbks.append(self._prepare_operation_id)
         self._prepare_doc_cbks.append(self._prepare_error_doc)
 
-    def route(self, rule: str, *, parameters: Any = None, tags: Any = None, **options: Any) -> Any:
+    def route(
+        self,
+        rule: str,
+        *,
+        parameters: Any = None,
+        tags: Any = None,
+        operation_id: str | Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> Any:
+        """flask-smorest's ``route``; ``operation_id`` names the operation (a
+        mapping of method to id when the view serves several), instead of
+        the view's name in camelCase."""
         register = super().route(rule, parameters=parameters, tags=tags, **options)
+        methods = [method.upper() for method in options.get("methods", ["GET"])]
 
         def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
             # `_apidoc` is where flask-smorest's decorators leave what they
@@ -144,14 +206,27 @@ class Blueprint(flask_smorest.Blueprint):
                 "auth": getattr(func, "auth_required", None),
                 "path_params": "<" in rule,
             }
+            apidoc["operation_ids"] = operation_ids(func.__name__, methods, operation_id)
             func._apidoc = apidoc  # type: ignore[attr-defined]
             return register(func)
 
         return decorator
 
+    def links(self, status: int, **links: dict[str, Any]) -> Callable[..., Any]:
+        """Document the operations an answer with ``status`` leads to (``link``)."""
+        decorator: Callable[..., Any] = self.doc(responses={status: {"links": links}})
+        return decorator
+
+    @staticmethod
+    def _prepare_operation_id(
+        doc: dict[str, Any], doc_info: dict[str, Any], *, method: str, **_: Any
+    ) -> dict[str, Any]:
+        doc["operationId"] = doc_info["operation_ids"][method]
+        return doc
+
     def _prepare_error_doc(self, doc: dict[str, Any], doc_info: dict[str, Any], **_: Any) -> Any:
         info = doc_info.get("errors") or {}
-        statuses = {503} if self.uses_backends else set()
+        statuses = EVERY_OPERATION | ({503} if self.uses_backends else set())
         # flask-smorest has turned the body argument into requestBody by now.
         if "requestBody" in doc:
             statuses |= {400, 413, 415}
@@ -185,7 +260,19 @@ def init_api(app: Flask) -> None:
     # "default" response that would make any status look documented.
     rest_api.DEFAULT_ERROR_RESPONSE_NAME = None
     app.url_map.converters["id"] = IdConverter
-    rest_api.init_app(app)
+    rest_api.init_app(
+        app,
+        spec_kwargs={
+            "marshmallow_plugin": DocumentPlugin(),
+            # Relative: the document works wherever it is served (its own origin,
+            # behind a proxy, Swagger UI's "Try it out").
+            "servers": [{"url": "/", "description": "The origin serving this document"}],
+        },
+    )
+    # flask-smorest documents its page-number pagination header for every API;
+    # this one pages with cursors in the body, so the header's schema is dead.
+    rest_api.spec.components.headers_lazy.pop("PAGINATION", None)
+    rest_api.spec.components.schemas.pop("PaginationMetadata", None)
     rest_api.register_converter(IdConverter, _id_parameter)
     rest_api.spec.components.security_scheme(
         SECURITY_SCHEME,

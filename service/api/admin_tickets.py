@@ -21,17 +21,39 @@ from ..schemas import (
     TicketSchema,
 )
 from ..state import ticket_queue
-from . import TICKET_ID, Blueprint
+from . import TICKET_ID, Blueprint, link
 
 blp = Blueprint("admin_tickets", __name__, url_prefix="/api/admin", description="Tickets (admin)")
+
+NEW_TICKET = {"title": "Printer on fire", "description": "Third floor, by the kitchen."}
+TICKET = {
+    "id": 42,
+    **NEW_TICKET,
+    "status": "unassigned",
+    "agent_id": None,
+    "created_at": "2025-03-04T09:20:00+00:00",
+    "updated_at": "2025-03-04T09:20:00+00:00",
+    "assigned_at": None,
+    "sold_at": None,
+}
+# What a new ticket leads to: each operation on it by its id.
+_THE_TICKET = "$response.body#/id"
 
 
 # role_required sits above @blp.arguments so the token is checked before the body:
 # an anonymous or wrong-role caller gets 401/403, never a 400/415 describing the body.
 @blp.route("/tickets/", methods=["POST"])
+@blp.links(
+    201,
+    getTicket=link("getTicket", "The new ticket", ticket_id=_THE_TICKET),
+    updateTicket=link("updateTicket", "Change its title or description", ticket_id=_THE_TICKET),
+    replaceTicket=link("replaceTicket", "Replace its title and description", ticket_id=_THE_TICKET),
+    listTicketEvents=link("listTicketEvents", "Its history", ticket_id=_THE_TICKET),
+    deleteTicket=link("deleteTicket", "Delete it", ticket_id=_THE_TICKET),
+)
 @role_required("admin")
-@blp.arguments(TicketCreateSchema)
-@blp.response(201, TicketSchema)
+@blp.arguments(TicketCreateSchema, example=NEW_TICKET)
+@blp.response(201, TicketSchema, example=TICKET)
 def create_ticket(body: dict[str, str]) -> Ticket:
     """Create a ticket; it joins the queue behind every older unassigned ticket."""
     return tickets.create_ticket(db.session, ticket_queue(), actor_id=g.user.id, **body)
@@ -55,7 +77,7 @@ def get_ticket(ticket_id: int) -> Ticket:
     return tickets.get_ticket(db.session, ticket_id)
 
 
-@blp.route(f"/tickets/{TICKET_ID}/", methods=["PUT"])
+@blp.route(f"/tickets/{TICKET_ID}/", methods=["PUT"], operation_id="replaceTicket")
 @role_required("admin")
 @blp.arguments(TicketCreateSchema)
 @blp.response(200, TicketSchema)
@@ -64,7 +86,7 @@ def put_ticket(body: dict[str, str], ticket_id: int) -> Ticket:
     return tickets.update_ticket(db.session, ticket_id, body)
 
 
-@blp.route(f"/tickets/{TICKET_ID}/", methods=["PATCH"])
+@blp.route(f"/tickets/{TICKET_ID}/", methods=["PATCH"], operation_id="updateTicket")
 @role_required("admin")
 @blp.arguments(TicketPatchSchema)
 @blp.response(200, TicketSchema)
@@ -81,7 +103,7 @@ def delete_ticket(ticket_id: int) -> None:
     tickets.delete_ticket(db.session, ticket_queue(), ticket_id, actor_id=g.user.id)
 
 
-@blp.route(f"/tickets/{TICKET_ID}/events/", methods=["GET"])
+@blp.route(f"/tickets/{TICKET_ID}/events/", methods=["GET"], operation_id="listTicketEvents")
 @blp.response(200, TicketEventListSchema)
 @role_required("admin")
 def ticket_history(ticket_id: int) -> dict[str, Any]:
@@ -92,7 +114,7 @@ def ticket_history(ticket_id: int) -> dict[str, Any]:
     return {"items": items}
 
 
-@blp.route("/queue/", methods=["GET"])
+@blp.route("/queue/", methods=["GET"], operation_id="getQueueStats")
 @blp.response(200, QueueStatsSchema)
 @role_required("admin")
 def queue_stats() -> tickets.QueueStats:

@@ -19,17 +19,46 @@ from ..schemas import (
     UserSchema,
 )
 from ..state import ticket_queue
-from . import USER_ID, Blueprint
+from . import USER_ID, Blueprint, link
 
 blp = Blueprint("admin_users", __name__, url_prefix="/api/admin/users", description="Users (admin)")
+
+NEW_USERS = {
+    "agent": {
+        "summary": "An agent holding at most 20 tickets at once",
+        "value": {
+            "username": "alice",
+            "password": "correct-horse",
+            "role": "agent",
+            "capacity": 20,
+        },
+    },
+    "admin": {
+        "summary": "An admin (no capacity)",
+        "value": {"username": "carol", "password": "battery-staple", "role": "admin"},
+    },
+}
+USER = {
+    "id": 7,
+    "username": "alice",
+    "role": "agent",
+    "is_active": True,
+    "capacity": 20,
+    "created_at": "2025-03-04T09:15:00+00:00",
+}
 
 
 # role_required sits above @blp.arguments so the token is checked before the body:
 # an anonymous or wrong-role caller gets 401/403, never a 400/415 describing the body.
 @blp.route("/", methods=["POST"])
+@blp.links(
+    201,
+    getUser=link("getUser", "The new user", user_id="$response.body#/id"),
+    updateUser=link("updateUser", "Change the new user", user_id="$response.body#/id"),
+)
 @role_required("admin")
-@blp.arguments(UserCreateSchema)
-@blp.response(201, UserSchema)
+@blp.arguments(UserCreateSchema, examples=NEW_USERS)
+@blp.response(201, UserSchema, example=USER)
 @blp.alt_response(409, schema=ErrorSchema, description="The username is taken")
 def create_user(body: dict[str, Any]) -> User:
     """Create an agent or an admin."""
@@ -56,7 +85,7 @@ def get_user(user_id: int) -> User:
     return users.get_user(db.session, user_id)
 
 
-@blp.route(f"/{USER_ID}/", methods=["PATCH"])
+@blp.route(f"/{USER_ID}/", methods=["PATCH"], operation_id="updateUser")
 @role_required("admin")
 @blp.arguments(UserPatchSchema)
 @blp.response(200, UserSchema)
@@ -66,5 +95,10 @@ def get_user(user_id: int) -> User:
     description="An admin deactivating itself, or the last active admin",
 )
 def patch_user(changes: dict[str, Any], user_id: int) -> User:
-    """Change a password, deactivate or reactivate, or set an agent's capacity."""
+    """Change a password, deactivate or reactivate, or set an agent's capacity.
+
+    Only agents have a capacity: a `capacity` for an admin is a 400 (`fields`
+    names it). That depends on the user's role, not on the body, so the body's
+    schema cannot rule it out.
+    """
     return users.update_user(db.session, ticket_queue(), user_id, changes, actor_id=g.user.id)

@@ -10,17 +10,44 @@ from ..domain import assignment
 from ..extensions import db
 from ..schemas import ErrorSchema, HoldingSchema, TicketSchema, holding_json, ticket_json
 from ..state import ticket_queue
-from . import TICKET_ID, Blueprint
+from . import TICKET_ID, Blueprint, link
 
 blp = Blueprint(
     "agent_tickets", __name__, url_prefix="/api/agent/tickets", description="Tickets (agent)"
 )
 
+_HELD = {
+    "id": 42,
+    "title": "Printer on fire",
+    "description": "Third floor, by the kitchen.",
+    "status": "assigned",
+    "agent_id": 7,
+    "created_at": "2025-03-04T09:20:00+00:00",
+    "updated_at": "2025-03-04T09:31:00+00:00",
+    "assigned_at": "2025-03-04T09:31:00+00:00",
+    "sold_at": None,
+}
+HOLDING = {"tickets": [_HELD], "capacity": 20}
+SOLD = {
+    **_HELD,
+    "status": "sold",
+    "updated_at": "2025-03-04T09:45:00+00:00",
+    "sold_at": "2025-03-04T09:45:00+00:00",
+}
+_SELL_THE_FIRST = link(
+    "sellTicket", "Sell the first ticket held", ticket_id="$response.body#/tickets/0/id"
+)
+
 
 # The agent routes check the account inside the one query they run anyway, and
 # serialise with holding_json (HoldingSchema documents the same shape).
-@blp.route("/assign/", methods=["GET", "POST"])
-@blp.response(200, HoldingSchema)
+@blp.route(
+    "/assign/",
+    methods=["GET", "POST"],
+    operation_id={"POST": "fetchTickets", "GET": "fetchTicketsWithGet"},
+)
+@blp.links(200, sellTicket=_SELL_THE_FIRST)
+@blp.response(200, HoldingSchema, example=HOLDING)
 @role_required("agent", load_user=False)
 def assign() -> Response:
     """Top up to capacity with the oldest unassigned tickets; return what you hold."""
@@ -35,8 +62,9 @@ def assign() -> Response:
     return jsonify(holding_json(result.tickets, result.capacity))
 
 
-@blp.route("/", methods=["GET"])
-@blp.response(200, HoldingSchema)
+@blp.route("/", methods=["GET"], operation_id="listHeldTickets")
+@blp.links(200, sellTicket=_SELL_THE_FIRST)
+@blp.response(200, HoldingSchema, example=HOLDING)
 @role_required("agent", load_user=False)
 def held() -> Response:
     """What you hold, unsold, in creation order; assigns nothing."""
@@ -44,8 +72,8 @@ def held() -> Response:
     return jsonify(holding_json(result.tickets, result.capacity))
 
 
-@blp.route(f"/sell/{TICKET_ID}/", methods=["POST"])
-@blp.response(200, TicketSchema)
+@blp.route(f"/sell/{TICKET_ID}/", methods=["POST"], operation_id="sellTicket")
+@blp.response(200, TicketSchema, example=SOLD)
 @blp.alt_response(409, schema=ErrorSchema, description="You already sold this ticket")
 @role_required("agent", load_user=False)
 def sell(ticket_id: int) -> Response:

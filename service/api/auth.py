@@ -9,18 +9,33 @@ from flask import g
 from .. import auth
 from ..ratelimit import limit_login_attempts
 from ..schemas import AccessTokenSchema, ErrorSchema, LoginSchema, TokenSchema
-from . import RETRY_AFTER, Blueprint
+from . import RETRY_AFTER, Blueprint, link
 
 blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Tokens")
+
+CREDENTIALS = {"username": "alice", "password": "correct-horse"}
+TOKENS = {
+    "access_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJ0eXBlIjoiYWNjZXNzIn0.c2lnbmF0dXJl",
+    "refresh_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJ0eXBlIjoicmVmcmVzaCJ9.c2lnbmF0dXJl",
+    "token_type": "Bearer",
+    "expires_in": 3600,
+}
 
 # Tokens must not be kept by a browser or a proxy cache.
 NO_STORE = {"Cache-Control": "no-store"}
 
 
 @blp.route("/token/", methods=["POST"])
+@blp.links(
+    200,
+    refreshToken=link(
+        "refreshToken", "A new access token: present `refresh_token` as the bearer token"
+    ),
+    logout=link("logout", "End the session: present either token as the bearer token"),
+)
 @limit_login_attempts
-@blp.arguments(LoginSchema)
-@blp.response(200, TokenSchema)
+@blp.arguments(LoginSchema, example=CREDENTIALS)
+@blp.response(200, TokenSchema, example=TOKENS)
 @blp.alt_response(401, schema=ErrorSchema, description="Wrong username or password")
 @blp.alt_response(
     429,
@@ -34,7 +49,7 @@ def login(credentials: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
     return auth.issue_tokens(user), NO_STORE
 
 
-@blp.route("/refresh/", methods=["POST"])
+@blp.route("/refresh/", methods=["POST"], operation_id="refreshToken")
 @blp.response(200, AccessTokenSchema)
 @auth.role_required("any", token="refresh")
 def refresh() -> tuple[dict[str, Any], dict[str, str]]:

@@ -90,13 +90,20 @@ def readyz() -> Any:
     return {"status": "ready"}
 
 
-@blp.route("/metrics", methods=["GET"])
+@blp.route("/metrics", methods=["GET"], operation_id="getMetrics")
 @blp.doc(security=[{METRICS_SCHEME: []}])
 @blp.response(
     200,
     {"type": "string"},
     content_type="text/plain",
-    description="Prometheus text exposition format",
+    description="Prometheus text exposition format, or OpenMetrics when Accept asks for it",
+)
+@blp.alt_response(
+    200,
+    schema={"type": "string"},
+    content_type="application/openmetrics-text",
+    description="Prometheus text exposition format, or OpenMetrics when Accept asks for it",
+    success=True,
 )
 @blp.alt_response(401, schema=ErrorSchema, description="No METRICS_TOKEN, or the wrong one")
 @blp.alt_response(404, schema=ErrorSchema, description="Metrics are off (no METRICS_TOKEN set)")
