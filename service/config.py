@@ -229,8 +229,12 @@ def _rate_limit_config(
         "LOGIN_ADDRESS_RATE_LIMIT": _limit(env, "LOGIN_ADDRESS_RATE_LIMIT", "30 per minute"),
         "LOGIN_ACCOUNT_RATE_LIMIT": _limit(env, "LOGIN_ACCOUNT_RATE_LIMIT", "20 per minute"),
     }
-    options: dict[str, Any] = {}
+    # Bounded like every Redis call of the service (REDIS_TIMEOUT_SECONDS): a hung
+    # Redis costs a login at most that long, then the attempt is let through.
+    timeout = read_seconds(env, "REDIS_TIMEOUT_SECONDS", 1.0, maximum=60)
+    options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
     if redis_url is None:
+        options = {}
         storage = "memory://"  # embedded mode: one process, nothing to share
     elif cluster:
         # limits names a cluster by its nodes, without a database number.

@@ -201,6 +201,25 @@ def handle_redis_error(exc: redis.exceptions.RedisError) -> Response:
     return handle_service_error(RedisUnavailable(), exc)
 
 
+# Refusals of a Redis that is up but cannot serve writes or commands for now: a
+# replica after a failover (READONLY), out of memory, a failing snapshot
+# (MISCONF), loading its data, busy with a script, a cluster moving slots.
+_REDIS_CANNOT_SERVE = ("READONLY", "OOM", "MISCONF", "LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN")
+
+
+def handle_redis_refusal(exc: redis.exceptions.ResponseError) -> Response:
+    """A 503 for a Redis that cannot serve for now; any other error reply (a bug:
+    a wrong type, a script error) stays a 500."""
+    if isinstance(
+        exc,
+        redis.exceptions.ReadOnlyError
+        | redis.exceptions.TryAgainError
+        | redis.exceptions.MasterDownError,
+    ) or str(exc).startswith(_REDIS_CANNOT_SERVE):
+        return handle_redis_error(exc)
+    return handle_unexpected(exc)
+
+
 def handle_unexpected(exc: Exception) -> Response:
     if isinstance(exc, HTTPException):
         return handle_http_exception(exc)
@@ -217,4 +236,5 @@ def register_errorhandlers(app: Flask) -> None:
     app.register_error_handler(redis.exceptions.ConnectionError, handle_redis_error)
     app.register_error_handler(redis.exceptions.TimeoutError, handle_redis_error)
     app.register_error_handler(redis.exceptions.ClusterDownError, handle_redis_error)
+    app.register_error_handler(redis.exceptions.ResponseError, handle_redis_refusal)
     app.register_error_handler(Exception, handle_unexpected)

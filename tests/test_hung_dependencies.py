@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 import requests
 import sqlalchemy as sa
-from conftest import TEST_DATABASE_URL, Factory, fresh_app, service_env
+from conftest import PASSWORD, TEST_DATABASE_URL, Factory, fresh_app, service_env
+from helpers import GENERAL_KEY
 from live import Server, Workers, gunicorn, wait_for
 from proxy import TcpProxy
 from redis_server import RedisServer
@@ -134,6 +135,13 @@ def test_a_hung_redis_costs_a_request_at_most_its_timeout(stack: Stack) -> None:
         )
         assert sale.status_code == 200, sale.text
         assert took < REDIS_BOUND, took
+        # A login's attempt limit is counted in Redis: it waits at most the timeout,
+        # then lets the attempt through (logging in needs only PostgreSQL).
+        login, took = stack.call(
+            "POST", "/api/auth/token/", json={"username": "alice", "password": PASSWORD}
+        )
+        assert login.status_code == 200, login.text
+        assert took < REDIS_BOUND + 1, took
         health, took = stack.call("GET", "/healthz")
         assert health.status_code == 200 and took < 0.5
         ready, took = stack.call("GET", "/readyz")
@@ -161,7 +169,8 @@ def test_a_hung_redis_costs_a_request_at_most_its_timeout(stack: Stack) -> None:
 def test_a_hung_postgresql_costs_a_request_at_most_its_timeouts(stack: Stack) -> None:
     stack.call("GET", "/api/agent/tickets/assign/", headers=stack.agent_headers())
     with stack.redis.client() as r:
-        redis_before = r.zrange("{tq}:queue", 0, -1)
+        redis_before = r.zrange(GENERAL_KEY, 0, -1, withscores=True)
+    assert len(redis_before) == 3  # the six tickets less the three just assigned
     stack.proxy.hang()
     try:
         calls = [
@@ -185,7 +194,7 @@ def test_a_hung_postgresql_costs_a_request_at_most_its_timeouts(stack: Stack) ->
         health, took = stack.call("GET", "/healthz")
         assert health.status_code == 200 and took < 0.5
         with stack.redis.client() as r:
-            assert r.zrange("{tq}:queue", 0, -1) == redis_before  # nothing changed
+            assert r.zrange(GENERAL_KEY, 0, -1, withscores=True) == redis_before  # unchanged
         wait_for(lambda: "OperationalError" in stack.workers.log, "the workers to back off", 20)
     finally:
         stack.proxy.resume()
