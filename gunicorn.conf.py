@@ -113,12 +113,15 @@ def post_fork(server: Any, worker: Any) -> None:
 
 def post_worker_init(worker: Any) -> None:
     """Embedded mode: the worker owns the in-process Redis; fill it from the SQLite
-    file before the first request (and say once where the data lives)."""
+    file before the first request (and say once where the data lives), then run
+    the background workers' loops beside it."""
     app = getattr(worker, "wsgi", None)
     if _serving.embedded and "ticket_queue" in getattr(app, "extensions", {}):
         from service import start_embedded
+        from workers import run_in_background
 
         start_embedded(app)
+        run_in_background(app)
 
 
 def on_starting(server: Any) -> None:

@@ -36,7 +36,7 @@ import jwt
 import redis.exceptions
 from flask import current_app, g, request
 from flask_jwt_extended import create_access_token, create_refresh_token
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, delete, func, select
 
 from . import errors
 from .database import autocommit
@@ -58,6 +58,7 @@ _SESSION_ID = re.compile(r"[0-9a-f]{32}")
 _USER_ID = re.compile(r"[1-9][0-9]{0,9}")
 
 INVALID_TOKEN = "the token is malformed, or its signature is not this service's"
+AGENT_ROUTES = "/api/agent/"
 
 
 @dataclass(frozen=True)
@@ -202,10 +203,11 @@ def _revoked_in_database(session: str) -> bool:
         return conn.scalar(_REVOKED, {"sid": session}) is not None
 
 
-def session_revoked(session: str) -> bool:
-    """Whether ``session`` was logged out: Redis, or PostgreSQL when Redis cannot be trusted."""
+def session_revoked(session: str, seen_agent: int | None = None) -> bool:
+    """Whether ``session`` was logged out: Redis, or PostgreSQL when Redis cannot be
+    trusted. ``seen_agent`` is noted as seen now, on the same round trip."""
     try:
-        revoked, trustworthy = ticket_queue().revocation(session)
+        revoked, trustworthy = ticket_queue().revocation(session, seen_agent)
     except redis.exceptions.RedisError:
         # Sell and the admin writes keep working on PostgreSQL alone.
         g.redis_unavailable = True
@@ -221,7 +223,9 @@ def authenticate(kind: str = "access") -> Claims:
     claims = decode(_bearer())
     if kind != "any" and claims.type != kind:
         raise errors.Unauthorized(f"this route needs an {kind} token", code="wrong_token_type")
-    if session_revoked(claims.session):
+    # A request on an agent route is the agent's sign of life (its last-seen time).
+    agent_route = claims.role == "agent" and request.path.startswith(AGENT_ROUTES)
+    if session_revoked(claims.session, claims.user_id if agent_route else None):
         raise errors.Unauthorized("the token was revoked", code="token_revoked")
     g.token = claims
     return claims
@@ -300,3 +304,17 @@ def revoke_session(claims: Claims) -> None:
     ticket_queue().revoke(claims.session, int(lifetime.total_seconds()) + 1)
     db.session.merge(RevokedSession(sid=claims.session, expires_at=expires_at))
     db.session.commit()
+
+
+def forget_expired_revocations(session: Any, limit: int = 1000) -> int:
+    """Delete up to ``limit`` revoked sessions no token of which can be valid any more
+    (the workers' housekeeping); how many. Redis's copies expire by themselves."""
+    expired = (
+        select(RevokedSession.sid)
+        .where(RevokedSession.expires_at < datetime.now(UTC))
+        .limit(limit)
+        .scalar_subquery()
+    )
+    deleted = session.execute(delete(RevokedSession).where(RevokedSession.sid.in_(expired)))
+    session.commit()
+    return int(deleted.rowcount or 0)

@@ -20,13 +20,22 @@ users_cli = AppGroup("users", help="Manage user accounts.")
 @click.option("--role", type=click.Choice(["admin", "agent"]), required=True)
 @click.option("--password", help="Prompted for (hidden, twice) when not given.")
 @click.option("--capacity", type=int, help="Agents only; defaults to TICKETS_PER_AGENT.")
-def create_user(username: str, role: str, password: str | None, capacity: int | None) -> None:
+@click.option(
+    "--queues",
+    metavar="NAME[,NAME...]",
+    help="Agents only: the queues it takes work from, comma-separated; defaults to general.",
+)
+def create_user(
+    username: str, role: str, password: str | None, capacity: int | None, queues: str | None
+) -> None:
     """Create a user; the same rules as POST /api/admin/users/."""
     if password is None:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     body: dict[str, object] = {"username": username, "password": password, "role": role}
     if capacity is not None:
         body["capacity"] = capacity
+    if queues is not None:
+        body["queues"] = [name.strip() for name in queues.split(",") if name.strip()]
     try:
         data = UserCreateSchema().load(body)
     except ValidationError as exc:

@@ -20,6 +20,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,11 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 
 from .config import ConfigError
 from .errors import NotFound, Unauthorized
 from .logging import route_label
+from .models import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +116,10 @@ def _observe(response: Response) -> Response:
 
 # -- scrape-time gauges -------------------------------------------------------
 class BacklogCollector(Collector):
-    """Queue depth, reservations, unassigned tickets and their drift, read at scrape time.
+    """Per queue: tickets waiting in Redis and unassigned in PostgreSQL, agents online
+    and the oldest waiting ticket's age; reservations and drift. Read at scrape time.
 
-    One ZCARD pair in Redis and one indexed COUNT in PostgreSQL. A dependency
+    Queue names are made by admins, so these labels are bounded. A dependency
     that does not answer leaves its gauges out and sets ``tq_scrape_error``, so
     a scrape never fails because the thing it watches is down.
     """
@@ -126,8 +128,8 @@ class BacklogCollector(Collector):
         self.app = app
 
     def collect(self) -> Iterator[Any]:
+        from .domain.queues import list_queues
         from .extensions import db
-        from .models import Ticket
         from .state import ticket_queue
 
         errors = GaugeMetricFamily(
@@ -135,49 +137,78 @@ class BacklogCollector(Collector):
             "1 when the dependency could not be read during this scrape.",
             labels=["dependency"],
         )
-        queued = reserved = unassigned = None
+        views = depths = reserved = None
         with self.app.app_context():
             try:
-                queued, reserved = ticket_queue().depth()
+                views = list_queues(db.session)
             except Exception as exc:  # noqa: BLE001 - any failure: report it, do not fail
-                log.warning("metrics: redis unreadable: %s", exc)
-            try:
-                unassigned = db.session.scalar(
-                    select(func.count()).select_from(Ticket).where(Ticket.status == "unassigned")
-                )
-            except Exception as exc:  # noqa: BLE001
                 log.warning("metrics: database unreadable: %s", exc)
             finally:
                 db.session.remove()
-        errors.add_metric(["redis"], 1.0 if queued is None else 0.0)
-        errors.add_metric(["database"], 1.0 if unassigned is None else 0.0)
+            try:
+                queues = ticket_queue()
+                names = [v.name for v in views] if views else sorted(queues.queue_names())
+                depths, reserved = queues.depth(names)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("metrics: redis unreadable: %s", exc)
+        errors.add_metric(["redis"], 1.0 if depths is None else 0.0)
+        errors.add_metric(["database"], 1.0 if views is None else 0.0)
         yield errors
-        if queued is not None and reserved is not None:
-            yield GaugeMetricFamily(
-                "tq_queue_depth", "Ticket ids waiting in the Redis queue.", value=queued
-            )
+        if depths is not None and reserved is not None:
+            yield _per_queue("tq_queue_depth", "Tickets waiting in the queue in Redis.", depths)
             yield GaugeMetricFamily(
                 "tq_reserved",
                 "Reservations not yet cleared: fetches in flight, and confirmed tickets"
                 " until their agent's next fetch or the end of their lease.",
                 value=reserved,
             )
-        if unassigned is not None:
-            yield GaugeMetricFamily(
-                "tq_unassigned_tickets", "Unassigned tickets in PostgreSQL.", value=unassigned
+        if views is not None:
+            yield _per_queue(
+                "tq_unassigned_tickets",
+                "Unassigned tickets of the queue in PostgreSQL.",
+                {v.name: v.unassigned for v in views},
             )
-        if queued is not None and reserved is not None and unassigned is not None:
+            yield _per_queue(
+                "tq_agents_online",
+                "Active agents of the queue whose status is online.",
+                {v.name: v.agents_online for v in views},
+            )
+            now = utcnow()
+            yield _per_queue(
+                "tq_oldest_unassigned_seconds",
+                "Age of the queue's oldest unassigned ticket (0 when none waits).",
+                {
+                    v.name: (now - _aware(v.oldest_unassigned_at)).total_seconds()
+                    if v.oldest_unassigned_at
+                    else 0.0
+                    for v in views
+                },
+            )
+        if depths is not None and reserved is not None and views is not None:
             # Every unassigned ticket should be queued or reserved. Reservations
             # also cover confirmed tickets until their agent's next fetch, so the
             # value is normally at or below 0; above 0 for long means at least
             # that many tickets are missing from Redis and the relay is not
             # repairing it.
+            unassigned = sum(v.unassigned for v in views)
             yield GaugeMetricFamily(
                 "tq_queue_drift",
                 "Unassigned tickets in PostgreSQL minus ids queued or reserved in Redis:"
                 " above 0, tickets missing from Redis.",
-                value=unassigned - queued - reserved,
+                value=unassigned - sum(depths.values()) - reserved,
             )
+
+
+def _per_queue(name: str, documentation: str, values: Mapping[str, float]) -> Any:
+    family = GaugeMetricFamily(name, documentation, labels=["queue"])
+    for queue, value in sorted(values.items()):
+        family.add_metric([queue], value)
+    return family
+
+
+def _aware(at: datetime) -> datetime:
+    """SQLite (embedded mode) hands back naive datetimes; they are UTC."""
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 # -- the multiprocess directory ------------------------------------------------

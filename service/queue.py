@@ -25,9 +25,34 @@ ZMSCORE_CHUNK = 10_000
 HELD_CHUNK = 1_000
 
 
+def _whole(text: str) -> int:
+    """A score as Lua wrote it ("%.17g"): an exact integer below 2^53."""
+    return int(float(text))
+
+
 def _script(client: RedisClient, name: str) -> Any:
     source = resources.files("service").joinpath("lua", name).read_text()
     return client.register_script(source)
+
+
+# A queue's score: the priority rank (0 urgent .. 3 low) above the ticket id,
+# so the lowest score is the best ticket (higher priority, then older). Scores
+# are doubles, exact below 2^53: ids up to 2^50 (a million billion) fit.
+PRIORITY_SHIFT = 2**50
+
+
+def score(rank: int, ticket_id: int) -> int:
+    return rank * PRIORITY_SHIFT + ticket_id
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an unassigned ticket waits: its queue and its score there."""
+
+    ticket_id: int
+    queue: str
+    score: int
+    left: str | None = None  # a queue it moved out of, to leave
 
 
 @dataclass(frozen=True)
@@ -35,21 +60,43 @@ class Reservation:
     """What one reserve call did."""
 
     used: int  # the agent's slots in use before the pop: held, and fetches in flight
-    ids: list[int]
-    queue_left: int
+    popped: list[Placement]  # each with the queue it came from and its score there
+    queue_left: int  # tickets left in the agent's queues
     in_flight: list[int] = field(default_factory=list)  # reserved ids PostgreSQL did not list
+
+    @property
+    def ids(self) -> list[int]:
+        return [p.ticket_id for p in self.popped]
+
+
+class _Keys:
+    """The queue keys of one script call: KEYS[1..fixed] first, then each queue once."""
+
+    def __init__(self, fixed: Sequence[str]) -> None:
+        self.keys = list(fixed)
+        self._index: dict[str, int] = {}
+
+    def index(self, key: str) -> int:
+        """The 1-based index (as Lua counts) of ``key``, added if new."""
+        if key not in self._index:
+            self.keys.append(key)
+            self._index[key] = len(self.keys)
+        return self._index[key]
 
 
 class TicketQueue:
-    """Typed access to the queue, the held sets, reservations and the token blocklist."""
+    """Typed access to the queues, the held sets, reservations and the token blocklist."""
+
+    # The layout of the keys below. A new layout makes data of an older one count
+    # as not built (its epoch key is another), so the workers rebuild it.
+    LAYOUT = 2
 
     def __init__(self, client: RedisClient, prefix: str = "{tq}") -> None:
         self.client = client
         self.prefix = prefix
-        self.queue_key = f"{prefix}:queue"
         self.reserved_key = f"{prefix}:reserved"
         # Present once the state was built from PostgreSQL; gone after a wipe.
-        self.epoch_key = f"{prefix}:epoch"
+        self.epoch_key = f"{prefix}:epoch:v{self.LAYOUT}"
         # Registered once per client: redis-py sends EVALSHA and falls back to
         # EVAL when the server lost its script cache (a restart).
         self._reserve = _script(client, "reserve.lua")
@@ -60,8 +107,13 @@ class TicketQueue:
         self._unlock = _script(client, "unlock.lua")
         self._mark_built = _script(client, "mark_built.lua")
         self._queue_range = _script(client, "queue_range.lua")
+        self._revocation = _script(client, "revocation.lua")
 
     # -- key names -------------------------------------------------------
+    def queue_key(self, queue: str) -> str:
+        """The sorted set of a queue's waiting tickets (queue names are [a-z0-9_-])."""
+        return f"{self.prefix}:queue:{queue}"
+
     def held_key(self, agent_id: int) -> str:
         return f"{self.prefix}:held:{agent_id}"
 
@@ -70,20 +122,31 @@ class TicketQueue:
 
     # -- assignment ------------------------------------------------------
     def reserve(
-        self, agent_id: int, capacity: int, lease_seconds: int, known: Sequence[int]
+        self,
+        agent_id: int,
+        capacity: int,
+        lease_seconds: int,
+        known: Sequence[int],
+        queues: Sequence[str],
     ) -> Reservation:
-        """Pop up to the agent's free slots from the queue head and reserve them.
+        """Reserve the best tickets of ``queues`` for the agent's free slots.
 
         ``known`` is PostgreSQL's list of the agent's unsold tickets, read just
         before: ``held`` is brought in line with it first, and the reservations
         of known ids (confirmed by an earlier fetch) are cleared.
         """
-        used, ids, queue_left, in_flight = self._reserve(
-            keys=[self.queue_key, self.held_key(agent_id), self.reserved_key],
-            args=[capacity, lease_seconds, *known],
+        keys = [self.held_key(agent_id), self.reserved_key, *map(self.queue_key, queues)]
+        used, popped, queue_left, in_flight = self._reserve(
+            keys=keys, args=[capacity, lease_seconds, *known]
         )
         return Reservation(
-            int(used), [int(i) for i in ids], int(queue_left), sorted(int(i) for i in in_flight)
+            int(used),
+            [
+                Placement(int(popped[i]), queues[int(popped[i + 1]) - 3], int(popped[i + 2]))
+                for i in range(0, len(popped), 3)
+            ],
+            int(queue_left),
+            sorted(int(i) for i in in_flight),
         )
 
     def settle(
@@ -91,18 +154,17 @@ class TicketQueue:
         agent_id: int,
         confirmed: Sequence[int],
         dropped: Sequence[int],
-        returned: Sequence[int],
+        returned: Sequence[Placement],
     ) -> int:
-        """Clear reservations PostgreSQL answered; give refused ids back to the queue."""
-        args: list[int] = []
-        for group in (confirmed, dropped, returned):
+        """Clear reservations PostgreSQL answered; give refused ids back to their places."""
+        keys = _Keys([self.held_key(agent_id), self.reserved_key])
+        args: list[Any] = []
+        for group in (confirmed, dropped):
             args.append(len(group))
             args.extend(group)
-        return int(
-            self._settle(
-                keys=[self.queue_key, self.held_key(agent_id), self.reserved_key], args=args
-            )
-        )
+        for place in returned:
+            args += [place.ticket_id, keys.index(self.queue_key(place.queue)), place.score]
+        return int(self._settle(keys=keys.keys, args=args))
 
     def resync_held(self, agent_id: int, ids: Sequence[int], gone: Sequence[int] = ()) -> int:
         """Set the agent's held set to PostgreSQL's list ``ids``, keeping its fetches in
@@ -117,6 +179,10 @@ class TicketQueue:
     def held(self, agent_id: int) -> set[int]:
         return {int(i) for i in self.client.smembers(self.held_key(agent_id))}
 
+    def is_reserved(self, ticket_id: int) -> bool:
+        """Whether a fetch popped the ticket and its reservation has not ended."""
+        return self.client.zscore(self.reserved_key, str(ticket_id)) is not None
+
     def forget_held(self, agent_id: int, ids: Iterable[int]) -> None:
         """Tickets the agent no longer holds (sold, released): out of its held set,
         and their reservations cleared if no fetch has cleared them yet."""
@@ -130,33 +196,84 @@ class TicketQueue:
     def drop_agent(self, agent_id: int) -> None:
         self.client.delete(self.held_key(agent_id))
 
-    # -- queue -------------------------------------------------------------
-    def remove(self, ids: Iterable[int]) -> None:
-        """Out of the queue and the reservations, in one round trip."""
+    # -- queues ------------------------------------------------------------
+    def enqueue(self, placements: Iterable[Placement]) -> list[int]:
+        """Put unassigned tickets in their queues at their scores (out of a queue they
+        left); return those that were not queued before.
+
+        The one way ids enter a queue: an id a fetch has reserved is left out,
+        since queueing it too would let a second agent pop it.
+        """
+        keys = _Keys([self.reserved_key])
+        args: list[Any] = []
+        for place in placements:
+            left = keys.index(self.queue_key(place.left)) if place.left else 0
+            args += [place.ticket_id, keys.index(self.queue_key(place.queue)), place.score, left]
+        if not args:
+            return []
+        added = self._enqueue(keys=keys.keys, args=args)
+        return [int(i) for i in added.split(",")] if added else []
+
+    def remove(self, ids: Iterable[int], queues: Iterable[str]) -> None:
+        """Out of ``queues`` and out of the reservations, in one round trip."""
         ids = list(ids)
         if ids:
             pipe = self.client.pipeline(transaction=False)
-            pipe.zrem(self.queue_key, *ids)
+            for queue in sorted(set(queues)):
+                pipe.zrem(self.queue_key(queue), *ids)
             pipe.zrem(self.reserved_key, *ids)
             pipe.execute()
 
-    def depth(self) -> tuple[int, int]:
-        """(queued, reserved)."""
+    def depth(self, queues: Sequence[str]) -> tuple[dict[str, int], int]:
+        """({queue: ids waiting}, reservations), in one round trip."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.zcard(self.queue_key)
+        for queue in queues:
+            pipe.zcard(self.queue_key(queue))
         pipe.zcard(self.reserved_key)
-        queued, reserved = pipe.execute()
-        return int(queued), int(reserved)
+        *counts, reserved = pipe.execute()
+        return dict(zip(queues, map(int, counts), strict=True)), int(reserved)
 
     # -- token blocklist ---------------------------------------------------
     def revoke(self, session: str, ttl_seconds: int) -> None:
         """Mark a login session as logged out, for ``ttl_seconds``."""
         self.client.set(self.revoked_key(session), "1", ex=max(int(ttl_seconds), 1))
 
-    def revocation(self, session: str) -> tuple[bool, bool]:
-        """(revoked, trustworthy). Not trustworthy once Redis lost its data."""
-        revoked, epoch = self.client.mget(self.revoked_key(session), self.epoch_key)
-        return revoked is not None, epoch is not None
+    def revocation(self, session: str, seen_agent: int | None = None) -> tuple[bool, bool]:
+        """(revoked, trustworthy). Not trustworthy once Redis lost its data.
+
+        With ``seen_agent``, also notes that the agent was seen now, on the same
+        round trip, unless the session was logged out: its last-seen time costs
+        the request nothing more, and a stale client of a logged-out session
+        does not keep the agent looking present.
+        """
+        if seen_agent is None:
+            revoked, epoch = self.client.mget(self.revoked_key(session), self.epoch_key)
+            return revoked is not None, epoch is not None
+        revoked, built = self._revocation(
+            keys=[self.revoked_key(session), self.epoch_key, self.seen_key],
+            args=[seen_agent, repr(time.time())],
+        )
+        return bool(revoked), bool(built)
+
+    # -- presence ------------------------------------------------------------
+    @property
+    def seen_key(self) -> str:
+        """Agent id -> when it last made a request on an agent route (unix seconds)."""
+        return f"{self.prefix}:seen"
+
+    def seen_after(self, after: float, limit: int) -> list[tuple[int, float]]:
+        """(agent, when) of agents seen after ``after``, oldest first."""
+        rows = self.client.zrangebyscore(
+            self.seen_key, f"({after!r}", "+inf", withscores=True, start=0, num=limit
+        )
+        return [(int(member), float(when)) for member, when in rows]
+
+    def seen(self, agent_ids: Sequence[int]) -> dict[int, float]:
+        """When each of the agents was last seen, where Redis knows it."""
+        if not agent_ids:
+            return {}
+        found = self.client.zmscore(self.seen_key, [str(a) for a in agent_ids])
+        return {a: float(w) for a, w in zip(agent_ids, found, strict=True) if w is not None}
 
     def mark_built(self, epoch: str) -> None:
         self.client.set(self.epoch_key, epoch)
@@ -170,67 +287,96 @@ class TicketQueue:
         seconds, micros = self.client.time()
         return int(seconds) + int(micros) / 1_000_000
 
+    def is_empty(self) -> bool:
+        """Whether Redis holds nothing of this service's but its locks and build notes
+        (a restart without persistence, a flush)."""
+        for kind in ("queue", "held", "reserved"):
+            if self._scan(f"{self.prefix}:{kind}"):
+                return False
+        return True
+
+    def drop_older_layouts(self) -> int:
+        """Delete what older key layouts kept that this one does not read (layout 1's
+        one global queue and its epoch); how many keys were there. UNLINK frees a
+        large queue in the background."""
+        return int(self.client.unlink(f"{self.prefix}:queue", f"{self.prefix}:epoch"))
+
     def is_built(self) -> bool:
         """Whether Redis holds state built from PostgreSQL (False after a wipe)."""
         return bool(self.client.exists(self.epoch_key))
 
-    def absent(self, ids: Sequence[int]) -> list[int]:
-        """The ids that are neither queued nor reserved."""
-        queued, reserved = self._zmscores(ids)
-        return [i for i, q, r in zip(ids, queued, reserved, strict=True) if q is None and r is None]
+    def absent(self, placements: Sequence[Placement]) -> list[int]:
+        """The tickets that are neither in their queue nor reserved."""
+        if not placements:
+            return []
+        queued, reserved = self.lookup(placements)
+        return [
+            p.ticket_id
+            for p, q, r in zip(placements, queued, reserved, strict=True)
+            if q is None and r is None
+        ]
 
-    def _zmscores(self, ids: Sequence[int | str]) -> tuple[list[Any], list[Any]]:
+    def lookup(self, placements: Sequence[Placement]) -> tuple[list[Any], list[Any]]:
+        """Each ticket's score in its queue, and its lease if reserved (None where not)."""
         queued: list[Any] = []
         reserved: list[Any] = []
-        for start in range(0, len(ids), ZMSCORE_CHUNK):
-            chunk = list(ids[start : start + ZMSCORE_CHUNK])
+        for start in range(0, len(placements), ZMSCORE_CHUNK):
+            chunk = placements[start : start + ZMSCORE_CHUNK]
+            by_queue: dict[str, list[int]] = {}
+            for n, place in enumerate(chunk):
+                by_queue.setdefault(place.queue, []).append(n)
             pipe = self.client.pipeline(transaction=False)
-            pipe.zmscore(self.queue_key, chunk)
-            pipe.zmscore(self.reserved_key, chunk)
-            q, r = pipe.execute()
-            queued.extend(q)
-            reserved.extend(r)
+            for queue, positions in by_queue.items():
+                pipe.zmscore(self.queue_key(queue), [chunk[n].ticket_id for n in positions])
+            pipe.zmscore(self.reserved_key, [p.ticket_id for p in chunk])
+            *per_queue, leases = pipe.execute()
+            scores: list[Any] = [None] * len(chunk)
+            for positions, found in zip(by_queue.values(), per_queue, strict=True):
+                for n, value in zip(positions, found, strict=True):
+                    scores[n] = value
+            queued.extend(scores)
+            reserved.extend(leases)
         return queued, reserved
 
-    def queue_scores(self, ids: Sequence[int | str]) -> list[float | None]:
-        """Each id's queue score, None where it is not queued."""
-        return self._zmscores(ids)[0]
-
-    def enqueue(self, ids: Iterable[int]) -> list[int]:
-        """Queue ids in creation order; return those that were not queued before.
-
-        The one way ids enter the queue (creation, release, relay, rebuild): an id
-        already queued keeps its place, and an id a fetch has reserved is left
-        out, since queueing it too would let a second agent pop it.
-        """
-        ids = list(ids)
-        if not ids:
-            return []
-        added = self._enqueue(keys=[self.queue_key, self.reserved_key], args=ids)
-        return [int(i) for i in added.split(",")] if added else []
-
     def queued_between(
-        self, after: float | None, upto: float | None
-    ) -> tuple[list[int], list[tuple[str, float]]]:
-        """Queue members scored in (after, upto]: (ids whose score is the id, ascending;
-        (member, score) of every other member). ``None`` leaves that end open."""
+        self, queue: str, after: float | None, upto: float | None
+    ) -> tuple[list[tuple[int, int]], list[tuple[str, float]]]:
+        """A queue's members scored in (after, upto]: ((id, score) of the ticket ids, in
+        score order; (member, score) of every member that is no ticket id). ``None``
+        leaves that end open."""
         low = "-inf" if after is None else f"({after!r}"
         high = "+inf" if upto is None else repr(upto)
-        ok, odd = self._queue_range(keys=[self.queue_key], args=[low, high])
-        ids = [int(i) for i in ok.split(",")] if ok else []
-        return ids, [(str(m), float(s)) for m, s in zip(odd[0::2], odd[1::2], strict=True)]
+        ids, scores, odd = self._queue_range(keys=[self.queue_key(queue)], args=[low, high])
+        pairs = (
+            list(zip(map(int, ids.split(",")), map(_whole, scores.split(",")), strict=True))
+            if ids
+            else []
+        )
+        return pairs, [(str(m), float(s)) for m, s in zip(odd[0::2], odd[1::2], strict=True)]
 
-    def dequeue(self, ids: Iterable[str | int]) -> int:
-        """Take ids out of the queue (not out of reservations)."""
-        ids = list(ids)
-        return int(self.client.zrem(self.queue_key, *ids)) if ids else 0
+    def dequeue(self, queue: str, members: Iterable[str | int]) -> int:
+        """Take members out of a queue (not out of reservations)."""
+        members = list(members)
+        return int(self.client.zrem(self.queue_key(queue), *members)) if members else 0
 
-    def fix_order(self, ids: Iterable[int]) -> int:
-        """Reset each still-queued id's score to its id (ZADD XX: never queues a new id)."""
-        mapping = {str(i): int(i) for i in ids}
-        if not mapping:
+    def fix_scores(self, queue: str, scores: dict[int, int]) -> int:
+        """Reset still-queued ids to their right scores (ZADD XX: never queues a new id)."""
+        if not scores:
             return 0
-        return int(self.client.zadd(self.queue_key, mapping, xx=True, ch=True))
+        mapping = {str(i): s for i, s in scores.items()}
+        return int(self.client.zadd(self.queue_key(queue), mapping, xx=True, ch=True))
+
+    def queue_names(self) -> set[str]:
+        """The queues Redis has a key for (SCAN: never blocks the server)."""
+        prefix = f"{self.prefix}:queue:"
+        return {key[len(prefix) :] for key in self._scan(prefix)}
+
+    def drop_queue(self, queue: str) -> None:
+        self.client.delete(self.queue_key(queue))
+
+    def _scan(self, prefix: str) -> list[str]:
+        pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in prefix) + "*"
+        return [str(key) for key in self.client.scan_iter(match=pattern, count=1000)]
 
     def reservations(
         self, max_deadline: float | None = None, limit: int | None = None
@@ -242,18 +388,27 @@ class TicketQueue:
         return [(int(member), float(score)) for member, score in rows]
 
     def reap(
-        self, ids: Sequence[int], *, requeue: bool, cutoff: float, held_agents: Iterable[int] = ()
+        self,
+        ends: Sequence[tuple[int, Placement | None]],
+        *,
+        cutoff: float,
+        held_agents: Iterable[int] = (),
     ) -> list[int]:
-        """End reservations whose deadline is at most ``cutoff``: requeue or just drop them.
-
-        ``held_agents`` name held sets the ids are also taken out of.
-        """
-        if not ids:
+        """End the reservations whose deadline is at most ``cutoff``: each id back to its
+        place (a Placement) or just dropped (None). ``held_agents`` name held sets the
+        ids are also taken out of."""
+        if not ends:
             return []
-        keys = [self.queue_key, self.reserved_key, *(self.held_key(a) for a in held_agents)]
+        held = [self.held_key(a) for a in held_agents]
+        keys = _Keys([self.reserved_key, *held])
         # Lua's tonumber() does not read "inf": a far-future number stands for "any lease".
-        args: list[Any] = ["requeue" if requeue else "drop", repr(min(cutoff, 1e15)), *ids]
-        return [int(i) for i in self._reap(keys=keys, args=args)]
+        args: list[Any] = [repr(min(cutoff, 1e15)), len(held)]
+        for ticket_id, place in ends:
+            if place is None:
+                args += [ticket_id, 0, 0]
+            else:
+                args += [ticket_id, keys.index(self.queue_key(place.queue)), place.score]
+        return [int(i) for i in self._reap(keys=keys.keys, args=args)]
 
     def held_sets(self, agent_ids: Sequence[int]) -> dict[int, set[int]]:
         """Every named agent's held set, in one round trip per chunk."""
@@ -270,17 +425,17 @@ class TicketQueue:
     def held_agent_ids(self) -> set[int]:
         """Agents that have a held set in Redis (SCAN: never blocks the server)."""
         prefix = f"{self.prefix}:held:"
-        pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in prefix) + "*"
-        found: set[int] = set()
-        for key in self.client.scan_iter(match=pattern, count=1000):
-            suffix = str(key)[len(prefix) :]
-            if suffix.isdigit():
-                found.add(int(suffix))
-        return found
+        suffixes = (key[len(prefix) :] for key in self._scan(prefix))
+        return {int(s) for s in suffixes if s.isdigit()}
 
     def reserved_among(self, ids: Sequence[int]) -> set[int]:
         """The ids that are reserved right now."""
-        return {i for i, r in zip(ids, self._zmscores(ids)[1], strict=True) if r is not None}
+        found: set[int] = set()
+        for start in range(0, len(ids), ZMSCORE_CHUNK):
+            chunk = list(ids[start : start + ZMSCORE_CHUNK])
+            leases = self.client.zmscore(self.reserved_key, chunk)
+            found |= {i for i, r in zip(chunk, leases, strict=True) if r is not None}
+        return found
 
     def restore_revocations(self, entries: Iterable[tuple[str, int]], dry_run: bool = False) -> int:
         """Write missing blocklist entries (session, ttl seconds); return how many were missing."""

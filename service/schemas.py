@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from .models import EVENT_KINDS, ROLES, STATUSES
+from .models import EVENT_KINDS, PRESENCE, PRIORITIES, ROLES, STATUSES
 
 
 class StrictInteger(fields.Integer):
@@ -130,9 +130,6 @@ class Choice(fields.String):
         if self.only is not None and not set(self.only) <= set(self.values):
             raise ValueError(f"{type(self).__name__} has no {self.only}")
         super().__init__(validate=validate.OneOf(self.only or self.values), **kwargs)
-        if self.allow_none:
-            # A reference to the enum cannot also allow null in OpenAPI 3.0.
-            raise TypeError(f"{type(self).__name__} cannot be null")
 
 
 class Role(Choice):
@@ -148,13 +145,42 @@ class TicketStatus(Choice):
 
 
 class TicketEventKind(Choice):
-    """What happened to a ticket: created, updated (its title or description),
-    assigned to an agent, sold, released back to the queue, or deleted.
+    """What happened to a ticket: created, updated (its title, description, queue or
+    priority), assigned to an agent, sold, released back to its queue, or deleted."""
 
-    "updated" is listed before the log writes it, so that clients generated now
-    already read it; the log's own kinds (``EVENT_KINDS``) are all listed."""
+    values = EVENT_KINDS
 
-    values = tuple(dict.fromkeys((*EVENT_KINDS, "updated")))
+
+class Priority(Choice):
+    """A ticket's priority: an agent's free slot takes higher priority first, then older."""
+
+    values = PRIORITIES
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        # Stored as its rank (0 urgent .. 3 low), shown by name.
+        if isinstance(value, int):
+            value = PRIORITIES[value]
+        return super()._serialize(value, attr, obj, **kwargs)
+
+
+class AgentStatus(Choice):
+    """An agent's presence: only online agents are handed tickets."""
+
+    values = PRESENCE
+
+
+# A queue's name: lower-case letters, digits, '_' and '-', up to 40 characters.
+QUEUE_NAME = [
+    validate.Length(min=1, max=40),
+    WholeMatch(
+        r"^[a-z0-9][a-z0-9_-]{0,39}$",
+        error="a-z, 0-9, '_' and '-', starting with a letter or digit, up to 40 characters",
+    ),
+]
+
+
+def queue_name(**kwargs: Any) -> fields.String:
+    return fields.String(validate=QUEUE_NAME, **kwargs)
 
 
 # -- errors --------------------------------------------------------------
@@ -207,15 +233,27 @@ class NewUserSchema(Schema):
     password = Text(required=True, validate=PASSWORD, load_only=True)
 
 
+def agent_queues() -> fields.List:
+    """An agent's queues: left out or null on creation, ``["general"]``."""
+    return fields.List(
+        queue_name(),
+        validate=validate.Length(max=100),
+        load_default=None,
+        allow_none=True,
+        metadata={"description": "The queues it takes work from (by name); default general"},
+    )
+
+
 class AgentCreateSchema(NewUserSchema, Documented):
     """A new agent, as documented (``UserCreateSchema`` validates)."""
 
     role = Role(required=True, only=["agent"])
     capacity = agent_capacity()
+    queues = agent_queues()
 
     document_keywords = {
         "description": "A new agent. Without a capacity (or with null), it gets the "
-        "configured default (TICKETS_PER_AGENT)."
+        "configured default (TICKETS_PER_AGENT); without queues, general. It starts online."
     }
 
 
@@ -224,9 +262,11 @@ class AdminCreateSchema(NewUserSchema, Documented):
 
     role = Role(required=True, only=["admin"])
     capacity = StrictInteger(validate=validate.OneOf([None]), allow_none=True)
+    queues = fields.List(queue_name(), validate=validate.OneOf([None]), allow_none=True)
 
     document_keywords = {
-        "description": "A new admin. Admins have no capacity: leave it out (null means the same)."
+        "description": "A new admin. Admins have no capacity and no queues: leave them out "
+        "(null means the same)."
     }
 
 
@@ -236,6 +276,7 @@ class UserCreateSchema(NewUserSchema, Documented):
 
     role = Role(required=True)
     capacity = agent_capacity()
+    queues = agent_queues()
 
     document_one_of = OneOf("role", {"agent": AgentCreateSchema, "admin": AdminCreateSchema})
 
@@ -256,6 +297,12 @@ class UserPatchSchema(PatchSchema):
     password = Text(validate=PASSWORD, load_only=True)
     is_active = StrictBoolean()
     capacity = StrictInteger(validate=CAPACITY)
+    queues = fields.List(
+        queue_name(),
+        validate=validate.Length(max=100),
+        metadata={"description": "Agents only: the queues it takes work from, all of them"},
+    )
+    status = AgentStatus(metadata={"description": "Agents only: its presence"})
 
 
 class UserSchema(Schema):
@@ -264,6 +311,8 @@ class UserSchema(Schema):
     role = Role(required=True)
     is_active = fields.Boolean(required=True)
     capacity = fields.Integer(required=True, allow_none=True)
+    queues = fields.List(fields.String(), required=True, allow_none=True)
+    status = AgentStatus(required=True, allow_none=True)
     created_at = UtcDateTime(required=True)
 
 
@@ -336,15 +385,20 @@ class Title(Text):
 
 
 class TicketCreateSchema(Schema):
-    """Create, or replace (PUT): a missing description is empty."""
+    """Create, or replace (PUT): a missing description is empty, a missing queue
+    general, a missing priority normal."""
 
     title = Title(required=True)
     description = Text(validate=DESCRIPTION, load_default="")
+    queue = queue_name(load_default="general", metadata={"description": "The queue it waits in"})
+    priority = Priority(load_default="normal")
 
 
 class TicketPatchSchema(PatchSchema):
     title = Title()
     description = Text(validate=DESCRIPTION)
+    queue = queue_name(metadata={"description": "Move it to this queue"})
+    priority = Priority()
 
 
 class TicketQuerySchema(UserQuerySchema):
@@ -353,12 +407,24 @@ class TicketQuerySchema(UserQuerySchema):
         validate=validate.Range(min=1, max=MAX_USER_ID),
         metadata={"description": "Only tickets held or sold by this agent"},
     )
+    queue = queue_name(metadata={"description": "Only tickets of this queue"})
+    priority = Priority(metadata={"description": "Only tickets of this priority"})
+
+
+class TicketAssignSchema(Schema):
+    agent_id = StrictInteger(
+        required=True,
+        validate=validate.Range(min=1, max=MAX_USER_ID),
+        metadata={"description": "The active agent to give the ticket to"},
+    )
 
 
 class TicketSchema(Schema):
     id = fields.Integer(required=True)
     title = fields.String(required=True)
     description = fields.String(required=True)
+    queue = fields.String(required=True)
+    priority = Priority(required=True)
     status = TicketStatus(required=True)
     agent_id = fields.Integer(required=True, allow_none=True)
     created_at = UtcDateTime(required=True)
@@ -390,6 +456,73 @@ class TicketEventListSchema(Schema):
     items = fields.List(fields.Nested(TicketEventSchema), required=True)
 
 
+class FetchQuerySchema(Schema):
+    wait = fields.Integer(
+        validate=validate.Range(min=0, max=30),
+        metadata={
+            "description": "Seconds to wait, when the agent is online with room and its queues"
+            " are empty, for a ticket to arrive; answered as soon as one is assigned"
+        },
+    )
+
+
+# -- routing -------------------------------------------------------------
+class QueueCreateSchema(Schema):
+    name = queue_name(required=True)
+    description = Text(validate=validate.Length(max=500), load_default="")
+
+
+class QueuePatchSchema(PatchSchema):
+    description = Text(validate=validate.Length(max=500))
+
+
+class QueueSchema(Schema):
+    name = fields.String(required=True)
+    description = fields.String(required=True)
+    created_at = UtcDateTime(required=True)
+    unassigned = fields.Integer(required=True)
+    assigned = fields.Integer(required=True)
+    agents = fields.Integer(required=True)
+    agents_online = fields.Integer(required=True)
+    oldest_unassigned_at = UtcDateTime(required=True, allow_none=True)
+
+
+class QueueListSchema(Schema):
+    items = fields.List(fields.Nested(QueueSchema), required=True)
+
+
+class WorkloadQuerySchema(UserQuerySchema):
+    queue = queue_name(metadata={"description": "Only agents of this queue"})
+    status = AgentStatus(metadata={"description": "Only agents with this presence"})
+
+
+class WorkloadSchema(Schema):
+    id = fields.Integer(required=True)
+    username = fields.String(required=True)
+    is_active = fields.Boolean(required=True)
+    status = AgentStatus(required=True)
+    status_since = UtcDateTime(required=True)
+    queues = fields.List(fields.String(), required=True)
+    capacity = fields.Integer(required=True)
+    held = fields.Integer(required=True)
+    sold = fields.Integer(required=True)
+    last_seen_at = UtcDateTime(required=True, allow_none=True)
+
+
+class WorkloadPageSchema(Schema):
+    items = fields.List(fields.Nested(WorkloadSchema), required=True)
+    next_cursor = fields.String(required=True, allow_none=True)
+
+
+class StatusChangeSchema(Schema):
+    status = AgentStatus(required=True)
+
+
+class PresenceSchema(Schema):
+    status = AgentStatus(required=True)
+    since = UtcDateTime(required=True)
+
+
 class QueueStatsSchema(Schema):
     queued = fields.Integer(required=True)
     unassigned = fields.Integer(required=True)
@@ -407,6 +540,8 @@ def ticket_json(ticket: Any) -> dict[str, Any]:
         "id": ticket.id,
         "title": ticket.title,
         "description": ticket.description,
+        "queue": ticket.queue,
+        "priority": PRIORITIES[ticket.priority],
         "status": ticket.status,
         "agent_id": ticket.agent_id,
         "created_at": ticket.created_at,

@@ -114,8 +114,16 @@ def audit(
     report = AuditReport()
     problems = report.problems
     with engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT id, status, agent_id FROM tickets ORDER BY id")).all()
+        rows = conn.execute(
+            sa.text("SELECT id, status, agent_id, queue, priority FROM tickets ORDER BY id")
+        ).all()
         tickets = {row.id: (row.status, row.agent_id) for row in rows}
+        # Where each unassigned ticket must wait: its queue, at priority * 2^50 + id.
+        places = {
+            row.id: (row.queue, float(row.priority * 2**50 + row.id))
+            for row in rows
+            if row.status == "unassigned"
+        }
         report.capacities = {
             row.id: row.capacity
             for row in conn.execute(
@@ -154,10 +162,14 @@ def audit(
             problems.append(f"agent {agent_id} holds {len(ids)} > capacity {capacity}")
 
     # I4: every unassigned ticket can still be handed out.
-    report.queue = [
-        (int(member), score)
-        for member, score in client.zrange(f"{prefix}:queue", 0, -1, withscores=True)
-    ]
+    queue_keys = sorted(client.scan_iter(match=f"{prefix}:queue:*", count=1000))
+    found: dict[int, list[tuple[str, float]]] = defaultdict(list)
+    for key in queue_keys:
+        name = key[len(f"{prefix}:queue:") :]
+        for member, score in client.zrange(key, 0, -1, withscores=True):
+            report.queue.append((int(member), score))
+            found[int(member)].append((name, score))
+    report.queue.sort(key=lambda pair: pair[0])
     reserved = {int(member) for member in client.zrange(f"{prefix}:reserved", 0, -1)}
     queued = [ticket_id for ticket_id, _ in report.queue]
     left = pending(reserved, tickets)
@@ -172,11 +184,16 @@ def audit(
         if queued != report.unassigned_ids:
             stale = sorted(set(queued) - set(report.unassigned_ids))
             problems.append(
-                f"queue ({len(queued)}) is not the unassigned tickets ({report.unassigned}) "
-                f"in creation order; not unassigned: {stale[:20]}"
+                f"the queues ({len(queued)}) are not the unassigned tickets"
+                f" ({report.unassigned}), each once; not unassigned: {stale[:20]}"
             )
-        if any(float(ticket_id) != score for ticket_id, score in report.queue):
-            problems.append("a queued ticket's score is not its id: the queue order is wrong")
+        misplaced = sorted(
+            ticket_id
+            for ticket_id, where in found.items()
+            if ticket_id in places and where != [places[ticket_id]]
+        )
+        if misplaced:
+            problems.append(f"tickets not in their own queue at their own score: {misplaced[:20]}")
         if left:
             problems.append(
                 f"{len(left)} reservations of tickets not assigned left with no fetch"

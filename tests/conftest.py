@@ -24,7 +24,8 @@ from redis_server import RedisServer
 from service import create_app
 from service.auth import access_token, hash_password, new_session
 from service.extensions import db
-from service.models import Ticket, User
+from service.models import GENERAL, AgentQueue, Queue, Ticket, User, utcnow
+from service.queue import Placement, score
 from service.state import ticket_queue
 
 TEST_DATABASE_URL = os.environ.get(
@@ -86,10 +87,11 @@ def reset_state(app: Flask) -> None:
     with app.app_context():
         db.session.execute(
             sa.text(
-                "TRUNCATE users, tickets, ticket_events, revoked_sessions, queue_outbox"
-                " RESTART IDENTITY CASCADE"
+                "TRUNCATE users, tickets, ticket_events, revoked_sessions, queue_outbox,"
+                " webhooks, webhook_deliveries, feed_positions RESTART IDENTITY CASCADE"
             )
         )
+        db.session.execute(sa.text("DELETE FROM queues WHERE name <> 'general'"))
         db.session.commit()
         ticket_queue().client.flushdb()
 
@@ -144,9 +146,17 @@ class Factory:
         self.app = app
 
     def user(
-        self, username: str, role: str = "agent", capacity: int | None = None, active: bool = True
+        self,
+        username: str,
+        role: str = "agent",
+        capacity: int | None = None,
+        active: bool = True,
+        queues: tuple[str, ...] = (GENERAL,),
+        status: str = "online",
     ) -> User:
-        if role == "agent" and capacity is None:
+        """A user straight through the models; an agent in ``queues`` with ``status``."""
+        agent = role == "agent"
+        if agent and capacity is None:
             capacity = self.app.config["TICKETS_PER_AGENT"]
         with self.app.app_context():
             user = User(
@@ -155,13 +165,24 @@ class Factory:
                 role=role,
                 capacity=capacity,
                 is_active=active,
+                status=status if agent else None,
+                status_since=utcnow() if agent else None,
             )
             db.session.add(user)
+            db.session.flush()
+            if agent:
+                db.session.add_all(AgentQueue(agent_id=user.id, queue=q) for q in queues)
             db.session.commit()
             return user
 
-    def agents(self, count: int, prefix: str = "agent", capacity: int | None = None) -> list[int]:
-        """Insert ``count`` agents in one statement; return their ids."""
+    def agents(
+        self,
+        count: int,
+        prefix: str = "agent",
+        capacity: int | None = None,
+        queues: tuple[str, ...] = (GENERAL,),
+    ) -> list[int]:
+        """Insert ``count`` online agents in ``queues``, in a few statements; their ids."""
         capacity = capacity or self.app.config["TICKETS_PER_AGENT"]
         rows = [
             {
@@ -170,13 +191,24 @@ class Factory:
                 "role": "agent",
                 "capacity": capacity,
                 "is_active": True,
+                "status": "online",
+                "status_since": utcnow(),
             }
             for i in range(count)
         ]
         with self.app.app_context():
             ids = list(db.session.scalars(sa.insert(User).returning(User.id), rows))
+            memberships = [{"agent_id": a, "queue": q} for a in ids for q in queues]
+            if memberships:
+                db.session.execute(sa.insert(AgentQueue), memberships)
             db.session.commit()
             return ids
+
+    def queue(self, name: str, description: str = "") -> str:
+        with self.app.app_context():
+            db.session.add(Queue(name=name, description=description))
+            db.session.commit()
+        return name
 
     def tickets(self, count: int, title: str = "ticket") -> list[int]:
         """Create ``count`` tickets through the domain (PostgreSQL, then the queue)."""
@@ -190,20 +222,22 @@ class Factory:
                 for i in range(count)
             ]
 
-    def bulk_tickets(self, count: int) -> list[int]:
+    def bulk_tickets(self, count: int, queue: str = GENERAL, priority: int = 2) -> list[int]:
         """Insert ``count`` tickets in one statement and queue them."""
+        rows = [
+            {
+                "title": f"bulk {i}",
+                "description": "",
+                "status": "unassigned",
+                "queue": queue,
+                "priority": priority,
+            }
+            for i in range(count)
+        ]
         with self.app.app_context():
-            ids = list(
-                db.session.scalars(
-                    sa.insert(Ticket).returning(Ticket.id),
-                    [
-                        {"title": f"bulk {i}", "description": "", "status": "unassigned"}
-                        for i in range(count)
-                    ],
-                )
-            )
+            ids = list(db.session.scalars(sa.insert(Ticket).returning(Ticket.id), rows))
             db.session.commit()
-            ticket_queue().enqueue(ids)
+            ticket_queue().enqueue(Placement(i, queue, score(priority, i)) for i in ids)
             return sorted(ids)
 
     def token(self, user: User | int, role: str | None = None) -> str:

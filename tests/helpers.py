@@ -10,9 +10,14 @@ from flask import Flask
 
 from service.auth import Claims, new_session
 from service.extensions import db
-from service.models import Ticket, User
-from service.queue import TicketQueue
+from service.models import GENERAL, Ticket, User
+from service.queue import Placement, TicketQueue, score
 from service.state import ticket_queue
+
+# The key that says Redis holds state built from PostgreSQL (of this key layout).
+EPOCH_KEY = f"{{tq}}:epoch:v{TicketQueue.LAYOUT}"
+# The queue every ticket and agent is in unless told otherwise.
+GENERAL_KEY = f"{{tq}}:queue:{GENERAL}"
 
 
 def assert_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
@@ -28,9 +33,14 @@ def assert_error(response: Any, status: int, code: str | None = None) -> dict[st
     return body["error"]
 
 
-def queued_ids(queue: TicketQueue) -> list[int]:
-    """The Redis queue, head first."""
-    return [int(m) for m in queue.client.zrange(queue.queue_key, 0, -1)]
+def queued_ids(queue: TicketQueue, name: str = GENERAL) -> list[int]:
+    """A Redis queue, best first."""
+    return [int(m) for m in queue.client.zrange(queue.queue_key(name), 0, -1)]
+
+
+def in_general(*ids: int, priority: int = 2) -> list[Placement]:
+    """Where tickets of the general queue at ``priority`` (normal) wait."""
+    return [Placement(i, GENERAL, score(priority, i)) for i in ids]
 
 
 def reserved_ids(queue: TicketQueue) -> set[int]:
@@ -44,10 +54,10 @@ def pending(reserved: Iterable[int], tickets: Mapping[int, tuple[Any, ...]]) -> 
     return sorted(i for i in reserved if i not in tickets or tickets[i][0] != "assigned")
 
 
-def queued_in(app: Flask) -> list[int]:
-    """The Redis queue of ``app``, head first."""
+def queued_in(app: Flask, name: str = GENERAL) -> list[int]:
+    """A Redis queue of ``app``, best first."""
     with app.app_context():
-        return queued_ids(ticket_queue())
+        return queued_ids(ticket_queue(), name)
 
 
 def insert_unqueued(

@@ -10,13 +10,15 @@ import sqlalchemy as sa
 from helpers import assert_error, fetch, queued_in
 
 from service.extensions import db
-from service.models import Ticket, TicketEvent
+from service.models import GENERAL, Ticket, TicketEvent
 from service.state import ticket_queue
 
 TICKET_KEYS = {
     "id",
     "title",
     "description",
+    "queue",
+    "priority",
     "status",
     "agent_id",
     "created_at",
@@ -44,7 +46,7 @@ def state(app) -> dict[str, Any]:
                 )
             ],
             "events": db.session.scalar(sa.select(sa.func.count()).select_from(TicketEvent)),
-            "queue": ticket_queue().client.zrange(ticket_queue().queue_key, 0, -1),
+            "queue": ticket_queue().client.zrange(ticket_queue().queue_key(GENERAL), 0, -1),
         }
 
 
@@ -481,7 +483,7 @@ def test_queue_stats_of_an_empty_service(client, admin_headers):
 def test_queue_stats_show_drift_between_redis_and_postgres(client, admin_headers, factory):
     factory.tickets(3)
     with factory.app.app_context():
-        ticket_queue().client.delete(ticket_queue().queue_key)
+        ticket_queue().client.delete(ticket_queue().queue_key(GENERAL))
     stats = client.get("/api/admin/queue/", headers=admin_headers).get_json()
     assert (stats["queued"], stats["unassigned"]) == (0, 3)
 
@@ -496,6 +498,6 @@ def test_ticket_routes_answer_without_the_trailing_slash(client, admin_headers):
     replaced = client.put(path, json={"title": "still none"}, headers=admin_headers)
     assert replaced.get_json()["title"] == "still none"
     events = client.get(f"{path}/events", headers=admin_headers)
-    assert [e["kind"] for e in events.get_json()["items"]] == ["created"]
+    assert [e["kind"] for e in events.get_json()["items"]] == ["created", "updated", "updated"]
     assert client.delete(path, headers=admin_headers).status_code == 204
     assert client.get(f"{path}/", headers=admin_headers).status_code == 404

@@ -13,7 +13,7 @@ from service.auth import verify_password
 from service.extensions import db
 from service.models import User
 
-USER_KEYS = {"id", "username", "role", "is_active", "capacity", "created_at"}
+USER_KEYS = {"id", "username", "role", "is_active", "capacity", "queues", "status", "created_at"}
 
 
 def assert_user(body: dict[str, Any]) -> None:

@@ -8,12 +8,12 @@ from datetime import datetime
 import pytest
 import sqlalchemy as sa
 from flask import Flask
-from helpers import caller, fetch, queued_in, reserved_ids
+from helpers import caller, fetch, in_general, queued_in, reserved_ids
 
 from service import errors
 from service.domain import assignment
 from service.extensions import db
-from service.models import Ticket, TicketEvent, User
+from service.models import GENERAL, Ticket, TicketEvent, User
 from service.state import ticket_queue
 
 # -- helpers -------------------------------------------------------------------
@@ -364,7 +364,7 @@ def test_queue_stats_numbers(client, factory, admin_headers, app):
     assert stats == {"queued": 4, "unassigned": 4, "assigned": 13, "sold": 2, "reserved": 13}
     # A reservation in flight shows as reserved and no longer queued.
     with app.app_context():
-        reservation = ticket_queue().reserve(9999, 1, 30, known=[])
+        reservation = ticket_queue().reserve(9999, 1, 30, known=[], queues=[GENERAL])
     assert reservation.ids == [ids[15]]
     stats = client.get("/api/admin/queue/", headers=admin_headers).get_json()
     assert stats == {"queued": 3, "unassigned": 4, "assigned": 13, "sold": 2, "reserved": 14}
@@ -443,7 +443,7 @@ def test_a_wiped_redis_refilled_with_every_id_still_never_doubles(
     assert fetch(client, factory, alice) == ids[:15]
     redis_client.flushdb()
     with app.app_context():
-        ticket_queue().enqueue(ids)
+        ticket_queue().enqueue(in_general(*ids))
     # Alice is full in PostgreSQL: her fetch answers from it and pops nothing.
     assert fetch(client, factory, alice) == ids[:15]
     assert queued_in(app) == ids
@@ -467,7 +467,7 @@ def test_a_wipe_then_a_second_agent_first(client, factory, app, redis_client):
     assert fetch(client, factory, alice) == ids[:3]
     redis_client.flushdb()
     with app.app_context():
-        ticket_queue().enqueue(ids)
+        ticket_queue().enqueue(in_general(*ids))
     assert fetch(client, factory, bob) == ids[3:6]
     assert holdings(app) == {alice.id: ids[:3], bob.id: ids[3:6]}
     # Alice's ids were not queued again: they are hers.
@@ -537,9 +537,9 @@ def test_domain_confirm_never_exceeds_capacity(app, factory):
     alice = factory.user("alice", capacity=2)
     ids = factory.tickets(5)
     with app.app_context():
-        result = assignment.confirm(db.session, alice.id, ids)
+        result = assignment.confirm(db.session, alice.id, ids, [GENERAL])
     assert result.confirmed == ids[:2]
-    assert result.returned == ids[2:]
+    assert result.returned == in_general(*ids[2:])
     assert result.vanished == []
     assert holdings(app) == {alice.id: ids[:2]}
 
@@ -548,8 +548,8 @@ def test_domain_confirm_never_takes_another_agents_ticket(app, factory):
     alice, bob = factory.user("alice"), factory.user("bob")
     ids = factory.tickets(3)
     with app.app_context():
-        assert assignment.confirm(db.session, alice.id, ids[:2]).confirmed == ids[:2]
-        result = assignment.confirm(db.session, bob.id, ids)
+        assert assignment.confirm(db.session, alice.id, ids[:2], [GENERAL]).confirmed == ids[:2]
+        result = assignment.confirm(db.session, bob.id, ids, [GENERAL])
     assert result.confirmed == [ids[2]]
     assert result.vanished == ids[:2]
     assert holdings(app) == {alice.id: ids[:2], bob.id: [ids[2]]}

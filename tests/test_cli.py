@@ -121,3 +121,24 @@ def test_demo_users_outside_embedded_mode_does_nothing(runner, app):
     assert result.exit_code == 0
     assert "not in embedded mode" in result.output
     assert users(app) == []
+
+
+def test_create_agent_in_queues(runner, app, factory):
+    factory.queue("billing")
+    factory.queue("fr")
+    base = ["users", "create", "ann", "--role", "agent", "--password", "anns-password"]
+    unknown = runner.invoke(args=[*base, "--queues", "billing,nope"])
+    assert unknown.exit_code != 0 and "nope" in unknown.output
+    assert users(app) == []
+    made = runner.invoke(args=[*base, "--queues", "fr, billing"])
+    assert made.exit_code == 0, made.output
+    from service.domain.queues import agent_queues
+
+    with app.app_context():
+        agent_id = db.session.scalar(sa.select(User.id).where(User.username == "ann"))
+        assert agent_queues(db.session, [agent_id]) == {agent_id: ["billing", "fr"]}
+    admin = runner.invoke(
+        args=["users", "create", "root", "--role", "admin", "--password", "root-password"]
+        + ["--queues", "billing"]
+    )
+    assert admin.exit_code != 0

@@ -19,11 +19,11 @@ import sqlalchemy as sa
 from conftest import METRICS_AUTH, PASSWORD, Factory, fresh_app, service_env
 from flask import Flask
 from flask.testing import FlaskClient
-from helpers import fetch, queued_in, reserved_ids
+from helpers import GENERAL_KEY, fetch, queued_in, reserved_ids
 from live import live_server
 
 from service.extensions import db
-from service.models import Ticket
+from service.models import GENERAL, Ticket
 from service.state import ticket_queue
 
 
@@ -60,7 +60,7 @@ def test_the_app_runs_on_the_cluster_client_and_keeps_every_key_in_one_slot(
         cluster = ticket_queue().client
         assert isinstance(cluster, redis.RedisCluster)
         keys = list(cluster.scan_iter(match="*", count=1000))
-        assert {"{tq}:queue", f"{{tq}}:held:{agent.id}"} <= set(keys)
+        assert {GENERAL_KEY, f"{{tq}}:held:{agent.id}"} <= set(keys)
         assert {cluster.keyslot(key) for key in keys} == {cluster.keyslot("{tq}")}
 
 
@@ -124,7 +124,7 @@ def test_probes_and_gauges_read_the_cluster(client: FlaskClient, factory: Factor
     factory.tickets(3)
     assert client.get("/readyz").json == {"status": "ready"}
     metrics = client.get("/metrics", headers=METRICS_AUTH).text
-    assert "tq_queue_depth 3.0" in metrics
+    assert 'tq_queue_depth{queue="general"} 3.0' in metrics
     assert 'tq_scrape_error{dependency="redis"} 0.0' in metrics
 
 
@@ -169,7 +169,7 @@ def test_concurrent_fetches_by_one_agent_from_several_processes(
     with app.app_context():
         queue = ticket_queue()
         assert queue.held(agent.id) == set(held)
-        assert queue.depth()[0] == 35
+        assert queue.depth([GENERAL])[0] == {GENERAL: 35}
         assert reserved_ids(queue) <= set(held)
     assert queued_in(app) == ids[5:]
     assert holding(app, other.id) == []

@@ -21,11 +21,13 @@ import sqlalchemy as sa
 from audit import AuditReport, audit
 from conftest import TEST_DATABASE_URL, Factory, service_env
 from flask import Flask
+from helpers import GENERAL_KEY
 from live import live_server
 from loadgen import AdminJob, AgentJob, ClientProcesses, Fetch, Results, split
 
 from service.domain.rebuild import rebuild
 from service.extensions import db
+from service.queue import score
 from service.state import ticket_queue
 
 pytestmark = pytest.mark.slow
@@ -253,7 +255,7 @@ def test_concurrent_fetches_of_one_agent_stay_within_capacity(
             shown = {ticket for fetch in results.fetches for ticket in fetch.ids}
             assert shown <= set(expected)
             # Nothing lost: every id popped and refused went back, in order.
-            assert report.queue == [(t, float(t)) for t in rest if t not in expected]
+            assert report.queue == [(t, float(score(2, t))) for t in rest if t not in expected]
             assert report.queued + report.assigned + report.sold == len(created)
             assert report.reserved == 0
 
@@ -288,7 +290,7 @@ def test_redis_wipe_under_load_then_rebuild(
             # every seeded ticket queued again (most are taken by now), no held
             # sets. PostgreSQL must refuse every id that is taken.
             phases["stale"] = load.wait_for(total * 3 // 8)
-            redis_client.zadd("{tq}:queue", {str(t): t for t in bulk})
+            redis_client.zadd(GENERAL_KEY, {str(t): score(2, t) for t in bulk})
             phases["rebuilt"] = load.wait_for(total // 2)
             rebuilt = time.time()
             with app.app_context():

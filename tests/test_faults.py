@@ -29,7 +29,7 @@ import requests
 import sqlalchemy as sa
 from conftest import TEST_DATABASE_URL, Factory, fresh_app, service_env
 from flask import Flask
-from helpers import pending
+from helpers import EPOCH_KEY, GENERAL_KEY, pending
 from live import ROOT, Server, gunicorn, stop
 from proxy import tcp_proxy
 from redis_server import RedisServer
@@ -129,7 +129,7 @@ class Stack:
             if status == "assigned" and agent is not None:
                 holdings[agent].add(ticket_id)
         with self.redis.client() as r:
-            queued = [int(i) for i in r.zrange("{tq}:queue", 0, -1)]
+            queued = [int(i) for i in r.zrange(GENERAL_KEY, 0, -1)]
             if queued != unassigned:
                 found.append(f"queue {queued} is not the unassigned tickets {unassigned}")
             reserved = [int(i) for i in r.zrange("{tq}:reserved", 0, -1)]
@@ -142,7 +142,7 @@ class Stack:
                     found.append(
                         f"held set of {agent} is {held}, PostgreSQL says {holdings[agent]}"
                     )
-            if not r.exists("{tq}:epoch"):
+            if not r.exists(EPOCH_KEY):
                 found.append("Redis is not marked as built")
         return found
 
@@ -194,7 +194,7 @@ def workers(stack: Stack, *, wait: bool = True) -> Iterator[subprocess.Popen[byt
 
 def wait_built(stack: Stack, proc: subprocess.Popen[bytes]) -> None:
     with stack.redis.client() as r:
-        poll(lambda: r.exists("{tq}:epoch") or proc.poll() is not None, 20)
+        poll(lambda: r.exists(EPOCH_KEY) or proc.poll() is not None, 20)
     assert proc.poll() is None, f"the workers exited with {proc.returncode}"
 
 
@@ -286,7 +286,7 @@ def test_postgres_outage_with_a_reservation_orphaned(stack: Stack) -> None:
             time.sleep(LEASE + 3 * INTERVAL)  # the lease ends during the outage
             assert stack.reserved() == tickets[:3]
             with stack.redis.client() as r:
-                assert r.zrange("{tq}:queue", 0, -1) == [str(t) for t in tickets[3:]]
+                assert r.zrange(GENERAL_KEY, 0, -1) == [str(t) for t in tickets[3:]]
 
             proxy.restore()
             at = time.monotonic()
@@ -328,6 +328,56 @@ def test_crash_after_a_sale_commits(stack: Stack) -> None:
         # The agent's next fetch tops up by exactly the sold one.
         assert stack.assign(alice) == [*tickets[1:3], tickets[3]]
         assert stack.assign(bob) == tickets[4:]
+        stack.wait_settled(INTERVAL + SLACK)
+
+
+def test_crash_after_a_queue_move_commits(stack: Stack) -> None:
+    """Moved to billing in PostgreSQL, still in general in Redis: the relay moves it;
+    meanwhile no general agent gets it."""
+    alice, _ = stack.agents
+    stack.factory.queue("billing")
+    carol = stack.factory.user("carol", capacity=3, queues=("billing",)).id
+    [ticket] = stack.factory.tickets(1)
+    with armed_server(stack, "ticket.after_move") as once:
+        with stack.session(stack.admin, "admin") as admin:
+            url = f"{stack.url}/api/admin/tickets/{ticket}/"
+            at = killed(once, admin, "PATCH", url, json={"queue": "billing"})
+        assert poll(lambda: stack.assign(carol), INTERVAL + SLACK) == [ticket]
+        assert time.monotonic() - at <= INTERVAL + SLACK
+        assert stack.assign(alice) == []
+        stack.wait_settled(SLACK)
+
+
+def test_crash_after_a_release_commits(stack: Stack) -> None:
+    """Released in PostgreSQL, not yet back in Redis: the relay puts it back at its
+    place, ahead of newer tickets, and no agent holds it twice."""
+    alice, bob = stack.agents
+    tickets = stack.factory.tickets(6)
+    with armed_server(stack, "release.after_commit") as once:
+        assert stack.assign(alice) == tickets[:3]
+        assert stack.assign(bob) == tickets[3:]
+        with stack.session(stack.admin, "admin") as admin:
+            url = f"{stack.url}/api/admin/tickets/{tickets[0]}/release/"
+            at = killed(once, admin, "POST", url)
+        assert stack.tickets()[tickets[0]] == ("unassigned", None)
+        assert poll(lambda: tickets[0] in stack.assign(alice), INTERVAL + SLACK)
+        assert time.monotonic() - at <= INTERVAL + SLACK
+        assert stack.assign(alice) == tickets[:3]
+        assert stack.assign(bob) == tickets[3:]
+        stack.wait_settled(SLACK)
+
+
+def test_crash_after_an_admin_assign_commits(stack: Stack) -> None:
+    """Given to bob in PostgreSQL, still queued in Redis: no one else gets it, bob has it."""
+    alice, bob = stack.agents
+    tickets = stack.factory.tickets(5)
+    with armed_server(stack, "assign_ticket.after_commit") as once:
+        with stack.session(stack.admin, "admin") as admin:
+            url = f"{stack.url}/api/admin/tickets/{tickets[0]}/assign/"
+            killed(once, admin, "POST", url, json={"agent_id": bob})
+        assert stack.tickets()[tickets[0]] == ("assigned", bob)
+        assert stack.assign(alice) == tickets[1:4]
+        assert stack.assign(bob) == [tickets[0], tickets[4]]
         stack.wait_settled(INTERVAL + SLACK)
 
 

@@ -91,7 +91,13 @@ def test_one_enum_class_per_concept(generated: Path) -> None:
         for path in (generated / "models").glob("*.py")
         for name in ENUM_CLASS.findall(path.read_text())
     }
-    assert set(enums) == {"Role", "TicketStatus", "TicketEventKind"}, enums
+    assert set(enums) == {
+        "Role",
+        "TicketStatus",
+        "TicketEventKind",
+        "Priority",
+        "AgentStatus",
+    }, enums
 
 
 def test_functions_are_named_after_the_operation_ids(

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import Factory, service_env
 from flask import Flask
-from helpers import caller, insert_unqueued, queued_ids, reserved_ids
+from helpers import caller, in_general, insert_unqueued, queued_ids, reserved_ids
 from live import ROOT
 
 from service.domain.assignment import assign, sell
@@ -26,11 +26,12 @@ from service.domain.reconcile import reconcile
 from service.domain.relay import relay
 from service.domain.tickets import delete_ticket
 from service.extensions import db
-from service.models import RevokedSession, Ticket, utcnow
-from service.queue import TicketQueue
+from service.models import GENERAL, RevokedSession, Ticket, utcnow
+from service.queue import TicketQueue, score
 from service.state import ticket_queue
 
 LEASE = 30
+NORMAL = 2
 
 
 @pytest.fixture
@@ -42,7 +43,20 @@ def ctx(app: Flask) -> Iterator[TicketQueue]:
 
 
 def queued(queue: TicketQueue) -> list[tuple[str, float]]:
-    return [(m, s) for m, s in queue.client.zrange(queue.queue_key, 0, -1, withscores=True)]
+    return [
+        (m, s) for m, s in queue.client.zrange(queue.queue_key(GENERAL), 0, -1, withscores=True)
+    ]
+
+
+def at_place(ids: list[int]) -> list[tuple[str, float]]:
+    """(member, score) of normal tickets of the general queue, at their places."""
+    return [(str(i), float(score(NORMAL, i))) for i in ids]
+
+
+def depth(queue: TicketQueue) -> tuple[int, int]:
+    """(ids in the general queue, reservations)."""
+    counts, reserved = queue.depth([GENERAL])
+    return counts[GENERAL], reserved
 
 
 def expire_all(queue: TicketQueue) -> None:
@@ -57,7 +71,7 @@ def crashed_fetch(queue: TicketQueue, agent_id: int, capacity: int = 15) -> list
         sa.select(Ticket.id).where(Ticket.agent_id == agent_id, Ticket.status == "assigned")
     ).all()
     db.session.rollback()
-    return queue.reserve(agent_id, capacity, LEASE, known).ids
+    return queue.reserve(agent_id, capacity, LEASE, known, [GENERAL]).ids
 
 
 def status_of(ticket_id: int) -> tuple[str, int | None] | None:
@@ -76,7 +90,7 @@ def test_relay_queues_tickets_postgres_has_and_redis_lacks(ctx, factory):
     lost = insert_unqueued(4)  # INSERT committed, push never happened
     insert_unqueued(2, status="assigned", agent_id=agent)  # not the relay's business
     assert relay(db.session, queue) == 4
-    assert queued(queue) == [(str(i), float(i)) for i in sorted(pushed_ok + lost)]
+    assert queued(queue) == at_place(sorted(pushed_ok + lost))
     # Idempotent: a second pass finds nothing to do.
     assert relay(db.session, queue) == 0
 
@@ -134,7 +148,7 @@ def test_enqueue_never_queues_a_reserved_id(ctx, factory):
     agent = factory.agents(1)[0]
     ids = factory.bulk_tickets(2)
     popped = crashed_fetch(queue, agent, capacity=1)
-    assert queue.enqueue(ids) == []  # one is queued already, the other reserved
+    assert queue.enqueue(in_general(*ids)) == []  # one is queued already, the other reserved
     assert queued_ids(queue) == [i for i in ids if i not in popped]
 
 
@@ -151,7 +165,7 @@ def test_reaper_returns_expired_reservations_to_the_queue_head(ctx, factory):
     assert result.returned == popped and result.dropped == []
     assert queued_ids(queue) == ids  # back ahead of the younger ones
     assert queue.held(agent) == set()  # the dead fetch no longer counts against the agent
-    assert queue.depth() == (6, 0)
+    assert depth(queue) == (6, 0)
     # The next fetch gets the oldest tickets again.
     holding = assign(db.session, queue, caller(agent), LEASE)
     assert [t.id for t in holding.tickets] == ids
@@ -175,7 +189,7 @@ def test_reaper_drops_reservations_of_taken_sold_and_deleted_tickets(ctx, factor
     result = reap(db.session, queue)
     assert result.returned == [popped[3]]
     assert result.dropped == popped[:3]
-    assert queue.depth() == (1, 0)
+    assert depth(queue) == (1, 0)
     assert queued_ids(queue) == [popped[3]]
     # The confirmed ticket stays in the agent's held set; free and deleted ones leave it.
     assert popped[0] in queue.held(agent)
@@ -191,12 +205,12 @@ def test_reaper_spares_a_reservation_taken_again_with_a_fresh_lease(ctx, factory
     crashed_fetch(queue, agent, capacity=1)
     now = queue.now()
     # The reaper read the reservation as expired at `now - 10` ...
-    assert queue.reap(ids, requeue=True, cutoff=now - 10) == []
-    assert queue.depth() == (0, 1)
+    assert queue.reap([(p.ticket_id, p) for p in in_general(*ids)], cutoff=now - 10) == []
+    assert depth(queue) == (0, 1)
     # ... and a reservation already gone is not queued either.
     queue.client.zrem(queue.reserved_key, *ids)
-    assert queue.reap(ids, requeue=True, cutoff=now + 100) == []
-    assert queue.depth() == (0, 0)
+    assert queue.reap([(p.ticket_id, p) for p in in_general(*ids)], cutoff=now + 100) == []
+    assert depth(queue) == (0, 0)
 
 
 def test_reaper_respects_its_limit(ctx, factory):
@@ -208,7 +222,7 @@ def test_reaper_respects_its_limit(ctx, factory):
     assert len(reap(db.session, queue, limit=2).returned) == 2
     assert len(reap(db.session, queue, limit=2).returned) == 2
     assert len(reap(db.session, queue, limit=2).returned) == 1
-    assert queue.depth() == (5, 0)
+    assert depth(queue) == (5, 0)
 
 
 # -- reconcile ---------------------------------------------------------------
@@ -281,8 +295,10 @@ def test_the_queue_sweep_takes_out_strays_and_queues_what_redis_lost(ctx, factor
     lost = insert_unqueued(1)
     db.session.execute(sa.text("TRUNCATE queue_outbox"))  # beyond the outbox's sight
     db.session.commit()
-    queue.client.zadd(queue.queue_key, {str(held[0]): held[0]})  # a stale entry of a held ticket
-    queue.client.zadd(queue.queue_key, {"x": 2})
+    queue.client.zadd(
+        queue.queue_key(GENERAL), {str(held[0]): score(NORMAL, held[0])}
+    )  # a stale entry of a held ticket
+    queue.client.zadd(queue.queue_key(GENERAL), {"x": 2})
     assert relay(db.session, queue) == 0  # nothing in the outbox
     fixes = sweep_queue(db.session, queue)
     assert (fixes.extra, fixes.out_of_order, fixes.missing) == (2, 0, 1)
@@ -293,7 +309,7 @@ def test_the_queue_sweep_takes_out_strays_and_queues_what_redis_lost(ctx, factor
 def test_the_queue_sweep_covers_the_queue_a_page_per_pass(ctx, factory):
     queue = ctx
     ids = factory.bulk_tickets(10)
-    queue.client.zrem(queue.queue_key, *ids)  # Redis lost them all
+    queue.client.zrem(queue.queue_key(GENERAL), *ids)  # Redis lost them all
     found = [sweep_queue(db.session, queue, batch=4).missing for _ in range(3)]
     assert found == [4, 4, 2]
     assert queued_ids(queue) == ids
@@ -321,7 +337,7 @@ def world(factory: Factory, queue: TicketQueue) -> dict[str, Any]:
 
 
 def assert_built(queue: TicketQueue, w: dict[str, Any]) -> None:
-    assert queued(queue) == [(str(i), float(i)) for i in w["unassigned"]]
+    assert queued(queue) == at_place(w["unassigned"])
     assert queue.held(w["a"]) == set(w["held_a"])
     assert queue.held(w["b"]) == set(w["held_b"])
     assert queue.client.exists(queue.revoked_key("revoked-jti"))
@@ -344,12 +360,31 @@ def test_rebuild_after_a_wipe_restores_everything(ctx, factory):
     assert (again.reservations_cleared, again.revoked) == (0, 0)
 
 
+def test_rebuild_after_an_upgrade_drops_the_older_layout(ctx, factory):
+    """Redis as the one-queue layout left it: its queue and epoch. The new layout counts
+    as unbuilt; the rebuild fills it and deletes the old keys, which nothing reads."""
+    queue = ctx
+    w = world(factory, queue)
+    queue.client.flushdb()
+    queue.client.zadd("{tq}:queue", {str(i): i for i in w["unassigned"]})
+    queue.client.set("{tq}:epoch", "old")
+    assert not queue.is_built()
+    dry = rebuild(db.session, queue, dry_run=True)
+    assert dry.missing == 4 and queue.client.exists("{tq}:queue", "{tq}:epoch") == 2
+    summary = rebuild(db.session, queue)
+    assert summary.completed and queue.client.exists("{tq}:queue", "{tq}:epoch") == 0
+    assert_built(queue, w)
+    assert audit(db.session, queue, recheck_after=0) == []
+
+
 def test_rebuild_dry_run_reports_without_writing(ctx, factory):
     queue = ctx
     w = world(factory, queue)
     queue.client.flushdb()
-    queue.client.zadd(queue.queue_key, {str(w["held_b"][0]): w["held_b"][0]})  # extra
-    queue.client.zadd(queue.queue_key, {str(w["unassigned"][0]): 1})  # out of order
+    queue.client.zadd(
+        queue.queue_key(GENERAL), {str(w["held_b"][0]): score(NORMAL, w["held_b"][0])}
+    )  # extra
+    queue.client.zadd(queue.queue_key(GENERAL), {str(w["unassigned"][0]): 1})  # out of order
     before = sorted(queue.client.keys("*"))
     snapshot = {k: queue.client.dump(k) for k in before}
     summary = rebuild(db.session, queue, dry_run=True)
@@ -366,10 +401,12 @@ def test_rebuild_fixes_extra_out_of_order_and_stale_reservations(ctx, factory):
     w = world(factory, queue)
     c = factory.agents(1, prefix="late")[0]
     first, second = w["unassigned"][:2]
-    queue.client.zadd(queue.queue_key, {str(w["held_b"][0]): w["held_b"][0]})  # taken: extra
-    queue.client.zadd(queue.queue_key, {"987654": 987654})  # deleted long ago: extra
-    queue.client.zadd(queue.queue_key, {"not-an-id": 5})  # garbage: extra
-    queue.client.zadd(queue.queue_key, {str(second): 0.5})  # out of order
+    queue.client.zadd(
+        queue.queue_key(GENERAL), {str(w["held_b"][0]): score(NORMAL, w["held_b"][0])}
+    )  # taken: extra
+    queue.client.zadd(queue.queue_key(GENERAL), {"987654": 987654})  # deleted long ago: extra
+    queue.client.zadd(queue.queue_key(GENERAL), {"not-an-id": 5})  # garbage: extra
+    queue.client.zadd(queue.queue_key(GENERAL), {str(second): 0.5})  # out of order
     # A dead fetch's reservation (expired), and a live one on a sold ticket.
     dead = crashed_fetch(queue, c, capacity=1)
     assert dead == [second]
@@ -379,7 +416,7 @@ def test_rebuild_fixes_extra_out_of_order_and_stale_reservations(ctx, factory):
     assert (summary.extra, summary.reservations_cleared) == (3, 2)
     assert summary.missing == 0 and summary.out_of_order == 0  # `second` was popped before
     assert_built(queue, w)
-    assert queue.held(c) == set() and queue.depth()[0] == 4
+    assert queue.held(c) == set() and depth(queue)[0] == 4
     # What reservations are left are the confirmed tickets' own, for their
     # agents' next fetches to clear.
     assert reserved_ids(queue) == set(w["held_a"] + w["held_b"])
@@ -400,10 +437,10 @@ def test_rebuild_keeps_a_fetch_in_flight(ctx, factory):
 def test_rebuild_out_of_order_is_reset(ctx, factory):
     queue = ctx
     ids = factory.bulk_tickets(3)
-    queue.client.zadd(queue.queue_key, {str(ids[0]): 10**9})
+    queue.client.zadd(queue.queue_key(GENERAL), {str(ids[0]): 10**9})
     summary = rebuild(db.session, queue)
     assert summary.out_of_order == 1
-    assert queued(queue) == [(str(i), float(i)) for i in ids]
+    assert queued(queue) == at_place(ids)
 
 
 def test_rebuild_interrupted_by_a_wipe_leaves_no_epoch(ctx, factory):
@@ -434,7 +471,7 @@ def test_rebuild_of_50k_tickets_is_fast(ctx):
     summary = rebuild(db.session, queue)
     elapsed = time.monotonic() - started
     assert summary.missing == 50_000 and summary.completed
-    assert queue.depth() == (50_000, 0)
+    assert depth(queue) == (50_000, 0)
     # About 1.5 s on a laptop; generous for a loaded CI machine.
     assert elapsed < 20, f"rebuild of 50k tickets took {elapsed:.1f}s"
 
@@ -495,7 +532,7 @@ def test_audit_detects_an_agent_over_capacity(ctx, factory):
         sa.update(Ticket).where(Ticket.id == spare).values(status="assigned", agent_id=w["b"])
     )
     db.session.commit()
-    queue.dequeue([spare])
+    queue.dequeue(GENERAL, [spare])
     found = audit(db.session, queue, recheck_after=0)
     assert [(v.invariant, v.agent_id) for v in found] == [("I2", w["b"])]
 
@@ -504,7 +541,7 @@ def test_audit_detects_queue_disorder(ctx, factory):
     queue = ctx
     w = world(factory, queue)
     ticket = w["unassigned"][1]
-    queue.client.zadd(queue.queue_key, {str(ticket): 1})
+    queue.client.zadd(queue.queue_key(GENERAL), {str(ticket): 1})
     assert invariants(audit(db.session, queue, recheck_after=0)) == [("I3", ticket)]
 
 
@@ -512,7 +549,7 @@ def test_audit_detects_a_lost_ticket(ctx, factory):
     queue = ctx
     w = world(factory, queue)
     ticket = w["unassigned"][2]
-    queue.dequeue([ticket])
+    queue.dequeue(GENERAL, [ticket])
     assert invariants(audit(db.session, queue, recheck_after=0)) == [("I4", ticket)]
     assert relay(db.session, queue) == 1
     assert audit(db.session, queue, recheck_after=0) == []
@@ -522,8 +559,8 @@ def test_audit_detects_queued_tickets_postgres_does_not_have_as_unassigned(ctx, 
     queue = ctx
     w = world(factory, queue)
     taken, sold = w["held_b"][0], w["ids"][0]
-    queue.client.zadd(queue.queue_key, {str(i): i for i in (taken, sold, 555_555)})
-    queue.client.zadd(queue.queue_key, {"junk": 3})
+    queue.client.zadd(queue.queue_key(GENERAL), {str(i): i for i in (taken, sold, 555_555)})
+    queue.client.zadd(queue.queue_key(GENERAL), {"junk": 3})
     found = audit(db.session, queue, recheck_after=0)
     assert invariants(found) == [("I5", None)] + [("I5", i) for i in sorted([taken, sold, 555_555])]
     messages = " ".join(v.message for v in found)
@@ -537,8 +574,8 @@ def test_audit_ignores_what_settles_within_the_recheck_delay(ctx, factory):
     queue = ctx
     w = world(factory, queue)
     ticket = w["unassigned"][0]
-    queue.dequeue([ticket])
-    timer = threading.Timer(0.2, lambda: queue.enqueue([ticket]))
+    queue.dequeue(GENERAL, [ticket])
+    timer = threading.Timer(0.2, lambda: queue.enqueue(in_general(ticket)))
     timer.start()
     try:
         assert audit(db.session, queue, recheck_after=1.0) == []
@@ -567,7 +604,7 @@ def test_cli_queue_audit_and_rebuild(app, runner, factory):
     with app.app_context():
         queue = ticket_queue()
         ids = factory.bulk_tickets(3)
-        queue.dequeue([ids[0]])
+        queue.dequeue(GENERAL, [ids[0]])
     result = runner.invoke(args=["queue", "audit"])
     assert result.exit_code == 1
     assert f"I4: ticket {ids[0]} is unassigned" in result.output
@@ -602,7 +639,7 @@ def test_rebuild_script_dry_run_check_and_rebuild(app, factory):
     assert dry.returncode == 0, dry.stderr
     assert "missing 4" in dry.stdout and "would fix" in dry.stdout
     with app.app_context():
-        assert ticket_queue().depth() == (0, 0)
+        assert depth(ticket_queue()) == (0, 0)
     check = run_script("--check")
     assert check.returncode == 1
     assert all(f"I4: ticket {i} is unassigned" in check.stdout for i in ids)

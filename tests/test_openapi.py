@@ -70,8 +70,10 @@ class Seeded:
         self.admin_id, self.agent_id = self.seed()
 
     def seed(self) -> tuple[int, int]:
-        """An admin, an agent and five tickets in the queue; their ids."""
+        """An admin, an agent, the queue the document's examples name and five
+        tickets in general; their ids."""
         factory = Factory(self.app)
+        factory.queue("billing")
         admin = factory.user("admin", role="admin")
         agent = factory.user("agent", role="agent", capacity=3)
         factory.tickets(5)
@@ -158,8 +160,16 @@ NEGATIVE_REJECTED += ["422", "429", "431"]
 # operation may answer with those of them it documents, or succeed.
 REFUSED_BY_STATE = {"401", "403", "404", "409", "413", "429"}
 # Operations whose description says a 400 depends on state too: a capacity
-# for a user who turns out to be an admin.
-STATEFUL_400 = {"updateUser"}
+# for a user who turns out to be an admin, a queue that does not exist (yet),
+# an agent_id that names no active agent.
+STATEFUL_400 = {
+    "updateUser",
+    "createUser",
+    "createTicket",
+    "replaceTicket",
+    "updateTicket",
+    "assignTicket",
+}
 
 
 def _accepted_statuses(operation: dict[str, Any]) -> list[str]:
@@ -293,7 +303,7 @@ def test_document_declares_auth_errors_and_no_catch_all(seeded: Seeded) -> None:
     assert "204" in operations[("DELETE", "/api/admin/tickets/{ticket_id}/")]["responses"]
     assert "204" in operations[("POST", "/api/auth/logout/")]["responses"]
     query = {p["name"] for p in operations[("GET", "/api/admin/tickets/")]["parameters"]}
-    assert query == {"status", "agent_id", "limit", "cursor"}
+    assert query == {"status", "agent_id", "queue", "priority", "limit", "cursor"}
     assert set(operations[("GET", "/readyz")]["responses"]) == {
         *{"200", "503"},  # the probe's own
         *{"400", "414", "417", "431", "500"},  # any request's

@@ -20,7 +20,7 @@ from marshmallow import ValidationError
 
 from service import create_app
 from service.api import operation_ids
-from service.models import EVENT_KINDS, ROLES, STATUSES
+from service.models import EVENT_KINDS, PRESENCE, PRIORITIES, ROLES, STATUSES
 from service.schemas import TITLE_PATTERN, TicketPatchSchema, UserPatchSchema
 
 Operation = tuple[str, str, dict[str, Any]]
@@ -40,16 +40,31 @@ OPERATION_IDS = {
     ("PATCH", "/api/admin/tickets/{ticket_id}/"): "updateTicket",
     ("DELETE", "/api/admin/tickets/{ticket_id}/"): "deleteTicket",
     ("GET", "/api/admin/tickets/{ticket_id}/events/"): "listTicketEvents",
+    ("POST", "/api/admin/tickets/{ticket_id}/release/"): "releaseTicket",
+    ("POST", "/api/admin/tickets/{ticket_id}/assign/"): "assignTicket",
     ("GET", "/api/admin/queue/"): "getQueueStats",
+    ("POST", "/api/admin/queues/"): "createQueue",
+    ("GET", "/api/admin/queues/"): "listQueues",
+    ("GET", "/api/admin/queues/{queue_name}/"): "getQueue",
+    ("PATCH", "/api/admin/queues/{queue_name}/"): "updateQueue",
+    ("DELETE", "/api/admin/queues/{queue_name}/"): "deleteQueue",
+    ("GET", "/api/admin/agents/"): "listAgentWorkload",
     ("POST", "/api/agent/tickets/assign/"): "fetchTickets",
     ("GET", "/api/agent/tickets/assign/"): "fetchTicketsWithGet",
     ("GET", "/api/agent/tickets/"): "listHeldTickets",
     ("POST", "/api/agent/tickets/sell/{ticket_id}/"): "sellTicket",
+    ("GET", "/api/agent/status/"): "getMyStatus",
+    ("PUT", "/api/agent/status/"): "setMyStatus",
     ("GET", "/healthz"): "healthz",
     ("GET", "/readyz"): "readyz",
     ("GET", "/metrics"): "getMetrics",
 }
-ENUMS = {"Role": list(ROLES), "TicketStatus": list(STATUSES)}
+ENUMS = {
+    "Role": list(ROLES),
+    "TicketStatus": list(STATUSES),
+    "AgentStatus": list(PRESENCE),
+    "Priority": list(PRIORITIES),
+}
 NUL_FREE = "^[^\\u0000]*$"
 
 

@@ -28,6 +28,7 @@ from live import ROOT, free_port, live_server, stop, wait_for
 from service import create_app
 from service.config import ConfigError, load_config
 from service.logging import REQUEST_ID_HEADER, configure_logging
+from service.models import GENERAL
 from service.state import ticket_queue
 
 
@@ -209,7 +210,7 @@ def test_backlog_gauges_are_read_at_scrape_time(client: FlaskClient, factory: Fa
     assert sample(samples, "tq_scrape_error", dependency="redis") == 0
     # A ticket PostgreSQL has and the Redis queue lost shows as drift.
     with factory.app.app_context():
-        ticket_queue().client.zrem(ticket_queue().queue_key, ids[0])
+        ticket_queue().client.zrem(ticket_queue().queue_key(GENERAL), ids[0])
     samples = scrape(client.get("/metrics", headers=METRICS_AUTH).text)
     assert sample(samples, "tq_queue_depth") == 3
     assert sample(samples, "tq_queue_drift") == 1
@@ -462,7 +463,7 @@ def test_reservations_the_reaper_returns_are_counted(app: Flask, factory: Factor
     with app.app_context():
         queue = ticket_queue()
         # A fetch that popped two ids and died before confirming them.
-        assert len(queue.reserve(agent.id, 2, lease_seconds=1, known=[]).ids) == 2
+        assert len(queue.reserve(agent.id, 2, lease_seconds=1, known=[], queues=[GENERAL]).ids) == 2
         time.sleep(1.1)
         before = RESERVATIONS_RETURNED._value.get()
         assert len(reap(db.session, queue).returned) == 2

@@ -74,13 +74,15 @@ class World:
             rebuild(db.session, ticket_queue())
 
     def redis_state(self) -> dict[str, Any]:
+        """The queues, held sets and reservations. Not the agents' last-seen notes:
+        an agent's request that arrived is a sign of life even when it is refused."""
         with self.redis.client() as r:
             return {
                 key: r.zrange(key, 0, -1, withscores=True)
                 if r.type(key) == "zset"
                 else sorted(r.smembers(key))
                 for key in sorted(r.keys("{tq}:*"))
-                if r.type(key) in ("zset", "set")
+                if r.type(key) in ("zset", "set") and key != "{tq}:seen"
             }
 
     def db_state(self) -> tuple[list[Any], int, list[Any]]:
@@ -196,6 +198,24 @@ def test_redis_down_assign_503_while_postgres_writes_go_on(world: World) -> None
     assert stats == {"queued": 0, "unassigned": 0, "assigned": 3, "sold": 1, "reserved": 2}
 
 
+def test_a_redis_that_refuses_writes_is_a_503_that_changes_nothing(world: World) -> None:
+    """Out of memory (as a replica after a failover refuses writes): Redis answers, but
+    with an error reply. A fetch is a 503 naming Redis, not a 500, and changes nothing."""
+    c, alice = world.client, world.headers(world.alice)
+    world.factory.tickets(2)
+    with world.redis.client() as r:
+        r.config_set("maxmemory-policy", "noeviction")
+        r.config_set("maxmemory", "1")
+    try:
+        before, redis_before = world.db_state(), world.redis_state()
+        assert_error(c.get(ASSIGN, headers=alice), 503, "redis_unavailable")
+        assert world.db_state() == before and world.redis_state() == redis_before
+    finally:
+        with world.redis.client() as r:
+            r.config_set("maxmemory", "0")
+    assert len(ids(c.get(ASSIGN, headers=alice))) == 2
+
+
 def test_a_hung_redis_costs_about_one_timeout_per_request(world: World) -> None:
     """A Redis that accepts connections but never answers (SIGSTOP): a timed-out command may
     have run, so it is not retried, and the commands after it fail at once for a moment
@@ -288,6 +308,16 @@ def every_db_route(world: World, agent_id: int, ticket_id: int) -> list[tuple[st
         ("DELETE", f"/api/admin/tickets/{ticket_id}/", None),
         ("GET", f"/api/admin/tickets/{ticket_id}/events/", None),
         ("GET", "/api/admin/queue/", None),
+        ("POST", f"/api/admin/tickets/{ticket_id}/release/", None),
+        ("POST", f"/api/admin/tickets/{ticket_id}/assign/", {"agent_id": agent_id}),
+        ("GET", "/api/admin/queues/", None),
+        ("POST", "/api/admin/queues/", {"name": "billing"}),
+        ("GET", "/api/admin/queues/general/", None),
+        ("PATCH", "/api/admin/queues/general/", {"description": "everything"}),
+        ("DELETE", "/api/admin/queues/spare/", None),
+        ("GET", "/api/admin/agents/", None),
+        ("GET", "/api/agent/status/", None),
+        ("PUT", "/api/agent/status/", {"status": "away"}),
         ("GET", ASSIGN, None),
         ("POST", ASSIGN, None),
         ("GET", HELD, None),

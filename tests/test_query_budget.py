@@ -1,6 +1,6 @@
 """Statements and round trips per request on the agent hot path.
 
-DESIGN.md, "The assignment path": an agent that is already full costs one
+docs/design.md, "The assignment path": an agent that is already full costs one
 Redis call and one indexed SELECT; a top-up costs one reserve Lua call and one
 short transaction. These tests pin what each request really sends, so a change
 that adds a round trip shows up here first.
@@ -155,8 +155,9 @@ def test_fast_path_is_one_redis_call_and_one_select(app, agent, monkeypatch):
     with counting(app, monkeypatch) as budget:
         reply = client.get(ASSIGN, headers=agent)
     assert reply.status_code == 200 and len(reply.json["tickets"]) == 15
-    # The revocation check (the blocklist entry and the build epoch in one MGET).
-    assert budget.redis_commands == ["MGET"], budget
+    # The revocation check (the blocklist entry and the build epoch, and the
+    # agent's last-seen note, in one script call).
+    assert budget.redis_commands == ["EVALSHA"], budget
     assert budget.redis_round_trips == 1, budget
     # The agent's account and unsold tickets in one indexed SELECT...
     assert budget.kinds == ["SELECT users"], budget
@@ -171,9 +172,9 @@ def test_top_up_is_one_lua_call_and_one_short_transaction(app, agent, monkeypatc
     with counting(app, monkeypatch) as budget:
         reply = client.get(ASSIGN, headers=agent)
     assert reply.status_code == 200 and len(reply.json["tickets"]) == 15
-    # Redis: the revocation MGET, then reserve.lua, which also clears what the
+    # Redis: the revocation script, then reserve.lua, which also clears what the
     # previous fetch confirmed; nothing after the commit.
-    assert budget.redis_commands == ["MGET", "EVALSHA"], budget
+    assert budget.redis_commands == ["EVALSHA", "EVALSHA"], budget
     assert budget.redis_round_trips == 2, budget
     assert budget.kinds == [
         # The fast path's SELECT, in autocommit, finds the agent one short...
@@ -194,9 +195,9 @@ def test_sell_budget(app, agent, monkeypatch):
     with counting(app, monkeypatch) as budget:
         reply = client.post(f"/api/agent/tickets/sell/{oldest}/", headers=agent)
     assert reply.status_code == 200
-    # Redis: the revocation MGET, then one pipeline after the commit that takes
+    # Redis: the revocation script, then one pipeline after the commit that takes
     # the ticket out of the held set and ends its reservation.
-    assert budget.redis_commands == ["MGET", "SREM", "ZREM"], budget
+    assert budget.redis_commands == ["EVALSHA", "SREM", "ZREM"], budget
     assert budget.redis_round_trips == 2, budget
     # The guarded UPDATE (it checks the account too) and its event, as one
     # statement in autocommit: no BEGIN, no COMMIT.

@@ -6,11 +6,13 @@ import time
 
 import fakeredis
 import pytest
-from helpers import queued_ids
+from helpers import in_general, queued_ids
 
-from service.queue import Reservation, TicketQueue, make_redis
+from service.models import GENERAL
+from service.queue import PRIORITY_SHIFT, Placement, TicketQueue, make_redis, score
 
 LEASE = 30
+URGENT, HIGH, NORMAL, LOW = range(4)
 
 
 @pytest.fixture
@@ -27,37 +29,79 @@ def leases(queue: TicketQueue) -> dict[int, float]:
     return {int(i): s for i, s in queue.client.zrange(queue.reserved_key, 0, -1, withscores=True)}
 
 
-# -- push ------------------------------------------------------------------------
-def test_push_orders_by_ticket_id_whatever_the_push_order(queue):
-    assert len(queue.enqueue([10, 3])) == 2
-    assert len(queue.enqueue([7])) == 1
-    assert len(queue.enqueue([1])) == 1  # an older ticket returned to the pool goes ahead
+def at(queue_name: str, rank: int, *ids: int) -> list[Placement]:
+    return [Placement(i, queue_name, score(rank, i)) for i in ids]
+
+
+def reserve(queue: TicketQueue, agent: int, capacity: int, known=(), queues=(GENERAL,)):
+    return queue.reserve(agent, capacity, LEASE, known=list(known), queues=list(queues))
+
+
+# -- enqueue ---------------------------------------------------------------------
+def test_enqueue_orders_by_ticket_id_whatever_the_push_order(queue):
+    assert len(queue.enqueue(in_general(10, 3))) == 2
+    assert len(queue.enqueue(in_general(7))) == 1
+    assert len(queue.enqueue(in_general(1))) == 1  # an older ticket returned goes ahead
     assert queued_ids(queue) == [1, 3, 7, 10]
 
 
-def test_push_is_idempotent(queue):
-    assert len(queue.enqueue([1, 2, 3])) == 3
-    assert len(queue.enqueue([2, 3, 4])) == 1
-    assert len(queue.enqueue([1, 1, 1])) == 0
-    assert len(queue.enqueue([])) == 0
+def test_enqueue_is_idempotent(queue):
+    assert len(queue.enqueue(in_general(1, 2, 3))) == 3
+    assert len(queue.enqueue(in_general(2, 3, 4))) == 1
+    assert len(queue.enqueue(in_general(1, 1, 1))) == 0
+    assert queue.enqueue([]) == []
     assert queued_ids(queue) == [1, 2, 3, 4]
 
 
-def test_remove_takes_an_id_out_of_the_queue_and_the_reservations(queue):
-    queue.enqueue([1, 2, 3])
-    queue.reserve(agent_id=7, capacity=1, lease_seconds=LEASE, known=[])
-    queue.remove([1, 2])
+def test_priority_orders_before_age(queue):
+    queue.enqueue(at(GENERAL, NORMAL, 1, 2) + at(GENERAL, LOW, 3) + at(GENERAL, URGENT, 9))
+    queue.enqueue(at(GENERAL, HIGH, 5))
+    assert queued_ids(queue) == [9, 5, 1, 2, 3]
+    # Scores stay exact integers, priority above any id the column can hold.
+    assert queue.client.zscore(queue.queue_key(GENERAL), "3") == 3 * PRIORITY_SHIFT + 3
+
+
+def test_enqueue_with_a_new_score_moves_a_queued_ticket(queue):
+    queue.enqueue(in_general(1, 2, 3))
+    assert queue.enqueue(at(GENERAL, URGENT, 3)) == []  # not new, but moved
+    assert queued_ids(queue) == [3, 1, 2]
+
+
+def test_enqueue_leaves_the_queue_a_ticket_moved_out_of(queue):
+    queue.enqueue(in_general(1, 2))
+    moved = Placement(2, "billing", score(NORMAL, 2), left=GENERAL)
+    assert queue.enqueue([moved]) == [2]
+    assert queued_ids(queue) == [1]
+    assert queued_ids(queue, "billing") == [2]
+
+
+def test_enqueue_skips_a_reserved_ticket(queue):
+    queue.enqueue(in_general(1))
+    assert reserve(queue, 7, 1).ids == [1]
+    assert queue.enqueue(in_general(1)) == []  # in flight: queueing it would hand it out twice
+    assert queued_ids(queue) == []
+
+
+def test_remove_takes_ids_out_of_their_queues_and_the_reservations(queue):
+    queue.enqueue(in_general(1, 2, 3) + at("billing", NORMAL, 4))
+    reserve(queue, 7, 1)
+    queue.remove([1, 2, 4], [GENERAL, "billing"])
     assert queued_ids(queue) == [3]
+    assert queued_ids(queue, "billing") == []
     assert leases(queue) == {}
-    queue.remove([])  # nothing to do, no error
+    queue.remove([], [GENERAL])  # nothing to do, no error
 
 
 # -- reserve ---------------------------------------------------------------------
 def test_reserve_pops_the_oldest_first_and_records_leases(queue):
-    queue.enqueue([5, 3, 9, 1])
+    queue.enqueue(in_general(5, 3, 9, 1))
     before = time.time()
-    reservation = queue.reserve(agent_id=7, capacity=2, lease_seconds=LEASE, known=[])
-    assert reservation == Reservation(used=0, ids=[1, 3], queue_left=2)
+    reservation = reserve(queue, 7, 2)
+    assert (reservation.used, reservation.popped, reservation.queue_left) == (
+        0,
+        in_general(1, 3),
+        2,
+    )
     assert queued_ids(queue) == [5, 9]
     assert queue.held(7) == {1, 3}
     deadlines = leases(queue)
@@ -66,25 +110,47 @@ def test_reserve_pops_the_oldest_first_and_records_leases(queue):
         assert before + LEASE - 2 <= deadline <= time.time() + LEASE + 2
 
 
+def test_reserve_takes_the_best_across_the_agents_queues(queue):
+    queue.enqueue(at(GENERAL, NORMAL, 1, 4) + at("billing", NORMAL, 2, 6) + at("fr", HIGH, 8))
+    queue.enqueue(at("vip", URGENT, 3))  # not one of the agent's queues
+    reservation = reserve(queue, 7, 4, queues=[GENERAL, "billing", "fr"])
+    # High first, then the oldest normal ones, whichever queue they are in.
+    assert reservation.popped == at("fr", HIGH, 8) + at(GENERAL, NORMAL, 1) + at(
+        "billing", NORMAL, 2
+    ) + at(GENERAL, NORMAL, 4)
+    assert reservation.queue_left == 1
+    assert queued_ids(queue, "billing") == [6]
+    assert queued_ids(queue, "vip") == [3]
+
+
+def test_reserve_pops_a_ticket_found_in_two_queues_once(queue):
+    """A fault left id 5 in two queues: it is handed out once and leaves both."""
+    queue.enqueue(in_general(5, 6) + at("billing", NORMAL, 7))
+    queue.client.zadd(queue.queue_key("billing"), {"5": score(NORMAL, 5)})
+    reservation = reserve(queue, 7, 2, queues=[GENERAL, "billing"])
+    assert reservation.ids == [5, 6]
+    assert queued_ids(queue, "billing") == [7]
+
+
 def test_reserve_never_pops_more_than_the_free_slots(queue):
-    queue.enqueue(range(1, 21))
+    queue.enqueue(in_general(*range(1, 21)))
     queue.client.sadd(queue.held_key(7), 100, 101)
-    reservation = queue.reserve(agent_id=7, capacity=5, lease_seconds=LEASE, known=[100, 101])
+    reservation = reserve(queue, 7, 5, known=[100, 101])
     assert reservation.used == 2
     assert reservation.ids == [1, 2, 3]
     assert queue.held(7) == {100, 101, 1, 2, 3}
     # Full now, counting the three in flight: a second call pops nothing.
-    again = queue.reserve(agent_id=7, capacity=5, lease_seconds=LEASE, known=[100, 101])
-    assert again == Reservation(used=5, ids=[], queue_left=17, in_flight=[1, 2, 3])
+    again = reserve(queue, 7, 5, known=[100, 101])
+    assert (again.used, again.ids, again.queue_left, again.in_flight) == (5, [], 17, [1, 2, 3])
     assert set(leases(queue)) == {1, 2, 3}
     assert queued_ids(queue) == list(range(4, 21))
 
 
 def test_reserve_rebuilds_a_lost_held_set_from_postgresqls_list(queue):
     """A wiped held set: PostgreSQL's 14 tickets still leave one free slot, not 15."""
-    queue.enqueue(range(1, 21))
+    queue.enqueue(in_general(*range(1, 21)))
     known = list(range(100, 114))
-    reservation = queue.reserve(agent_id=7, capacity=15, lease_seconds=LEASE, known=known)
+    reservation = reserve(queue, 7, 15, known=known)
     assert reservation.used == 14
     assert reservation.ids == [1]
     assert queue.held(7) == {*known, 1}
@@ -93,9 +159,9 @@ def test_reserve_rebuilds_a_lost_held_set_from_postgresqls_list(queue):
 
 def test_reserve_drops_held_ids_neither_known_nor_in_flight(queue):
     """Sold, released or given back since: they no longer take a slot."""
-    queue.enqueue(range(1, 21))
+    queue.enqueue(in_general(*range(1, 21)))
     queue.client.sadd(queue.held_key(8), *range(100, 110))
-    reservation = queue.reserve(agent_id=8, capacity=5, lease_seconds=LEASE, known=[100, 101])
+    reservation = reserve(queue, 8, 5, known=[100, 101])
     assert reservation.used == 2
     assert reservation.ids == [1, 2, 3]
     assert queue.held(8) == {100, 101, 1, 2, 3}
@@ -105,9 +171,9 @@ def test_reserve_clears_the_leases_of_ids_postgresql_lists_and_keeps_those_in_fl
     """The fetch that confirmed 1 and 2 left their leases; the next reserve clears
     them. 3 is not in the list (in flight, or confirmed after it was read): it keeps
     its lease and its slot."""
-    queue.enqueue(range(1, 11))
-    assert queue.reserve(agent_id=7, capacity=3, lease_seconds=LEASE, known=[]).ids == [1, 2, 3]
-    reservation = queue.reserve(agent_id=7, capacity=5, lease_seconds=LEASE, known=[1, 2])
+    queue.enqueue(in_general(*range(1, 11)))
+    assert reserve(queue, 7, 3).ids == [1, 2, 3]
+    reservation = reserve(queue, 7, 5, known=[1, 2])
     assert reservation.used == 3
     assert reservation.ids == [4, 5]
     assert reservation.in_flight == [3]
@@ -116,56 +182,63 @@ def test_reserve_clears_the_leases_of_ids_postgresql_lists_and_keeps_those_in_fl
 
 
 def test_reserve_for_an_agent_over_capacity_pops_nothing(queue):
-    queue.enqueue([1, 2])
+    queue.enqueue(in_general(1, 2))
     queue.client.sadd(queue.held_key(7), 50, 51, 52)
-    reservation = queue.reserve(agent_id=7, capacity=2, lease_seconds=LEASE, known=[50, 51, 52])
-    assert reservation == Reservation(used=3, ids=[], queue_left=2)
+    reservation = reserve(queue, 7, 2, known=[50, 51, 52])
+    assert (reservation.used, reservation.ids, reservation.queue_left) == (3, [], 2)
     assert queued_ids(queue) == [1, 2]
 
 
 def test_reserve_from_a_short_or_empty_queue(queue):
-    queue.enqueue([4, 8])
-    assert queue.reserve(agent_id=1, capacity=15, lease_seconds=LEASE, known=[]) == Reservation(
-        used=0, ids=[4, 8], queue_left=0
-    )
-    assert queue.reserve(agent_id=2, capacity=15, lease_seconds=LEASE, known=[]) == Reservation(
-        used=0, ids=[], queue_left=0
-    )
+    queue.enqueue(in_general(4, 8))
+    first = reserve(queue, 1, 15)
+    assert (first.used, first.ids, first.queue_left) == (0, [4, 8], 0)
+    second = reserve(queue, 2, 15)
+    assert (second.used, second.ids, second.queue_left) == (0, [], 0)
     assert queue.held(2) == set()
     assert not queue.client.exists(queue.held_key(2))
 
 
+def test_reserve_with_no_queues_pops_nothing(queue):
+    queue.enqueue(in_general(1))
+    assert reserve(queue, 1, 15, queues=[]).ids == []
+    assert queued_ids(queue) == [1]
+
+
 def test_reserve_keeps_agents_apart(queue):
-    queue.enqueue(range(1, 7))
-    assert queue.reserve(agent_id=1, capacity=2, lease_seconds=LEASE, known=[]).ids == [1, 2]
-    assert queue.reserve(agent_id=2, capacity=3, lease_seconds=LEASE, known=[]).ids == [3, 4, 5]
+    queue.enqueue(in_general(*range(1, 7)))
+    assert reserve(queue, 1, 2).ids == [1, 2]
+    assert reserve(queue, 2, 3).ids == [3, 4, 5]
     assert queue.held(1) == {1, 2}
     assert queue.held(2) == {3, 4, 5}
     assert set(leases(queue)) == {1, 2, 3, 4, 5}
 
 
 # -- settle ----------------------------------------------------------------------
-def test_settle_clears_confirmed_drops_vanished_and_returns_refused(queue):
-    queue.enqueue(range(1, 8))
-    reservation = queue.reserve(agent_id=7, capacity=5, lease_seconds=LEASE, known=[])
-    assert reservation.ids == [1, 2, 3, 4, 5]
-    held_after = queue.settle(7, confirmed=[1, 2], dropped=[3], returned=[4, 5])
+def test_settle_clears_confirmed_drops_vanished_and_returns_refused_to_their_places(queue):
+    queue.enqueue(in_general(*range(1, 6)) + at("billing", HIGH, 6, 7))
+    reservation = reserve(queue, 7, 5, queues=[GENERAL, "billing"])
+    assert reservation.ids == [6, 7, 1, 2, 3]
+    refused = [p for p in reservation.popped if p.ticket_id in (7, 3)]
+    held_after = queue.settle(7, confirmed=[6, 1], dropped=[2], returned=refused)
     assert held_after == 2
-    assert queue.held(7) == {1, 2}  # confirmed stay held
+    assert queue.held(7) == {6, 1}  # confirmed stay held
     assert leases(queue) == {}  # every reservation answered
-    assert queued_ids(queue) == [4, 5, 6, 7]  # refused ids back at the head; 3 is gone
+    assert queued_ids(queue) == [3, 4, 5]  # refused ids back at their places; 2 is gone
+    assert queued_ids(queue, "billing") == [7]
+    assert queue.client.zscore(queue.queue_key("billing"), "7") == score(HIGH, 7)
 
 
 def test_settle_only_returns_ids_whose_reservation_was_still_ours(queue):
-    queue.enqueue([1, 2, 3])
-    queue.reserve(agent_id=7, capacity=3, lease_seconds=LEASE, known=[])
+    queue.enqueue(in_general(1, 2, 3))
+    reserve(queue, 7, 3)
     # The reaper got there first: 2's lease ended, so it took 2 out of the
     # reservations and out of agent 7's held set and queued it; agent 8 popped it.
     queue.client.zrem(queue.reserved_key, 2)
     queue.client.srem(queue.held_key(7), 2)
-    queue.client.zadd(queue.queue_key, {"2": 2})
-    assert queue.reserve(agent_id=8, capacity=1, lease_seconds=LEASE, known=[]).ids == [2]
-    held_after = queue.settle(7, confirmed=[], dropped=[], returned=[1, 2, 3])
+    queue.client.zadd(queue.queue_key(GENERAL), {"2": score(NORMAL, 2)})
+    assert reserve(queue, 8, 1).ids == [2]
+    held_after = queue.settle(7, confirmed=[], dropped=[], returned=in_general(1, 2, 3))
     assert held_after == 0
     assert queue.held(7) == set()
     assert queued_ids(queue) == [1, 3]  # 2 was not ours to return any more
@@ -174,12 +247,12 @@ def test_settle_only_returns_ids_whose_reservation_was_still_ours(queue):
 
 
 def test_settle_never_requeues_an_id_whose_reservation_is_gone(queue):
-    queue.enqueue([1, 2])
-    queue.reserve(agent_id=7, capacity=2, lease_seconds=LEASE, known=[])
+    queue.enqueue(in_general(1, 2))
+    reserve(queue, 7, 2)
     # The reservation of 1 ended (the reaper, or a wipe of `reserved`); 1 is
     # still listed in the held set.
     queue.client.zrem(queue.reserved_key, 1)
-    assert queue.settle(7, confirmed=[], dropped=[], returned=[1, 2]) == 0
+    assert queue.settle(7, confirmed=[], dropped=[], returned=in_general(1, 2)) == 0
     assert queued_ids(queue) == [2]
     assert queue.held(7) == set()
 
@@ -190,17 +263,38 @@ def test_settle_with_nothing_to_do_reports_the_held_size(queue):
 
 
 def test_settle_of_a_dropped_id_never_requeues_it(queue):
-    queue.enqueue([1])
-    queue.reserve(agent_id=7, capacity=1, lease_seconds=LEASE, known=[])
+    queue.enqueue(in_general(1))
+    reserve(queue, 7, 1)
     assert queue.settle(7, confirmed=[], dropped=[1], returned=[]) == 0
     assert queued_ids(queue) == []
     assert leases(queue) == {}
 
 
+# -- reap --------------------------------------------------------------------------
+def test_reap_returns_ended_leases_to_their_places_and_leaves_fresh_ones(queue):
+    queue.enqueue(in_general(1, 2) + at("billing", URGENT, 3))
+    reserve(queue, 7, 3, queues=[GENERAL, "billing"])
+    queue.client.zadd(queue.reserved_key, {"1": 10.0, "3": 10.0})  # leases long over
+    ends = [(1, in_general(1)[0]), (2, in_general(2)[0]), (3, at("billing", URGENT, 3)[0])]
+    assert sorted(queue.reap(ends, cutoff=100.0, held_agents=[7])) == [1, 3]
+    assert queued_ids(queue) == [1]
+    assert queued_ids(queue, "billing") == [3]
+    assert set(leases(queue)) == {2}  # its lease runs on
+    assert queue.held(7) == {2}
+
+
+def test_reap_drops_a_reservation_with_nowhere_to_go(queue):
+    queue.enqueue(in_general(1))
+    reserve(queue, 7, 1)
+    queue.client.zadd(queue.reserved_key, {"1": 10.0})
+    assert queue.reap([(1, None)], cutoff=100.0) == [1]
+    assert queued_ids(queue) == [] and leases(queue) == {}
+
+
 # -- resync ----------------------------------------------------------------------
 def test_resync_keeps_in_flight_reservations_and_drops_stale_ids(queue):
-    queue.enqueue([30, 31])
-    queue.reserve(agent_id=7, capacity=1, lease_seconds=LEASE, known=[])  # 30 is in flight
+    queue.enqueue(in_general(30, 31))
+    reserve(queue, 7, 1)  # 30 is in flight
     queue.client.sadd(queue.held_key(7), 2, 99)  # 2 sold since, 99 never existed
     size = queue.resync_held(7, [1, 5])  # PostgreSQL: the agent holds 1 and 5
     assert size == 3
@@ -230,12 +324,50 @@ def test_forget_and_drop_held(queue):
     assert queue.held(7) == set()
 
 
-def test_depth_counts_queued_and_reserved(queue):
-    queue.enqueue(range(1, 6))
-    queue.reserve(agent_id=7, capacity=2, lease_seconds=LEASE, known=[])
-    assert queue.depth() == (3, 2)
+# -- reading -------------------------------------------------------------------------
+def test_depth_counts_each_queue_and_the_reservations(queue):
+    queue.enqueue(in_general(*range(1, 6)) + at("billing", LOW, 6))
+    reserve(queue, 7, 2)
+    assert queue.depth([GENERAL, "billing", "empty"]) == (
+        {GENERAL: 3, "billing": 1, "empty": 0},
+        2,
+    )
 
 
+def test_queued_between_splits_ticket_ids_from_garbage(queue):
+    queue.enqueue(in_general(1, 2, 3) + at(GENERAL, URGENT, 9))
+    queue.client.zadd(queue.queue_key(GENERAL), {"junk": 5})
+    ids, odd = queue.queued_between(GENERAL, None, None)
+    assert ids == [(9, score(URGENT, 9)), (1, score(NORMAL, 1))] + [
+        (i, score(NORMAL, i)) for i in (2, 3)
+    ]
+    assert odd == [("junk", 5.0)]
+    ids, _ = queue.queued_between(GENERAL, float(score(NORMAL, 1)), float(score(NORMAL, 2)))
+    assert ids == [(2, score(NORMAL, 2))]
+
+
+def test_lookup_and_absent_read_each_ticket_in_its_own_queue(queue):
+    queue.enqueue(in_general(1) + at("billing", NORMAL, 2))
+    reserve(queue, 7, 1)  # 1 is reserved now
+    places = in_general(1, 2, 3)  # 2 waits in billing, not in general
+    queued, reserved = queue.lookup(places)
+    assert queued == [None, None, None]
+    assert [r is not None for r in reserved] == [True, False, False]
+    assert queue.absent(places) == [2, 3]
+    assert queue.absent(at("billing", NORMAL, 2)) == []
+
+
+def test_queue_names_and_drop_queue(queue):
+    queue.enqueue(in_general(1) + at("billing", NORMAL, 2))
+    assert queue.queue_names() == {GENERAL, "billing"}
+    queue.drop_queue("billing")
+    assert queue.queue_names() == {GENERAL}
+    assert not queue.is_empty()
+    queue.drop_queue(GENERAL)
+    assert queue.is_empty()
+
+
+# -- token blocklist and presence ------------------------------------------------------
 def test_revocation_is_trusted_only_once_built(queue, redis_client):
     assert queue.revocation("abc") == (False, False)
     queue.mark_built("epoch-1")
@@ -247,20 +379,32 @@ def test_revocation_is_trusted_only_once_built(queue, redis_client):
     assert redis_client.ttl(queue.revoked_key("short")) >= 1
 
 
+def test_revocation_notes_the_agent_seen_unless_the_session_logged_out(queue):
+    before = time.time()
+    assert queue.revocation("live", seen_agent=7) == (False, False)
+    (seen,) = queue.seen([7]).values()
+    assert before <= seen <= time.time()
+    queue.revoke("gone", 60)
+    assert queue.revocation("gone", seen_agent=8) == (True, False)
+    assert queue.seen([7, 8]) == {7: seen}
+    assert queue.seen_after(before - 1, 10) == [(7, seen)]
+    assert queue.seen_after(seen, 10) == []
+
+
 def test_every_key_shares_one_hash_tag(queue):
-    keys = [queue.queue_key, queue.reserved_key, queue.epoch_key, queue.held_key(1)]
-    keys.append(queue.revoked_key("jti"))
+    keys = [queue.queue_key(GENERAL), queue.reserved_key, queue.epoch_key, queue.held_key(1)]
+    keys += [queue.revoked_key("jti"), queue.seen_key, queue.cursor_key("x")]
     assert all(key.startswith("{tq}:") for key in keys)
     other = TicketQueue(queue.client, prefix="{other}")
-    other.enqueue([1])
+    other.enqueue(in_general(1))
     assert queued_ids(other) == [1]
     assert queued_ids(queue) == []
 
 
 def test_the_embedded_client_runs_the_scripts():
     embedded = TicketQueue(make_redis(None, cluster=False))
-    embedded.enqueue([2, 1])
-    assert embedded.reserve(agent_id=1, capacity=1, lease_seconds=LEASE, known=[]).ids == [1]
+    embedded.enqueue(in_general(2, 1))
+    assert embedded.reserve(1, 1, LEASE, known=[], queues=[GENERAL]).ids == [1]
     assert embedded.settle(1, confirmed=[1], dropped=[], returned=[]) == 1
     # Each embedded client is its own in-process server.
-    assert TicketQueue(make_redis(None, cluster=False)).depth() == (0, 0)
+    assert TicketQueue(make_redis(None, cluster=False)).depth([GENERAL]) == ({GENERAL: 0}, 0)

@@ -20,7 +20,8 @@ from live import ROOT, Workers, free_port, stop, wait_for
 
 from service.domain.rebuild import rebuild
 from service.extensions import db
-from service.queue import TicketQueue
+from service.models import GENERAL
+from service.queue import TicketQueue, score
 from service.state import ticket_queue
 
 pytestmark = pytest.mark.slow
@@ -72,15 +73,22 @@ def test_a_ticket_never_pushed_gets_queued(tmp_path, queue):
 def test_an_expired_reservation_returns_to_the_queue(tmp_path, queue, factory: Factory):
     agent = factory.agents(1)[0]
     ids = factory.bulk_tickets(3)
-    popped = queue.reserve(agent, 2, 30, known=[]).ids  # the fetch dies before confirming
+    popped = queue.reserve(
+        agent, 2, 30, known=[], queues=[GENERAL]
+    ).ids  # the fetch dies before confirming
     assert popped == ids[:2]
     with workers(tmp_path) as proc:
         wait_for(lambda: "workers started" in proc.log, "the workers to start")
         time.sleep(0.5)
-        assert queue.depth() == (1, 2)  # the leases have not ended: nothing moves
+        assert queue.depth([GENERAL]) == (
+            {GENERAL: 1},
+            2,
+        )  # the leases have not ended: nothing moves
         for member in popped:
             queue.client.zadd(queue.reserved_key, {str(member): 0})
-        wait_for(lambda: queue.depth() == (3, 0), "the reaper to return the ids", 10)
+        wait_for(
+            lambda: queue.depth([GENERAL]) == ({GENERAL: 3}, 0), "the reaper to return the ids", 10
+        )
         assert queued_ids(queue) == ids
         assert queue.held(agent) == set()
         logged(proc, f"reaper: returned 2 expired reservation(s) to the queue: {ids[0]}, {ids[1]}")
@@ -106,13 +114,15 @@ def test_drift_is_reconciled(tmp_path, queue, factory: Factory):
     agent = factory.agents(1)[0]
     ids = factory.bulk_tickets(3)
     queue.client.sadd(queue.held_key(agent), 424242)  # an id the agent never got
-    queue.client.zadd(queue.queue_key, {"424243": 424243, str(ids[1]): 1})  # stray; disordered
+    queue.client.zadd(
+        queue.queue_key(GENERAL), {"424243": score(2, 424243), str(ids[1]): 1}
+    )  # stray; disordered
     with workers(tmp_path) as proc:
         wait_for(lambda: queue.held(agent) == set(), "reconcile to fix the held set", 10)
         wait_for(lambda: queued_ids(queue) == ids, "reconcile to tidy the queue", 10)
-        assert queue.client.zscore(queue.queue_key, str(ids[1])) == ids[1]
+        assert queue.client.zscore(queue.queue_key(GENERAL), str(ids[1])) == score(2, ids[1])
         logged(proc, f"held tickets of agent {agent} corrected")
-        logged(proc, "queue: took out 1 stray id(s): 424243")
+        logged(proc, "queue general: took out 1 stray id(s): 424243")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -187,7 +197,7 @@ def test_outages_are_retried_never_fatal(tmp_path, queue):
                 stdout=subprocess.DEVNULL,
             )
             private = redis.Redis.from_url(url, decode_responses=True)
-            key = queue.queue_key
+            key = queue.queue_key(GENERAL)
 
             def rebuilt() -> bool:
                 try:

@@ -37,46 +37,24 @@ def main() -> int:
 
 def run() -> int:
     from service import create_app, metrics
-    from service.extensions import db
 
-    from .config import WorkerConfig
-    from .jobs import build_jobs
-    from .runner import Runner
+    from . import build_runner
 
-    config = WorkerConfig.from_env()
     app = create_app()
     if app.config["EMBEDDED"]:
         raise ConfigError(
-            "the workers need DATABASE_URL and REDIS_URL: an in-process Redis "
-            "cannot be shared with the API processes"
+            "the workers need DATABASE_URL and REDIS_URL: embedded mode runs them inside "
+            "the server, beside its in-process Redis"
         )
-    queue = app.extensions["ticket_queue"]
     # The reaper's counter and the rest of this process's metrics, when asked for.
     metrics.start_worker_exporter()
-
-    def end_session() -> None:
-        # Return the connection after every step; one the server closed is
-        # replaced on its next checkout, so an outage never wedges the loop.
-        try:
-            db.session.remove()
-        except Exception as exc:  # noqa: BLE001
-            log.debug("could not close the session cleanly: %s", exc)
-
-    runner = Runner(queue, [], max_backoff=config.max_backoff, after_step=end_session)
     with app.app_context():
-        runner.jobs = build_jobs(db.session, queue, config, runner.check_stop)
+        runner = build_runner(app)
         signal.signal(signal.SIGTERM, runner.stop)
         signal.signal(signal.SIGINT, runner.stop)
         if _early_stop:
             runner.stop()
-        log.info(
-            "workers started: relay every %ss, reaper every %ss, reconcile every %ss",
-            config.relay_interval,
-            config.reaper_interval,
-            config.reconcile_interval,
-        )
         runner.run()
-        end_session()
     log.info("workers stopped")
     return 0
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from service.auth import forget_expired_revocations
 from service.domain import DbSession
+from service.domain.presence import idle_to_offline, persist_last_seen, release_offline
 from service.domain.reaper import reap
 from service.domain.rebuild import rebuild
 from service.domain.reconcile import reconcile
@@ -19,6 +21,9 @@ log = logging.getLogger("workers")
 
 # Reservations handled per reaper step; more wait for the next step.
 REAP_LIMIT = 1000
+# Housekeeping: how often, and how many expired rows per step.
+HOUSEKEEPING_INTERVAL = 60.0
+HOUSEKEEPING_LIMIT = 1000
 
 
 def build_jobs(
@@ -27,7 +32,7 @@ def build_jobs(
     config: WorkerConfig,
     check_stop: Callable[[], None],
 ) -> list[Job]:
-    """The four loops, in the order they run when due at once."""
+    """The loops, in the order they run when due at once."""
 
     def rebuild_if_lost() -> None:
         if queue.is_built():
@@ -48,6 +53,18 @@ def build_jobs(
     def reconcile_step() -> None:
         reconcile(session, queue)
 
+    def presence_step() -> None:
+        persist_last_seen(session, queue)
+        if config.idle_offline_after is not None:
+            idle_to_offline(session, config.idle_offline_after)
+        if config.offline_release_after is not None:
+            release_offline(session, queue, config.offline_release_after)
+
+    def housekeeping_step() -> None:
+        forgotten = forget_expired_revocations(session, limit=HOUSEKEEPING_LIMIT)
+        if forgotten:
+            log.info("housekeeping: forgot %d expired revoked session(s)", forgotten)
+
     return [
         # The rebuild first: while Redis is empty, the others would only redo
         # parts of its work.
@@ -55,4 +72,6 @@ def build_jobs(
         Job("reaper", config.reaper_interval, reap_step),
         Job("relay", config.relay_interval, relay_step, lock_ttl=30.0),
         Job("reconcile", config.reconcile_interval, reconcile_step, lock_ttl=30.0),
+        Job("presence", config.presence_interval, presence_step, lock_ttl=30.0),
+        Job("housekeeping", HOUSEKEEPING_INTERVAL, housekeeping_step, lock_ttl=30.0),
     ]

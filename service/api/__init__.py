@@ -52,8 +52,10 @@ def _id_parameter(converter: IdConverter) -> dict[str, Any]:
 
 TICKET_ID = "<id(max=9223372036854775807):ticket_id>"
 USER_ID = "<id(max=2147483647):user_id>"
+# A queue's name in a path: one that is no queue name matches no route (a 404).
+QUEUE_NAME = "<string(minlength=1, maxlength=40):queue_name>"
 
-# What each error status that follows from how a view is declared means (API.md,
+# What each error status that follows from how a view is declared means (the README,
 # "Errors"); a view declares its own others (409, 429) with alt_response.
 ERROR_DESCRIPTIONS = {
     400: "A malformed request: malformed JSON, a body that is not an object, a missing, "
@@ -295,8 +297,27 @@ def init_api(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import admin_tickets, admin_users, agent_tickets, auth, ops
+    from . import (
+        admin_agents,
+        admin_queues,
+        admin_tickets,
+        admin_users,
+        agent_status,
+        agent_tickets,
+        auth,
+        ops,
+    )
 
     init_api(app)
-    for module in (auth, admin_users, admin_tickets, agent_tickets, ops):
+    modules = (
+        auth,
+        admin_users,
+        admin_tickets,
+        admin_queues,
+        admin_agents,
+        agent_tickets,
+        agent_status,
+        ops,
+    )
+    for module in modules:
         rest_api.register_blueprint(module.blp)

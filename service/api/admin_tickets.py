@@ -8,11 +8,13 @@ from flask import g
 
 from .. import errors
 from ..auth import role_required
-from ..domain import events, tickets
+from ..domain import events, moves, tickets
 from ..extensions import db
 from ..models import Ticket
 from ..schemas import (
+    ErrorSchema,
     QueueStatsSchema,
+    TicketAssignSchema,
     TicketCreateSchema,
     TicketEventListSchema,
     TicketPageSchema,
@@ -25,7 +27,12 @@ from . import TICKET_ID, Blueprint, link
 
 blp = Blueprint("admin_tickets", __name__, url_prefix="/api/admin", description="Tickets (admin)")
 
-NEW_TICKET = {"title": "Printer on fire", "description": "Third floor, by the kitchen."}
+NEW_TICKET = {
+    "title": "Printer on fire",
+    "description": "Third floor, by the kitchen.",
+    "queue": "general",
+    "priority": "urgent",
+}
 TICKET = {
     "id": 42,
     **NEW_TICKET,
@@ -46,8 +53,9 @@ _THE_TICKET = "$response.body#/id"
 @blp.links(
     201,
     getTicket=link("getTicket", "The new ticket", ticket_id=_THE_TICKET),
-    updateTicket=link("updateTicket", "Change its title or description", ticket_id=_THE_TICKET),
-    replaceTicket=link("replaceTicket", "Replace its title and description", ticket_id=_THE_TICKET),
+    updateTicket=link("updateTicket", "Change its title, queue or priority", ticket_id=_THE_TICKET),
+    replaceTicket=link("replaceTicket", "Replace its fields", ticket_id=_THE_TICKET),
+    assignTicket=link("assignTicket", "Give it to an agent", ticket_id=_THE_TICKET),
     listTicketEvents=link("listTicketEvents", "Its history", ticket_id=_THE_TICKET),
     deleteTicket=link("deleteTicket", "Delete it", ticket_id=_THE_TICKET),
 )
@@ -55,8 +63,17 @@ _THE_TICKET = "$response.body#/id"
 @blp.arguments(TicketCreateSchema, example=NEW_TICKET)
 @blp.response(201, TicketSchema, example=TICKET)
 def create_ticket(body: dict[str, str]) -> Ticket:
-    """Create a ticket; it joins the queue behind every older unassigned ticket."""
-    return tickets.create_ticket(db.session, ticket_queue(), actor_id=g.user.id, **body)
+    """Create a ticket; it waits in its queue at its place (its priority, then its age).
+    A queue that does not exist is a 400."""
+    return tickets.create_ticket(
+        db.session,
+        ticket_queue(),
+        actor_id=g.user.id,
+        title=body["title"],
+        description=body["description"],
+        queue_name=body["queue"],
+        priority=body["priority"],
+    )
 
 
 @blp.route("/tickets/", methods=["GET"])
@@ -64,7 +81,7 @@ def create_ticket(body: dict[str, str]) -> Ticket:
 @blp.arguments(TicketQuerySchema, location="query")
 @blp.response(200, TicketPageSchema)
 def list_tickets(query: dict[str, Any]) -> dict[str, Any]:
-    """List tickets in creation order, filtered by status or agent, a page at a time."""
+    """List tickets in creation order, filtered by status, agent, queue or priority."""
     items, next_cursor = tickets.list_tickets(db.session, **query)
     return {"items": items, "next_cursor": next_cursor}
 
@@ -82,8 +99,9 @@ def get_ticket(ticket_id: int) -> Ticket:
 @blp.arguments(TicketCreateSchema)
 @blp.response(200, TicketSchema)
 def put_ticket(body: dict[str, str], ticket_id: int) -> Ticket:
-    """Replace title and description; the holder and queue place stay."""
-    return tickets.update_ticket(db.session, ticket_id, body)
+    """Replace title, description, queue and priority; the holder stays. A queue that
+    does not exist is a 400."""
+    return tickets.update_ticket(db.session, ticket_queue(), ticket_id, body, actor_id=g.user.id)
 
 
 @blp.route(f"/tickets/{TICKET_ID}/", methods=["PATCH"], operation_id="updateTicket")
@@ -91,8 +109,34 @@ def put_ticket(body: dict[str, str], ticket_id: int) -> Ticket:
 @blp.arguments(TicketPatchSchema)
 @blp.response(200, TicketSchema)
 def patch_ticket(body: dict[str, str], ticket_id: int) -> Ticket:
-    """Change the title or the description; the holder and queue place stay."""
-    return tickets.update_ticket(db.session, ticket_id, body)
+    """Change the title, description, queue or priority; the holder stays. An unassigned
+    ticket moved to another queue or priority moves in the order at once. A queue that
+    does not exist is a 400."""
+    return tickets.update_ticket(db.session, ticket_queue(), ticket_id, body, actor_id=g.user.id)
+
+
+@blp.route(f"/tickets/{TICKET_ID}/release/", methods=["POST"])
+@blp.response(200, TicketSchema)
+@blp.alt_response(409, schema=ErrorSchema, description="The ticket is unassigned or sold")
+@role_required("admin")
+def release_ticket(ticket_id: int) -> Ticket:
+    """Take a held ticket back from its agent: it waits in its queue again, at its place."""
+    return moves.release_ticket(db.session, ticket_queue(), ticket_id, actor_id=g.user.id)
+
+
+@blp.route(f"/tickets/{TICKET_ID}/assign/", methods=["POST"])
+@role_required("admin")
+@blp.arguments(TicketAssignSchema, example={"agent_id": 7})
+@blp.response(200, TicketSchema)
+@blp.alt_response(
+    409, schema=ErrorSchema, description="The agent is at its capacity, or the ticket is sold"
+)
+def assign_ticket(body: dict[str, int], ticket_id: int) -> Ticket:
+    """Give a ticket to an active agent, from the pool or from another agent; the agent's
+    capacity holds. An agent_id that names no active agent is a 400."""
+    return moves.assign_ticket(
+        db.session, ticket_queue(), ticket_id, body["agent_id"], actor_id=g.user.id
+    )
 
 
 @blp.route(f"/tickets/{TICKET_ID}/", methods=["DELETE"])
@@ -118,5 +162,5 @@ def ticket_history(ticket_id: int) -> dict[str, Any]:
 @blp.response(200, QueueStatsSchema)
 @role_required("admin")
 def queue_stats() -> tickets.QueueStats:
-    """The Redis queue's length beside PostgreSQL's counts, so drift shows."""
+    """The Redis queues' length (in all) beside PostgreSQL's counts, so drift shows."""
     return tickets.queue_stats(db.session, ticket_queue())

@@ -9,7 +9,6 @@ from flask import current_app, g
 from ..auth import role_required
 from ..domain import users
 from ..extensions import db
-from ..models import User
 from ..schemas import (
     ErrorSchema,
     UserCreateSchema,
@@ -31,6 +30,7 @@ NEW_USERS = {
             "password": "correct-horse",
             "role": "agent",
             "capacity": 20,
+            "queues": ["general", "billing"],
         },
     },
     "admin": {
@@ -44,6 +44,8 @@ USER = {
     "role": "agent",
     "is_active": True,
     "capacity": 20,
+    "queues": ["billing", "general"],
+    "status": "online",
     "created_at": "2025-03-04T09:15:00+00:00",
 }
 
@@ -60,11 +62,13 @@ USER = {
 @blp.arguments(UserCreateSchema, examples=NEW_USERS)
 @blp.response(201, UserSchema, example=USER)
 @blp.alt_response(409, schema=ErrorSchema, description="The username is taken")
-def create_user(body: dict[str, Any]) -> User:
-    """Create an agent or an admin."""
-    return users.create_user(
+def create_user(body: dict[str, Any]) -> users.UserView:
+    """Create an agent (in its queues, online) or an admin. A queue that does not exist
+    is a 400."""
+    user = users.create_user(
         db.session, default_capacity=current_app.config["TICKETS_PER_AGENT"], **body
     )
+    return users.describe(db.session, [user])[0]
 
 
 @blp.route("/", methods=["GET"])
@@ -74,15 +78,15 @@ def create_user(body: dict[str, Any]) -> User:
 def list_users(query: dict[str, Any]) -> dict[str, Any]:
     """List users in creation order, a page at a time."""
     items, next_cursor = users.list_users(db.session, **query)
-    return {"items": items, "next_cursor": next_cursor}
+    return {"items": users.describe(db.session, items), "next_cursor": next_cursor}
 
 
 @blp.route(f"/{USER_ID}/", methods=["GET"])
 @blp.response(200, UserSchema)
 @role_required("admin")
-def get_user(user_id: int) -> User:
+def get_user(user_id: int) -> users.UserView:
     """Show one user."""
-    return users.get_user(db.session, user_id)
+    return users.describe(db.session, [users.get_user(db.session, user_id)])[0]
 
 
 @blp.route(f"/{USER_ID}/", methods=["PATCH"], operation_id="updateUser")
@@ -94,11 +98,15 @@ def get_user(user_id: int) -> User:
     schema=ErrorSchema,
     description="An admin deactivating itself, or the last active admin",
 )
-def patch_user(changes: dict[str, Any], user_id: int) -> User:
-    """Change a password, deactivate or reactivate, or set an agent's capacity.
+def patch_user(changes: dict[str, Any], user_id: int) -> users.UserView:
+    """Change a password, deactivate or reactivate, or set an agent's capacity, queues
+    or presence.
 
-    Only agents have a capacity: a `capacity` for an admin is a 400 (`fields`
-    names it). That depends on the user's role, not on the body, so the body's
-    schema cannot rule it out.
+    Only agents have a capacity, queues and a presence: any of them for an admin
+    is a 400 (`fields` names it). That depends on the user's role, not on the
+    body, so the body's schema cannot rule it out; so is a queue that does not
+    exist. A deactivated agent's unsold
+    tickets go back to their queues, each at its place.
     """
-    return users.update_user(db.session, ticket_queue(), user_id, changes, actor_id=g.user.id)
+    user = users.update_user(db.session, ticket_queue(), user_id, changes, actor_id=g.user.id)
+    return users.describe(db.session, [user])[0]

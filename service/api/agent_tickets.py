@@ -20,6 +20,8 @@ _HELD = {
     "id": 42,
     "title": "Printer on fire",
     "description": "Third floor, by the kitchen.",
+    "queue": "general",
+    "priority": "urgent",
     "status": "assigned",
     "agent_id": 7,
     "created_at": "2025-03-04T09:20:00+00:00",
@@ -50,7 +52,8 @@ _SELL_THE_FIRST = link(
 @blp.response(200, HoldingSchema, example=HOLDING)
 @role_required("agent", load_user=False)
 def assign() -> Response:
-    """Top up to capacity with the oldest unassigned tickets; return what you hold."""
+    """If you are online, top up to capacity with the best unassigned tickets of your
+    queues (higher priority, then older); return what you hold."""
     if g.get("redis_unavailable"):
         raise errors.RedisUnavailable()
     result = assignment.assign(

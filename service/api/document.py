@@ -40,6 +40,8 @@ class Converter(OpenAPIConverter):
         more = {key: field.metadata[key] for key in _ANNOTATIONS if key in field.metadata}
         if field.only is not None:
             more["enum"] = list(field.only)
+        if field.allow_none:
+            more["nullable"] = True
         # In OpenAPI 3.0 a $ref has no siblings: a narrowed or annotated use wraps it.
         return {"allOf": [reference], **more} if more else reference
 

@@ -1,6 +1,6 @@
 """Assignment: top an agent up to its capacity, oldest tickets first; sell.
 
-The path (DESIGN.md, "The assignment path"):
+The path (docs/design.md, "The assignment path"):
 
 0. One SELECT (in autocommit) reads the agent's account and unsold tickets.
    A full agent is answered from it: the fast path.
@@ -28,17 +28,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.exceptions
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import errors, metrics
 from ..auth import Claims, ensure_current
 from ..database import autocommit, single_write
-from ..models import Ticket, User, utcnow
-from ..queue import TicketQueue
+from ..models import AgentQueue, Ticket, User, utcnow
+from ..queue import Placement, TicketQueue
 from . import DbSession, events
 from .faults import fault_point
-from .ticket_state import ticket_states
+from .ticket_state import placement, ticket_states
 
 log = logging.getLogger(__name__)
 
@@ -53,35 +53,55 @@ MAX_POPS = 16
 
 @dataclass(frozen=True)
 class Holding:
-    """An agent's unsold tickets (creation order, rows of the tickets table) and its capacity."""
+    """An agent's unsold tickets (creation order, rows of the tickets table), its
+    capacity, and what decides whether it is topped up: its presence and queues."""
 
     tickets: Sequence[Any]
     capacity: int
+    status: str = "online"
+    queues: tuple[str, ...] = ()
+
+    @property
+    def takes_work(self) -> bool:
+        """Online, with room, and in at least one queue."""
+        return self.status == "online" and len(self.tickets) < self.capacity and bool(self.queues)
 
 
 @dataclass(frozen=True)
 class Confirmation:
     confirmed: list[int]
-    returned: list[int]  # still unassigned: refused for capacity
+    returned: list[Placement]  # still unassigned (refused for capacity): back to their places
     vanished: list[int]  # deleted, or taken by someone else
     tickets: Sequence[Any]  # the agent's unsold tickets after the commit (rows)
 
 
-# The fast path's one SELECT, in Core over the tables: the agent's row and its
-# unsold tickets. Rows, not ORM objects: building and tracking 15 objects per
-# request cost more CPU than the query itself.
+# The fast path's one SELECT, in Core over the tables: the agent's row, its
+# queues and its unsold tickets. Rows, not ORM objects: building and tracking
+# 15 objects per request cost more CPU than the query itself.
 _users = User.__table__
 _tickets = Ticket.__table__
+_memberships = AgentQueue.__table__
+_queues_of_agent = (
+    select(
+        _memberships.c.agent_id,
+        func.aggregate_strings(_memberships.c.queue, ",").label("queue_names"),
+    )
+    .where(_memberships.c.agent_id == bindparam("agent_id"))
+    .group_by(_memberships.c.agent_id)
+    .subquery()
+)
 _HOLDING = (
     select(
         _users.c.is_active,
         _users.c.role,
         _users.c.token_version,
         _users.c.capacity,
+        _users.c.status.label("agent_status"),
+        _queues_of_agent.c.queue_names,
         *_tickets.c,
     )
     .select_from(
-        _users.outerjoin(
+        _users.outerjoin(_queues_of_agent, _queues_of_agent.c.agent_id == _users.c.id).outerjoin(
             _tickets, (_tickets.c.agent_id == _users.c.id) & (_tickets.c.status == "assigned")
         )
     )
@@ -100,9 +120,16 @@ def holding(session: DbSession, caller: Claims) -> Holding:
     with session.get_bind().engine.connect() as conn, autocommit(conn):
         rows = conn.execute(_HOLDING, {"agent_id": caller.user_id}).all()
     ensure_current(rows[0] if rows else None, caller)
-    if rows[0].role != "agent" or rows[0].capacity is None:
+    agent = rows[0]
+    if agent.role != "agent" or agent.capacity is None:
         raise errors.Forbidden("only agents hold tickets")
-    return Holding([row for row in rows if row.id is not None], rows[0].capacity)
+    queues = tuple(sorted(agent.queue_names.split(","))) if agent.queue_names else ()
+    return Holding(
+        [row for row in rows if row.id is not None],
+        agent.capacity,
+        agent.agent_status or "online",
+        queues,
+    )
 
 
 _UNSOLD = (
@@ -132,8 +159,11 @@ _ASSIGN = (
             .where(
                 _tickets.c.id.in_(bindparam("ids", expanding=True)),
                 _tickets.c.status == "unassigned",
+                # Routing holds here too: a ticket moved out of the agent's
+                # queues since it was popped is refused, whatever Redis said.
+                _tickets.c.queue.in_(bindparam("queues", expanding=True)),
             )
-            .order_by(_tickets.c.id)
+            .order_by(_tickets.c.priority, _tickets.c.id)
             .limit(bindparam("room"))
             .with_for_update()
             .scalar_subquery()
@@ -151,22 +181,25 @@ _ASSIGN = (
 _ASSIGN_LOGGED = events.LoggedChange(
     "assigned", _ASSIGN, actor="agent_id", agent="agent_id", at="now"
 )
-_STILL_UNASSIGNED = select(_tickets.c.id).where(
+_STILL_UNASSIGNED = select(_tickets.c.id, _tickets.c.queue, _tickets.c.priority).where(
     _tickets.c.id.in_(bindparam("ids", expanding=True)), _tickets.c.status == "unassigned"
 )
 
 
-def confirm(session: DbSession, agent_id: int, ids: Sequence[int]) -> Confirmation:
-    """Assign the reserved ``ids`` the agent has room for, in one short transaction:
-    lock the agent, list what it holds, assign and log the events (one statement
-    on PostgreSQL).
+def confirm(
+    session: DbSession, agent_id: int, ids: Sequence[int], queues: Sequence[str]
+) -> Confirmation:
+    """Assign those of the reserved ``ids`` that are still unassigned in one of the
+    agent's ``queues``, best first, as many as it has room for, in one short
+    transaction: lock the agent, list what it holds, assign and log the events
+    (one statement on PostgreSQL).
 
     A Core transaction of its own: the ORM session has nothing to track here.
     """
     params = {"agent_id": agent_id}
     held: Sequence[Any] = []
     assigned: Sequence[Any] = []
-    returned: list[int] = []
+    returned: list[Placement] = []
     with session.get_bind().engine.begin() as conn:
         agent = conn.execute(_LOCK_AGENT, params).one_or_none()
         active = agent is not None and agent.is_active and agent.capacity is not None
@@ -176,12 +209,20 @@ def confirm(session: DbSession, agent_id: int, ids: Sequence[int]) -> Confirmati
             room = max(agent.capacity - len(held), 0)
         if room and ids:
             now = utcnow()
-            given = {"ids": list(ids), "room": room, "agent_id": agent_id, "now": now}
+            given = {
+                "ids": list(ids),
+                "queues": list(queues),
+                "room": room,
+                "agent_id": agent_id,
+                "now": now,
+            }
             assigned = _ASSIGN_LOGGED.execute(conn, given)
         confirmed = sorted(t.id for t in assigned)
         rest = sorted(set(ids) - set(confirmed))
         if rest:
-            returned = sorted(conn.execute(_STILL_UNASSIGNED, {"ids": rest}).scalars())
+            # Back to where PostgreSQL says they wait now (a move since the pop
+            # has changed their queue or priority).
+            returned = [placement(r) for r in conn.execute(_STILL_UNASSIGNED, {"ids": rest})]
         fault_point("assign.before_commit")
     metrics.tickets_assigned(len(confirmed))
     if not active:
@@ -189,7 +230,8 @@ def confirm(session: DbSession, agent_id: int, ids: Sequence[int]) -> Confirmati
     # Under the lock nothing else was confirmed for this agent: what it held,
     # plus what this transaction assigned, is its list at the commit.
     tickets = sorted([*held, *assigned], key=lambda t: t.id)
-    return Confirmation(confirmed, returned, sorted(set(rest) - set(returned)), tickets)
+    back = {p.ticket_id for p in returned}
+    return Confirmation(confirmed, returned, sorted(set(rest) - back), tickets)
 
 
 def stale_reservations(session: DbSession, agent_id: int, ids: Sequence[int]) -> list[int]:
@@ -201,17 +243,21 @@ def stale_reservations(session: DbSession, agent_id: int, ids: Sequence[int]) ->
         i
         for i in sorted(ids)
         if i not in states
-        or not (states[i][0] == "unassigned" or states[i] == ("assigned", agent_id))
+        or not (
+            states[i].status == "unassigned"
+            or (states[i].status == "assigned" and states[i].agent_id == agent_id)
+        )
     ]
 
 
 def assign(session: DbSession, queue: TicketQueue, caller: Claims, lease_seconds: int) -> Holding:
-    """Top the agent up to its capacity and return what it holds."""
+    """Top the agent up to its capacity from the best tickets of its queues, if it is
+    online, and return what it holds."""
     agent_id = caller.user_id
     current = holding(session, caller)
-    if len(current.tickets) >= current.capacity:
+    if not current.takes_work:
         return current  # the fast path: one indexed SELECT, no Redis work
-    capacity = current.capacity
+    capacity, queues = current.capacity, current.queues
     tickets = current.tickets
     committed = False
     checked = False
@@ -220,7 +266,9 @@ def assign(session: DbSession, queue: TicketQueue, caller: Claims, lease_seconds
         for _ in range(MAX_POPS):
             # Also clears the reservations of the ids PostgreSQL lists (an
             # earlier round or fetch confirmed them) and brings `held` in line.
-            reservation = queue.reserve(agent_id, capacity, lease_seconds, [t.id for t in tickets])
+            reservation = queue.reserve(
+                agent_id, capacity, lease_seconds, [t.id for t in tickets], queues
+            )
             if not reservation.ids:
                 if reservation.queue_left and not checked and reservation.in_flight:
                     # The agent's other slots are reservations PostgreSQL did
@@ -234,18 +282,18 @@ def assign(session: DbSession, queue: TicketQueue, caller: Claims, lease_seconds
                 break  # the queue is empty, or the agent is full
             fault_point("assign.after_reserve")
             try:
-                result = confirm(session, agent_id, reservation.ids)
+                result = confirm(session, agent_id, reservation.ids, queues)
             except errors.Unauthorized:
                 # Deactivated while fetching: every popped id goes back (if
                 # Redis fails here, the reaper returns them; the 401 stands).
-                give_back_best_effort(queue, agent_id, reservation.ids)
+                give_back_best_effort(queue, agent_id, reservation.popped)
                 raise
             except SQLAlchemyError:
                 # PostgreSQL failed: the fetch answers 503, so its ids go back
                 # now rather than when their lease ends. Safe even if the
                 # commit went through unseen: the next confirm refuses an id
                 # that is already assigned.
-                give_back_best_effort(queue, agent_id, reservation.ids)
+                give_back_best_effort(queue, agent_id, reservation.popped)
                 raise
             committed = True
             fault_point("assign.after_confirm")
@@ -269,7 +317,7 @@ def assign(session: DbSession, queue: TicketQueue, caller: Claims, lease_seconds
         # clears the reservations left behind and `held` is brought in line by
         # the next fetch.
         log.warning("redis failed after the fetch of agent %s committed (%s)", agent_id, exc)
-    return Holding(tickets, capacity)
+    return Holding(tickets, capacity, current.status, queues)
 
 
 # A sale is one guarded UPDATE that also checks the seller's account (active, and
@@ -337,11 +385,13 @@ def sell(session: DbSession, queue: TicketQueue, caller: Claims, ticket_id: int)
     return sold[0]
 
 
-def give_back_best_effort(queue: TicketQueue, agent_id: int, ids: Sequence[int]) -> None:
-    """Return reserved ids to the queue; if Redis is down, the reaper does it."""
+def give_back_best_effort(queue: TicketQueue, agent_id: int, popped: Sequence[Placement]) -> None:
+    """Return reserved ids to where they were popped from; if Redis is down, the reaper
+    does it."""
     try:
-        queue.settle(agent_id, [], [], ids)
+        queue.settle(agent_id, [], [], popped)
     except redis.exceptions.RedisError as exc:
+        ids = [p.ticket_id for p in popped]
         log.warning("reserved ids %s not given back (%s); the reaper returns them", ids, exc)
 
 

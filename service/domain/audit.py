@@ -18,9 +18,9 @@ from sqlalchemy import func, select, text
 
 from ..database import patience
 from ..models import Ticket, User
-from ..queue import TicketQueue
+from ..queue import Placement, TicketQueue
 from . import DbSession
-from .queue_repair import compare_queue
+from .queue_repair import compare_queues, unknown_queues
 from .reaper import holders
 from .ticket_state import BATCH, ticket_states, unassigned_among
 
@@ -75,26 +75,34 @@ def audit(session: DbSession, queue: TicketQueue, *, recheck_after: float = 0.5)
         with patience(600):
             found = _database_checks(session)
         duplicates = _duplicate_holders(session, queue)
-        unqueued: list[int] = []
-        stray: list[int] = []
-        disordered: list[int] = []
-        garbage: list[str] = []
-        for part in compare_queue(session, queue, BATCH):
-            unqueued += queue.absent(part.unqueued)  # reserved ones are in flight: fine
-            stray += part.extra
-            disordered += part.disordered
-            garbage += part.garbage
-        # A disordered id is out of its range: check its status separately.
-        still_unassigned = _unassigned_among(session, disordered)
-        stray += [i for i in disordered if i not in still_unassigned]
-        session.rollback()
-        if recheck_after and (duplicates or disordered or garbage or unqueued or stray):
+        missing: list[Placement] = []
+        misplaced: list[Placement] = []
+        stray: list[tuple[str, int]] = []
+        garbage: list[tuple[str, str]] = []
+        for part in compare_queues(session, queue, BATCH):
+            candidates = [Placement(i, part.queue, part.expected[i]) for i in part.unqueued]
+            scores, leases = queue.lookup(candidates)
+            for place, score, lease in zip(candidates, scores, leases, strict=True):
+                if score is not None:
+                    misplaced.append(place)  # queued at another score
+                elif lease is None:
+                    missing.append(place)  # reserved ones are in flight: fine
+            misplaced += [Placement(i, part.queue, s) for i, s in part.misscored.items()]
+            stray += [(part.queue, i) for i in part.extra]
+            garbage += [(part.queue, member) for member in part.garbage]
+        unknown = unknown_queues(session, queue)
+        if recheck_after and (duplicates or missing or misplaced or stray or garbage or unknown):
             time.sleep(recheck_after)
         found += _recheck_duplicates(queue, duplicates)
-        found += _recheck_order(queue, disordered)
-        found += _recheck_unqueued(session, queue, unqueued)
+        found += _recheck_missing(session, queue, missing)
+        found += _recheck_misplaced(session, queue, misplaced)
         found += _recheck_stray(session, queue, stray)
         found += _recheck_garbage(queue, garbage)
+        found += [
+            Violation("I5", f"Redis has a queue {name!r} that PostgreSQL does not have")
+            for name in unknown_queues(session, queue)
+            if name in unknown
+        ]
         return found
     finally:
         session.rollback()
@@ -171,57 +179,87 @@ def _recheck_duplicates(queue: TicketQueue, duplicates: dict[int, list[int]]) ->
     return found
 
 
-def _recheck_order(queue: TicketQueue, disordered: Sequence[int]) -> list[Violation]:
-    scores = queue.queue_scores(disordered) if disordered else []
-    return [
-        Violation("I3", f"ticket {i} is queued with score {s}, not its id", ticket_id=i)
-        for i, s in zip(disordered, scores, strict=True)
-        if s is not None and s != i
-    ]
-
-
-def _unassigned_among(session: DbSession, ids: Sequence[int]) -> set[int]:
-    found: set[int] = set()
+def _unassigned_now(session: DbSession, ids: Sequence[int]) -> dict[int, Placement]:
+    found: dict[int, Placement] = {}
+    ids = sorted(set(ids))
     for start in range(0, len(ids), BATCH):
-        found |= set(unassigned_among(session, sorted(ids[start : start + BATCH])))
+        found.update(unassigned_among(session, ids[start : start + BATCH]))
     session.rollback()
     return found
 
 
-def _recheck_unqueued(
-    session: DbSession, queue: TicketQueue, suspects: Sequence[int]
+def _recheck_missing(
+    session: DbSession, queue: TicketQueue, suspects: Sequence[Placement]
 ) -> list[Violation]:
     if not suspects:
         return []
-    still = sorted(_unassigned_among(session, suspects))
+    still = _unassigned_now(session, [p.ticket_id for p in suspects])
     return [
-        Violation("I4", f"ticket {i} is unassigned but neither queued nor reserved", ticket_id=i)
-        for i in queue.absent(still)
+        Violation(
+            "I4",
+            f"ticket {i} is unassigned in queue {still[i].queue} but neither queued nor reserved",
+            ticket_id=i,
+        )
+        for i in queue.absent(list(still.values()))
     ]
 
 
-def _recheck_garbage(queue: TicketQueue, garbage: Sequence[str]) -> list[Violation]:
-    scores = queue.queue_scores(garbage) if garbage else []
+def _recheck_misplaced(
+    session: DbSession, queue: TicketQueue, suspects: Sequence[Placement]
+) -> list[Violation]:
+    """Queued in its queue, but not at its place (its priority and age)."""
+    if not suspects:
+        return []
+    still = list(_unassigned_now(session, [p.ticket_id for p in suspects]).values())
+    scores, _ = queue.lookup(still)
     return [
-        Violation("I5", f"the queue holds {member!r}, which is no ticket id")
-        for member, score in zip(garbage, scores, strict=True)
-        if score is not None
+        Violation(
+            "I3",
+            f"ticket {place.ticket_id} waits in queue {place.queue} at score {score:.0f},"
+            f" not at its place ({place.score})",
+            ticket_id=place.ticket_id,
+        )
+        for place, score in zip(still, scores, strict=True)
+        if score is not None and int(score) != place.score
     ]
 
 
 def _recheck_stray(
-    session: DbSession, queue: TicketQueue, suspects: Sequence[int]
+    session: DbSession, queue: TicketQueue, suspects: Sequence[tuple[str, int]]
 ) -> list[Violation]:
+    """Queued in a queue it does not belong to (now): taken, deleted, or elsewhere."""
     found: list[Violation] = []
-    ids = sorted(set(suspects))
-    if not ids:
+    if not suspects:
         return found
-    status = {i: state for i, (state, _) in ticket_states(session, ids).items()}
+    states = ticket_states(session, sorted({i for _, i in suspects}))
     session.rollback()
-    for ticket_id, score in zip(ids, queue.queue_scores(ids), strict=True):
-        if score is not None and status.get(ticket_id) != "unassigned":
-            state = status.get(ticket_id, "deleted")
-            found.append(
-                Violation("I5", f"ticket {ticket_id} is queued but {state}", ticket_id=ticket_id)
+    places = [Placement(i, name, 0) for name, i in suspects]
+    scores, _ = queue.lookup(places)
+    for place, score in zip(places, scores, strict=True):
+        state = states.get(place.ticket_id)
+        if score is None:
+            continue  # gone since the first look
+        if state is None:
+            what = "deleted"
+        elif state.status != "unassigned":
+            what = state.status
+        elif state.queue != place.queue:
+            what = f"unassigned in queue {state.queue}"
+        else:
+            continue
+        found.append(
+            Violation(
+                "I5",
+                f"ticket {place.ticket_id} is queued in {place.queue} but {what}",
+                ticket_id=place.ticket_id,
             )
+        )
+    return found
+
+
+def _recheck_garbage(queue: TicketQueue, garbage: Sequence[tuple[str, str]]) -> list[Violation]:
+    found: list[Violation] = []
+    for name, member in garbage:
+        if queue.client.zscore(queue.queue_key(name), member) is not None:
+            found.append(Violation("I5", f"queue {name} holds {member!r}, which is no ticket id"))
     return found

@@ -1,37 +1,64 @@
-"""The ticket event log: who had a ticket, and when."""
+"""The ticket event log: every committed change of a ticket, in order, with its state.
+
+An event is written in the same transaction as the change it records, after
+it (service/domain/feed.py relies on that order), and keeps the ticket's row as
+the change left it (``data``; for a deletion, as it was), so a stream or a
+webhook delivered later tells what this change did.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, Update, bindparam, insert, literal, select
+from sqlalchemy import Select, Update, bindparam, func, insert, literal, select
 from sqlalchemy.engine import Connection
 
 from ..database import writes_in_ctes
-from ..models import TicketEvent, utcnow
+from ..models import Ticket, TicketEvent, utcnow
 from . import DbSession
 
 _INSERT = insert(TicketEvent.__table__)
+_COLUMNS = [c.name for c in Ticket.__table__.columns]
+
+
+def _iso(value: Any) -> Any:
+    if isinstance(value, datetime):
+        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return aware.astimezone(UTC).isoformat()
+    return value
+
+
+def snapshot(ticket: Any) -> dict[str, Any]:
+    """A ticket row (or model) as the event keeps it: every column, times in ISO 8601
+    UTC, as PostgreSQL's ``row_to_json`` writes them in the one-statement form."""
+    return {name: _iso(getattr(ticket, name)) for name in _COLUMNS}
 
 
 def record(
     db: DbSession | Connection,
     kind: str,
-    ticket_ids: Iterable[int],
+    tickets: Iterable[Any],
     *,
     actor_id: int | None,
     agent_id: int | None = None,
     at: datetime | None = None,
 ) -> None:
-    """Append one event per ticket, in one INSERT, on the session's or ``db``'s
-    connection (Core, no ORM work)."""
+    """Append one ``kind`` event per ticket (rows or models, in their state after the
+    change), in one INSERT, on the session's or ``db``'s connection."""
     at = at or utcnow()
     rows = [
-        {"ticket_id": tid, "kind": kind, "actor_id": actor_id, "agent_id": agent_id, "at": at}
-        for tid in ticket_ids
+        {
+            "ticket_id": t.id,
+            "kind": kind,
+            "actor_id": actor_id,
+            "agent_id": agent_id,
+            "at": at,
+            "data": snapshot(t),
+        }
+        for t in sorted(tickets, key=lambda t: t.id)
     ]
     if not rows:
         return
@@ -48,8 +75,9 @@ class LoggedChange:
     the change's bind parameters the events take their values from.
 
     On PostgreSQL the change and its events are one statement (a data-modifying
-    CTE): one round trip, atomic even in autocommit. SQLite has no such CTEs: there
-    it is the UPDATE, then ``record``, in the caller's transaction.
+    CTE; the event keeps the row with ``row_to_json``): one round trip, atomic
+    even in autocommit. SQLite has no such CTEs: there it is the UPDATE, then
+    ``record``, in the caller's transaction.
     """
 
     kind: str
@@ -62,13 +90,14 @@ class LoggedChange:
     def __post_init__(self) -> None:
         changed = self.change.cte(f"{self.kind}_rows")
         log = insert(TicketEvent.__table__).from_select(
-            ["ticket_id", "kind", "actor_id", "agent_id", "at"],
+            ["ticket_id", "kind", "actor_id", "agent_id", "at", "data"],
             select(
                 changed.c.id,
                 literal(self.kind),
                 bindparam(self.actor),
                 bindparam(self.agent),
                 bindparam(self.at),
+                func.row_to_json(changed.table_valued()),
             ),
         )
         object.__setattr__(
@@ -83,7 +112,7 @@ class LoggedChange:
         record(
             conn,
             self.kind,
-            sorted(row.id for row in rows),
+            rows,
             actor_id=params[self.actor],
             agent_id=params[self.agent],
             at=params[self.at],

@@ -25,6 +25,9 @@ POINTS = (
     "assign.before_commit",  # the confirm ran but did not commit
     "assign.after_confirm",  # the confirm committed, Redis not yet settled
     "sell.after_commit",  # the sale committed, the held set not yet updated
+    "ticket.after_move",  # a queue or priority change committed, Redis not yet moved
+    "release.after_commit",  # an admin's release committed, the ticket not yet requeued
+    "assign_ticket.after_commit",  # an admin's assign committed, Redis not yet updated
 )
 
 

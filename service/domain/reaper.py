@@ -85,16 +85,14 @@ def end_reservations(
     try:
         # Locked unless a dry run: a confirm in progress holds these rows, so
         # its outcome, not the state before it, decides between requeue and drop.
-        status = {
-            i: state for i, (state, _) in ticket_states(session, ids, lock=not dry_run).items()
-        }
-        unassigned = sorted(i for i in ids if status.get(i) == "unassigned")
-        taken = sorted(i for i in ids if i in status and status[i] != "unassigned")
-        deleted = sorted(i for i in ids if i not in status)
+        states = ticket_states(session, ids, lock=not dry_run)
+        unassigned = sorted(i for i in ids if i in states and states[i].status == "unassigned")
+        taken = sorted(i for i in ids if i in states and states[i].status != "unassigned")
+        deleted = sorted(i for i in ids if i not in states)
         if dry_run:
             return ReapResult(returned=unassigned if requeue else [], dropped=taken + deleted)
         returned: list[int] = []
-        dropped = queue.reap(taken, requeue=False, cutoff=cutoff)
+        dropped = queue.reap([(i, None) for i in taken], cutoff=cutoff)
         # Nobody may keep an unassigned or deleted ticket in its held set: the
         # agent whose fetch died still lists it there.
         stale = (unassigned if requeue else []) + deleted
@@ -102,13 +100,12 @@ def end_reservations(
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for ticket_id in stale:
             groups[listed_by.get(ticket_id, ())].append(ticket_id)
-        gone = set(deleted)
         for agents, group in groups.items():
-            back = [i for i in group if i not in gone]
-            returned += queue.reap(back, requeue=True, cutoff=cutoff, held_agents=agents)
-            dropped += queue.reap(
-                [i for i in group if i in gone], requeue=False, cutoff=cutoff, held_agents=agents
-            )
+            # Back to its place in its queue, or (deleted) just dropped.
+            ends = [(i, states[i].placement(i) if i in states else None) for i in group]
+            acted = set(queue.reap(ends, cutoff=cutoff, held_agents=agents))
+            returned += [i for i in group if i in acted and i in states]
+            dropped += [i for i in group if i in acted and i not in states]
         return ReapResult(returned=sorted(returned), dropped=sorted(dropped))
     finally:
         session.rollback()

@@ -37,7 +37,7 @@ class RebuildSummary:
     unassigned: int = 0  # unassigned tickets PostgreSQL had during the scan
     missing: int = 0  # unassigned, neither queued nor reserved: queued
     extra: int = 0  # queued, but not unassigned in PostgreSQL: taken out of the queue
-    out_of_order: int = 0  # queued with a score other than the id: score reset
+    out_of_order: int = 0  # queued in the wrong queue or at the wrong score: put right
     held_fixed: int = 0  # agents whose held set disagreed with PostgreSQL: resynced
     reservations_cleared: int = 0  # expired, or of taken or deleted tickets: ended
     revoked: int = 0  # logged-out sessions missing from the Redis blocklist: restored
@@ -83,7 +83,11 @@ def rebuild(
     summary = RebuildSummary(dry_run=dry_run)
     # An empty Redis (a restart, embedded mode's start) is filled, not repaired:
     # what it lacks is expected, and reported as such.
-    summary.filled = not dry_run and not queue.is_built() and queue.depth() == (0, 0)
+    if not dry_run:
+        # Data of an older key layout is rebuilt into this one, and nothing reads
+        # the old keys again: they go first (they would also look like data).
+        queue.drop_older_layouts()
+    summary.filled = not dry_run and not queue.is_built() and queue.is_empty()
     quiet = summary.filled
     # A wipe while we run deletes this marker, and then the epoch stays unset.
     token = None if dry_run else queue.begin_build()
@@ -136,11 +140,11 @@ def _clear_reservations(
         # needed (nothing is queued), so confirms in flight never wait for us.
         states = ticket_states(session, live)
         session.rollback()
-        stale = [i for i in live if states.get(i, ("sold", None))[0] == "sold"]
+        stale = [i for i in live if i not in states or states[i].status == "sold"]
         if dry_run:
             cleared += len(stale)
         else:
-            cleared += len(queue.reap(stale, requeue=False, cutoff=float("inf")))
+            cleared += len(queue.reap([(i, None) for i in stale], cutoff=float("inf")))
     if cleared:
         log.info("rebuild: ended %d stale reservation(s)", cleared)
     summary.reservations_cleared = cleared

@@ -16,6 +16,9 @@ costs it one indexed DELETE of nothing per pass.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
 from sqlalchemy import delete, select
 
@@ -32,25 +35,33 @@ OUTBOX_BATCH = 5_000
 BATCHES_PER_PASS = 20
 
 
-def _take(session: DbSession, limit: int) -> list[int]:
-    """Delete up to ``limit`` outbox rows, oldest first; the ticket ids they named.
+def _take(session: DbSession, limit: int) -> dict[int, str | None]:
+    """Delete up to ``limit`` outbox rows, oldest first; the tickets they named, each
+    with a queue it moved out of (None: it was inserted or released).
 
     On PostgreSQL, rows another relay process is taking are skipped (SKIP
     LOCKED), so two processes drain the outbox side by side; the deletion
     stands only if the caller commits.
     """
     oldest = select(QueueOutbox.id).order_by(QueueOutbox.id).limit(limit)
+    rows: Sequence[Any]
     if session.get_bind().dialect.name == "postgresql":
         taken = delete(QueueOutbox).where(
             QueueOutbox.id.in_(oldest.with_for_update(skip_locked=True).scalar_subquery())
         )
-        return list(session.scalars(taken.returning(QueueOutbox.ticket_id)))
-    rows = session.execute(
-        select(QueueOutbox.id, QueueOutbox.ticket_id).order_by(QueueOutbox.id).limit(limit)
-    ).all()
-    if rows:
-        session.execute(delete(QueueOutbox).where(QueueOutbox.id.in_([r.id for r in rows])))
-    return [r.ticket_id for r in rows]
+        rows = session.execute(taken.returning(QueueOutbox.ticket_id, QueueOutbox.left_queue)).all()
+    else:
+        rows = session.execute(
+            select(QueueOutbox.id, QueueOutbox.ticket_id, QueueOutbox.left_queue)
+            .order_by(QueueOutbox.id)
+            .limit(limit)
+        ).all()
+        if rows:
+            session.execute(delete(QueueOutbox).where(QueueOutbox.id.in_([r.id for r in rows])))
+    noted: dict[int, str | None] = {}
+    for row in rows:
+        noted[row.ticket_id] = row.left_queue or noted.get(row.ticket_id)
+    return noted
 
 
 def relay(session: DbSession, queue: TicketQueue, *, batch: int = OUTBOX_BATCH) -> int:
@@ -59,12 +70,17 @@ def relay(session: DbSession, queue: TicketQueue, *, batch: int = OUTBOX_BATCH) 
     pushed = 0
     for _ in range(BATCHES_PER_PASS):
         try:
-            noted = sorted(set(_take(session, batch)))
+            noted = _take(session, batch)
             if not noted:
                 break
             # Locked while Redis is written: no ticket is queued after a fetch
-            # took it (a fetch's confirm waits for these rows).
-            added = queue.enqueue(unassigned_among(session, noted, lock=True))
+            # took it (a fetch's confirm waits for these rows). A ticket that
+            # moved queues also leaves the one it was in.
+            places = unassigned_among(session, sorted(noted), lock=True)
+            added = queue.enqueue(
+                replace(place, left=noted[i]) if noted[i] and noted[i] != place.queue else place
+                for i, place in places.items()
+            )
             session.commit()
         except BaseException:
             session.rollback()  # the rows stay in the outbox for the next pass

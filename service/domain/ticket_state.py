@@ -8,12 +8,13 @@ state read cannot change until Redis agrees with it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import BigInteger, ColumnElement, any_, literal, select
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from ..models import Ticket
+from ..queue import Placement, score
 from . import DbSession
 
 # Ids read from PostgreSQL per round trip in the scans. Large enough that a
@@ -39,22 +40,48 @@ def shorten(ids: Sequence[int], limit: int = 20) -> str:
     return ", ".join(map(str, ids[:limit])) + f", ... ({len(ids)} in all)"
 
 
+class State(NamedTuple):
+    """A ticket's state as the queues see it."""
+
+    status: str
+    agent_id: int | None
+    queue: str
+    priority: int  # 0 urgent .. 3 low
+
+    def placement(self, ticket_id: int) -> Placement:
+        """Where the ticket waits when unassigned: its queue, at its priority and age."""
+        return Placement(ticket_id, self.queue, score(self.priority, ticket_id))
+
+
+def placement(row: Any) -> Placement:
+    """The place of a ticket row (with id, queue and priority) in its queue."""
+    return Placement(row.id, row.queue, score(row.priority, row.id))
+
+
 def ticket_states(
     session: DbSession, ids: Sequence[int], *, lock: bool = False
-) -> dict[int, tuple[str, int | None]]:
-    """(status, agent id) of those of ``ids`` that exist (a missing one was deleted).
+) -> dict[int, State]:
+    """The state of those of ``ids`` that exist (a missing one was deleted).
 
     With ``lock`` the rows are locked in id order, as a confirm locks them, until
     the caller ends the transaction.
     """
-    query = select(Ticket.id, Ticket.status, Ticket.agent_id).where(ids_in(session, Ticket.id, ids))
+    query = select(Ticket.id, Ticket.status, Ticket.agent_id, Ticket.queue, Ticket.priority).where(
+        ids_in(session, Ticket.id, ids)
+    )
     if lock:
         query = query.order_by(Ticket.id).with_for_update()
-    return {row.id: (row.status, row.agent_id) for row in session.connection().execute(query)}
+    return {
+        row.id: State(row.status, row.agent_id, row.queue, row.priority)
+        for row in session.connection().execute(query)
+    }
 
 
-def unassigned_among(session: DbSession, ids: Sequence[int], *, lock: bool = False) -> list[int]:
-    """Those of ``ids`` that are unassigned, ascending; with ``lock``, row-locked.
+def unassigned_among(
+    session: DbSession, ids: Sequence[int], *, lock: bool = False
+) -> dict[int, Placement]:
+    """Those of ``ids`` that are unassigned, by id (ascending), each with its place;
+    with ``lock``, row-locked.
 
     Locked rows stay locked until the caller ends the transaction: a
     confirm, a delete or a release of one of them waits until then. Many
@@ -62,8 +89,8 @@ def unassigned_among(session: DbSession, ids: Sequence[int], *, lock: bool = Fal
     cheaper than a list of thousands of ids.
     """
     if not ids:
-        return []
-    query = select(Ticket.id).where(Ticket.status == "unassigned")
+        return {}
+    query = select(Ticket.id, Ticket.queue, Ticket.priority).where(Ticket.status == "unassigned")
     low, high = min(ids), max(ids)
     if len(ids) > 64 and high - low < 8 * len(ids):
         query = query.where(Ticket.id.between(low, high))
@@ -73,4 +100,6 @@ def unassigned_among(session: DbSession, ids: Sequence[int], *, lock: bool = Fal
     if lock:
         query = query.with_for_update()  # id order, as confirm locks: no deadlock
     wanted = set(ids)
-    return [i for i in session.connection().execute(query).scalars() if i in wanted]
+    return {
+        row.id: placement(row) for row in session.connection().execute(query) if row.id in wanted
+    }

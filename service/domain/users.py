@@ -1,22 +1,58 @@
-"""User rules: create, edit, deactivate; releasing an agent's tickets."""
+"""User rules: create, edit, deactivate; an agent's queues, capacity and presence."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-import redis.exceptions
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from .. import errors
 from ..auth import hash_password
-from ..models import Ticket, User, utcnow
+from ..models import GENERAL, Ticket, User, utcnow
 from ..queue import TicketQueue
-from . import DbSession, events
+from . import DbSession
+from .moves import release, requeue_best_effort
 from .pagination import decode_cursor, page
+from .queues import agent_queues, set_agent_queues
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UserView:
+    """A user as the API shows it: an agent with its queues and presence."""
+
+    id: int
+    username: str
+    role: str
+    is_active: bool
+    capacity: int | None
+    queues: list[str] | None
+    status: str | None
+    created_at: datetime
+
+
+def describe(session: DbSession, users: Sequence[User]) -> list[UserView]:
+    """The users as the API shows them (their queues in one query)."""
+    queues = agent_queues(session, [u.id for u in users if u.role == "agent"])
+    return [
+        UserView(
+            id=u.id,
+            username=u.username,
+            role=u.role,
+            is_active=u.is_active,
+            capacity=u.capacity,
+            queues=queues.get(u.id) if u.role == "agent" else None,
+            status=(u.status or "online") if u.role == "agent" else None,
+            created_at=u.created_at,
+        )
+        for u in users
+    ]
 
 
 def get_user(session: DbSession, user_id: int) -> User:
@@ -34,25 +70,36 @@ def create_user(
     role: str,
     capacity: int | None,
     default_capacity: int,
+    queues: list[str] | None = None,
 ) -> User:
-    """Create a user. Agents get a capacity (the default unless given); admins none."""
-    if role != "agent" and capacity is not None:
-        raise _only_agents("capacity")
-    if role == "agent" and capacity is None:
+    """Create a user. Agents get a capacity (the default unless given), queues (general
+    unless given) and a presence (online); admins none of these."""
+    if role != "agent":
+        for field, value in (("capacity", capacity), ("queues", queues)):
+            if value is not None:
+                raise _only_agents(field)
+    elif capacity is None:
         capacity = default_capacity
     taken = select(User.id).where(func.lower(User.username) == username.lower())
     if session.scalar(taken) is not None:
         raise errors.Conflict(f"username {username!r} is taken", code="duplicate_username")
+    now = utcnow()
+    agent = role == "agent"
     user = User(
         username=username,
         password_hash=hash_password(password),
         role=role,
         capacity=capacity,
         is_active=True,
-        created_at=utcnow(),
+        created_at=now,
+        status="online" if agent else None,
+        status_since=now if agent else None,
     )
     session.add(user)
     try:
+        session.flush()
+        if agent:
+            set_agent_queues(session, user.id, queues if queues is not None else [GENERAL])
         session.commit()
     except IntegrityError:
         # Two admins raced for the same name; the unique index decided.
@@ -66,11 +113,11 @@ def create_user(
 def update_user(
     session: DbSession, queue: TicketQueue, user_id: int, changes: dict[str, Any], *, actor_id: int
 ) -> User:
-    """Change password, activity or capacity.
+    """Change the password, activity, and an agent's capacity, queues or presence.
 
-    Deactivating an agent returns its unsold tickets to the queue in creation
-    order; lowering a capacity below what the agent holds returns the youngest
-    excess tickets, so no agent ever holds more than its capacity (I2).
+    Deactivating an agent returns its unsold tickets to their queues, each at
+    its place; lowering a capacity below what the agent holds returns the
+    youngest excess tickets, so no agent ever holds more than its capacity.
     """
     # Lock the row: the same lock assignment's confirm takes, so a release
     # and a concurrent fetch by the agent cannot interleave. FOR NO KEY UPDATE
@@ -82,9 +129,10 @@ def update_user(
     if user is None:
         session.rollback()
         raise errors.NotFound(f"no user {user_id}")
-    if "capacity" in changes and changes["capacity"] is not None and user.role != "agent":
-        session.rollback()
-        raise _only_agents("capacity")
+    for field in ("capacity", "queues", "status"):
+        if changes.get(field) is not None and user.role != "agent":
+            session.rollback()
+            raise _only_agents(field)
     if changes.get("is_active") is False and user.role == "admin" and user.is_active:
         _keep_an_admin(session, user, actor_id)
     if "password" in changes:
@@ -96,6 +144,10 @@ def update_user(
         user.is_active = bool(changes["is_active"])
     if changes.get("capacity") is not None:
         user.capacity = int(changes["capacity"])
+    if changes.get("queues") is not None:
+        set_agent_queues(session, user.id, changes["queues"])
+    if changes.get("status") is not None and changes["status"] != user.status:
+        user.status, user.status_since = changes["status"], utcnow()
 
     released: list[int] = []
     if user.role == "agent":
@@ -110,10 +162,10 @@ def update_user(
             released = held
         elif user.capacity is not None and len(held) > user.capacity:
             released = held[user.capacity :]  # the youngest go back
-        release(session, user.id, released, actor_id=actor_id)
+        places = release(session, user.id, released, actor_id=actor_id)
     session.commit()
     if released:
-        requeue_best_effort(queue, user.id, released)
+        requeue_best_effort(queue, user.id, places)
     return user
 
 
@@ -144,28 +196,6 @@ def _keep_an_admin(session: DbSession, admin: User, actor_id: int) -> None:
     if not others:
         session.rollback()
         raise errors.Conflict("the last active admin cannot be deactivated", code="last_admin")
-
-
-def release(session: DbSession, agent_id: int, ticket_ids: list[int], *, actor_id: int) -> None:
-    """Return held tickets to the pool in PostgreSQL (the caller commits)."""
-    if not ticket_ids:
-        return
-    now = utcnow()
-    session.execute(
-        update(Ticket)
-        .where(Ticket.id.in_(ticket_ids), Ticket.agent_id == agent_id, Ticket.status == "assigned")
-        .values(status="unassigned", agent_id=None, assigned_at=None, updated_at=now)
-    )
-    events.record(session, "released", ticket_ids, actor_id=actor_id, agent_id=agent_id, at=now)
-
-
-def requeue_best_effort(queue: TicketQueue, agent_id: int, ticket_ids: list[int]) -> None:
-    """Put released tickets back in the queue; if Redis is down, the relay does it."""
-    try:
-        queue.forget_held(agent_id, ticket_ids)
-        queue.enqueue(ticket_ids)
-    except redis.exceptions.RedisError as exc:
-        log.warning("released tickets of agent %s not requeued (%s); the relay will", agent_id, exc)
 
 
 def list_users(

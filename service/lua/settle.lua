@@ -2,15 +2,16 @@
 -- PostgreSQL refused ids: confirmed ones keep their reservation until the
 -- agent's next reserve.lua call clears it.
 --
--- KEYS[1]  queue     zset  ticket id -> ticket id
--- KEYS[2]  held      set   the agent's held ids
--- KEYS[3]  reserved  zset  ticket id -> lease deadline
+-- KEYS[1]  held      set   the agent's held ids
+-- KEYS[2]  reserved  zset  ticket id -> lease deadline
+-- KEYS[3..] queues   zsets ticket id -> score
 -- ARGV[1]  n_confirmed, then that many confirmed ids (now assigned in PostgreSQL)
 -- then     n_dropped,   then that many ids that vanished (deleted or taken)
--- then     n_returned,  then that many ids refused for capacity (still unassigned)
+-- then     groups of three: an id refused for capacity (still unassigned), the
+--          index (in KEYS) of the queue it came from, its score
 --
 -- Returns the size of `held` afterwards.
--- A refused id goes back to the queue only if its reservation was still ours:
+-- A refused id goes back to its place only if its reservation was still ours:
 -- if the reaper returned it first, it is already queued (or taken again).
 -- `reserved` does not say whose a lease is, so "ours" also needs the id in this
 -- agent's `held`: the reaper takes it out of there when it requeues it, and
@@ -25,16 +26,16 @@ local function take()
 end
 local confirmed = take()
 local dropped = take()
-local returned = take()
 
-for _, id in ipairs(confirmed) do redis.call('ZREM', KEYS[3], id) end
+for _, id in ipairs(confirmed) do redis.call('ZREM', KEYS[2], id) end
 for _, id in ipairs(dropped) do
-  redis.call('ZREM', KEYS[3], id)
-  redis.call('SREM', KEYS[2], id)
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('SREM', KEYS[1], id)
 end
-for _, id in ipairs(returned) do
-  if redis.call('SREM', KEYS[2], id) == 1 and redis.call('ZREM', KEYS[3], id) == 1 then
-    redis.call('ZADD', KEYS[1], id, id)
+for i = pos, #ARGV, 3 do
+  local id, k, score = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  if redis.call('SREM', KEYS[1], id) == 1 and redis.call('ZREM', KEYS[2], id) == 1 then
+    redis.call('ZADD', KEYS[k], score, id)
   end
 end
-return redis.call('SCARD', KEYS[2])
+return redis.call('SCARD', KEYS[1])
