@@ -433,6 +433,26 @@ class TicketSchema(Schema):
     sold_at = UtcDateTime(required=True, allow_none=True)
 
 
+class EventMessageSchema(Schema):
+    """An event as a stream message's data and a webhook's body."""
+
+    id = fields.Integer(required=True, metadata={"description": "The event id; only grows"})
+    type = fields.String(
+        required=True,
+        validate=validate.OneOf([f"ticket.{kind}" for kind in EVENT_KINDS]),
+        metadata={"description": "ticket.created, ticket.updated, ticket.assigned, ..."},
+    )
+    at = UtcDateTime(required=True)
+    ticket = fields.Nested(
+        TicketSchema,
+        required=True,
+        allow_none=True,
+        metadata={"description": "The ticket as the change left it (for a deletion, before)"},
+    )
+    actor_id = fields.Integer(required=True, allow_none=True)
+    agent_id = fields.Integer(required=True, allow_none=True)
+
+
 class TicketPageSchema(Schema):
     items = fields.List(fields.Nested(TicketSchema), required=True)
     next_cursor = fields.String(required=True, allow_none=True)

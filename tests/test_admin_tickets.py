@@ -501,3 +501,30 @@ def test_ticket_routes_answer_without_the_trailing_slash(client, admin_headers):
     assert [e["kind"] for e in events.get_json()["items"]] == ["created", "updated", "updated"]
     assert client.delete(path, headers=admin_headers).status_code == 204
     assert client.get(f"{path}/", headers=admin_headers).status_code == 404
+
+
+def test_an_event_message_keeps_the_ticket_as_the_change_left_it(app, client, factory):
+    """What streams and webhooks send: the ticket of each event as that change left it,
+    in the API's shape, whatever happened to the ticket later."""
+    from service.domain.events import history, message
+    from service.schemas import EventMessageSchema
+
+    admin = factory.user("boss", role="admin")
+    headers = factory.headers(admin)
+    made = client.post("/api/admin/tickets/", json={"title": "first"}, headers=headers).get_json()
+    client.patch(
+        f"/api/admin/tickets/{made['id']}/",
+        json={"title": "second", "priority": "urgent"},
+        headers=headers,
+    )
+    client.delete(f"/api/admin/tickets/{made['id']}/", headers=headers)
+    with app.app_context():
+        from service.extensions import db
+
+        sent = [EventMessageSchema().dump(message(e)) for e in history(db.session, made["id"])]
+    assert [m["type"] for m in sent] == ["ticket.created", "ticket.updated", "ticket.deleted"]
+    assert sent[0]["ticket"] == made
+    assert (sent[1]["ticket"]["title"], sent[1]["ticket"]["priority"]) == ("second", "urgent")
+    assert sent[2]["ticket"]["title"] == "second"  # as it was when deleted
+    assert all(m["actor_id"] == admin.id and m["agent_id"] is None for m in sent)
+    assert sent[0]["at"] <= sent[1]["at"] <= sent[2]["at"]

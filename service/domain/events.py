@@ -11,14 +11,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Select, Update, bindparam, func, insert, literal, select
 from sqlalchemy.engine import Connection
 
 from ..database import writes_in_ctes
-from ..models import Ticket, TicketEvent, utcnow
+from ..models import EVENT_KINDS, Ticket, TicketEvent, utcnow
 from . import DbSession
+
+# What integrations call the kinds of events: the SSE ``event:`` field, the
+# webhook's X-TQ-Event header and body ``type``, a webhook's ``events`` filter.
+EVENT_TYPES = tuple(f"ticket.{kind}" for kind in EVENT_KINDS)
+_TIMES = ("created_at", "updated_at", "assigned_at", "sold_at")
 
 _INSERT = insert(TicketEvent.__table__)
 _COLUMNS = [c.name for c in Ticket.__table__.columns]
@@ -126,3 +132,32 @@ def history(session: DbSession, ticket_id: int) -> list[TicketEvent]:
             select(TicketEvent).where(TicketEvent.ticket_id == ticket_id).order_by(TicketEvent.id)
         )
     )
+
+
+def event_type(kind: str) -> str:
+    return f"ticket.{kind}"
+
+
+def message(event: Any) -> dict[str, Any]:
+    """An event (a ``TicketEvent`` or a row of its columns) as streams and webhooks
+    send it, before serialization (``schemas.EventMessageSchema`` dumps it):
+    ``ticket`` is the ticket as this change left it (as it was, for a deletion),
+    or None for an event recorded before the service kept that."""
+    return {
+        "id": event.id,
+        "type": event_type(event.kind),
+        "at": event.at,
+        "ticket": _ticket(event.data),
+        "actor_id": event.actor_id,
+        "agent_id": event.agent_id,
+    }
+
+
+def _ticket(data: Mapping[str, Any] | None) -> SimpleNamespace | None:
+    if not data:
+        return None
+    fields = dict(data)
+    for name in _TIMES:
+        if isinstance(fields.get(name), str):
+            fields[name] = datetime.fromisoformat(fields[name])
+    return SimpleNamespace(**fields)
