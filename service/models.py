@@ -72,6 +72,10 @@ class User(db.Model):  # type: ignore[name-defined]
     status_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The last request on an agent route, kept in Redis and written here lazily.
     last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Agents only: its queues (agent_queues), sorted and comma-separated, kept on
+    # the row so the fetch reads them without a join (queues.set_agent_queues
+    # writes both; the audit checks they agree).
+    queue_names: Mapped[str | None] = mapped_column(Text)
 
 
 # ADMIN1 and admin1 are one name: usernames are unique regardless of case.

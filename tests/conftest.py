@@ -167,6 +167,7 @@ class Factory:
                 is_active=active,
                 status=status if agent else None,
                 status_since=utcnow() if agent else None,
+                queue_names=",".join(sorted(set(queues))) if agent else None,
             )
             db.session.add(user)
             db.session.flush()
@@ -193,6 +194,7 @@ class Factory:
                 "is_active": True,
                 "status": "online",
                 "status_since": utcnow(),
+                "queue_names": ",".join(sorted(set(queues))),
             }
             for i in range(count)
         ]

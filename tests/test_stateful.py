@@ -104,8 +104,9 @@ class Service(RuleBasedStateMachine):
                 role="agent",
                 capacity=capacity,
                 status="online",
+                queue_names=",".join(sorted(names)),
             )
-            for i, (capacity, _) in enumerate(AGENTS)
+            for i, (capacity, names) in enumerate(AGENTS)
         ]
         db.session.add_all(agents)
         db.session.flush()

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, text
 
 from ..database import patience
-from ..models import Ticket, User
+from ..models import AgentQueue, Ticket, User
 from ..queue import Placement, TicketQueue
 from . import DbSession
 from .queue_repair import compare_queues, unknown_queues
+from .queues import split_names
 from .reaper import holders
 from .ticket_state import BATCH, ticket_states, unassigned_among
 
@@ -149,8 +150,32 @@ def _database_checks(session: DbSession) -> list[Violation]:
                 agent_id=agent_id,
             )
         )
+    found += _queue_names_checks(session)
     session.rollback()
     return found
+
+
+def _queue_names_checks(session: DbSession) -> list[Violation]:
+    """Each agent's row names the queues agent_queues lists for it: the fetch takes
+    work from the names on the row (I3, the order rule, needs the right queues)."""
+    members: dict[int, list[str]] = {}
+    for agent_id, name in session.execute(
+        select(AgentQueue.agent_id, AgentQueue.queue).order_by(
+            AgentQueue.agent_id, AgentQueue.queue
+        )
+    ):
+        members.setdefault(agent_id, []).append(name)
+    return [
+        Violation(
+            "I3",
+            f"agent {agent_id} fetches from queues {names!r} but is in {members.get(agent_id, [])}",
+            agent_id=agent_id,
+        )
+        for agent_id, names in session.execute(
+            select(User.id, User.queue_names).where(User.role == "agent").order_by(User.id)
+        )
+        if split_names(names) != tuple(members.get(agent_id, []))
+    ]
 
 
 def _duplicate_holders(session: DbSession, queue: TicketQueue) -> dict[int, list[int]]:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, literal, select, union_all
+from sqlalchemy import delete, func, literal, select, union_all, update
 from sqlalchemy.exc import IntegrityError
 
 from .. import errors
@@ -191,10 +191,24 @@ def delete_queue(session: DbSession, name: str) -> None:
 
 
 def set_agent_queues(session: DbSession, agent_id: int, names: Sequence[str]) -> None:
-    """Make the agent's queues exactly ``names`` (the caller commits)."""
+    """Make the agent's queues exactly ``names`` (the caller commits): its rows in
+    agent_queues, and the names on its own row, which the fetch reads."""
     require_queues(session, names)
+    wanted = sorted(set(names))
     session.execute(delete(AgentQueue).where(AgentQueue.agent_id == agent_id))
-    session.add_all(AgentQueue(agent_id=agent_id, queue=name) for name in sorted(set(names)))
+    session.add_all(AgentQueue(agent_id=agent_id, queue=name) for name in wanted)
+    session.execute(
+        update(User).where(User.id == agent_id).values(queue_names=joined_names(wanted))
+    )
+
+
+def joined_names(names: Sequence[str]) -> str:
+    """Queue names as ``users.queue_names`` keeps them: sorted, comma-separated."""
+    return ",".join(sorted(set(names)))
+
+
+def split_names(joined: str | None) -> tuple[str, ...]:
+    return tuple(joined.split(",")) if joined else ()
 
 
 def agent_queues(session: DbSession, agent_ids: Sequence[int]) -> dict[int, list[str]]:
