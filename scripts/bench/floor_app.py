@@ -5,11 +5,13 @@ no framework around the drivers, on the product's own state (its tables, its
 Redis keys, its statements):
 
 * every request: the ceiling's JWT check (the product's one decode) and the
-  revocation MGET through redis-py (``TicketQueue.revocation``);
-* a fetch: the product's SELECT of the agent's row and unsold tickets through
-  a bare psycopg2 connection in autocommit. A full agent is answered from it
-  (the fast-path floor). An agent short of its capacity is topped up (the
-  top-up floor): ONE call of the product's ``reserve.lua``
+  revocation script through redis-py (``TicketQueue.revocation``), which also
+  notes the agent as seen;
+* a fetch: the product's SELECT of the agent's row, queues, presence and
+  unsold tickets through a bare psycopg2 connection in autocommit. A full (or
+  not online) agent is answered from it (the fast-path floor). An online agent
+  short of its capacity is topped up (the top-up floor): ONE call of the
+  product's ``reserve.lua`` over its queues
   (``TicketQueue.reserve``), then ONE short transaction with the product's
   statements: BEGIN, lock the agent's row (FOR NO KEY UPDATE), list its unsold
   tickets, the guarded UPDATE ... RETURNING of the reserved ids with its event
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -56,18 +59,18 @@ from service.domain.assignment import (
 )
 from service.errors import ServiceError
 from service.models import utcnow
-from service.queue import TicketQueue
+from service.queue import Placement, TicketQueue, score
 from service.schemas import holding_json, ticket_json
 
-# The one expanding parameter of the product's statements (a list of ids):
-# psycopg2 writes a tuple as "(1, 2, 3)", so it becomes one plain parameter.
-_EXPANDING = "(__[POSTCOMPILE_ids])"
+# The expanding parameters of the product's statements (lists of ids, of queue
+# names): psycopg2 writes a tuple as "(1, 2, 3)", so each becomes one plain parameter.
+_EXPANDING = re.compile(r"\(__\[POSTCOMPILE_(\w+)\]\)")
 
 
 def _compiled(statement: ClauseElement) -> tuple[str, dict[str, Any]]:
     """A product statement as psycopg2 SQL and its fixed parameters, compiled once."""
     compiled = statement.compile(dialect=postgresql.psycopg2.dialect())  # type: ignore[attr-defined]
-    return str(compiled).replace(_EXPANDING, "%(ids)s"), dict(compiled.params)
+    return _EXPANDING.sub(r"%(\1)s", str(compiled)), dict(compiled.params)
 
 
 HOLDING = _compiled(_HOLDING)
@@ -153,33 +156,36 @@ def _error(status: int, code: str, message: str) -> Response:
 
 def _caller() -> Claims | Response:
     """The token's claims, checked as the product checks them: one decode, then the
-    revocation MGET; or the error to answer."""
+    revocation script (noting the agent as seen); or the error to answer."""
     try:
         claims = decode(request.headers.get("Authorization", "").removeprefix("Bearer "))
     except ServiceError as exc:
         return _error(exc.status, exc.code, exc.message)
-    if _queue.revocation(claims.session)[0]:
+    if _queue.revocation(claims.session, claims.user_id)[0]:
         return _error(401, "token_revoked", "the token was revoked")
     if claims.role != "agent":
         return _error(403, "forbidden", "agents only")
     return claims
 
 
-def _top_up(agent_id: int, capacity: int, known: Sequence[Any]) -> list[Any] | None:
+def _top_up(
+    agent_id: int, capacity: int, known: Sequence[Any], queues: list[str]
+) -> list[Any] | None:
     """One reserve.lua call and one transaction: the agent's unsold tickets after
     it, or None if the account is inactive or gone."""
-    reservation = _queue.reserve(agent_id, capacity, _LEASE_SECONDS, [t.id for t in known])
+    reservation = _queue.reserve(agent_id, capacity, _LEASE_SECONDS, [t.id for t in known], queues)
     if not reservation.ids:
         return list(known)  # the queue is empty, or fetches in flight fill the agent
     ids = tuple(reservation.ids)
     try:
-        held, assigned, rest, returned = _confirm(agent_id, ids)
+        held, assigned, rest, returned = _confirm(agent_id, ids, queues)
     except psycopg2.Error:
-        _queue.settle(agent_id, [], [], ids)  # nothing was assigned: the ids go back
+        _queue.settle(agent_id, [], [], reservation.popped)  # nothing was assigned
         raise
     if rest:
         mine = {t.id for t in held or []}
-        dropped = sorted(set(rest) - set(returned) - mine)
+        back = {p.ticket_id for p in returned}
+        dropped = sorted(set(rest) - back - mine)
         _queue.settle(agent_id, [], dropped, returned)
     if held is None:
         return None
@@ -187,12 +193,12 @@ def _top_up(agent_id: int, capacity: int, known: Sequence[Any]) -> list[Any] | N
 
 
 def _confirm(
-    agent_id: int, ids: tuple[int, ...]
-) -> tuple[list[Any] | None, list[Any], tuple[int, ...], list[int]]:
+    agent_id: int, ids: tuple[int, ...], queues: list[str]
+) -> tuple[list[Any] | None, list[Any], tuple[int, ...], list[Placement]]:
     """The transaction: (unsold tickets under the lock, or None for an inactive
     account; rows assigned; reserved ids not assigned; of those, still unassigned)."""
     assigned: list[Any] = []
-    returned: list[int] = []
+    returned: list[Placement] = []
     with _transaction() as cur:
         agent = _run(cur, LOCK_AGENT, agent_id=agent_id)
         if not agent or not agent[0].is_active or agent[0].capacity is None:
@@ -202,10 +208,21 @@ def _confirm(
             room = max(agent[0].capacity - len(held), 0)
             if room:
                 now = utcnow()
-                assigned = _run(cur, ASSIGN, ids=ids, room=room, agent_id=agent_id, now=now)
+                assigned = _run(
+                    cur,
+                    ASSIGN,
+                    ids=ids,
+                    queues=tuple(queues),
+                    room=room,
+                    agent_id=agent_id,
+                    now=now,
+                )
         rest = tuple(sorted(set(ids) - {t.id for t in assigned}))
         if rest:  # not in a normal top-up: the product's answer to refused ids
-            returned = [r.id for r in _run(cur, STILL_UNASSIGNED, ids=rest)]
+            returned = [
+                Placement(r.id, r.queue, score(r.priority, r.id))
+                for r in _run(cur, STILL_UNASSIGNED, ids=rest)
+            ]
     return held, assigned, rest, returned
 
 
@@ -220,9 +237,11 @@ def assign() -> Response:
     if not rows or not rows[0].is_active:
         return _error(401, "unauthorized", "inactive")
     capacity = rows[0].capacity
+    queues = sorted(rows[0].queue_names.split(",")) if rows[0].queue_names else []
+    online = rows[0].agent_status == "online"
     tickets: list[Any] | None = [r for r in rows if r.id is not None]
-    if tickets is not None and len(tickets) < capacity:
-        tickets = _top_up(agent_id, capacity, tickets)
+    if tickets is not None and online and queues and len(tickets) < capacity:
+        tickets = _top_up(agent_id, capacity, tickets, queues)
     if tickets is None:
         return _error(401, "unauthorized", "inactive")
     return _json(holding_json(tickets, capacity))

@@ -1,12 +1,14 @@
 """Per-request cost of the hot path, in one process, without HTTP or gunicorn.
 
-    python -m scripts.bench.hotpath [--requests 2000]
+    python -m scripts.bench.hotpath [--requests 2000] [--queues 50 --per-agent 5]
     py-spy record --rate 500 --format raw -o hot.txt -- python -m scripts.bench.hotpath
     python -m scripts.bench.profiling hot.txt
 
 Runs the fast path, the top-up cycle (sell, then fetch) and the ceiling app
 through Flask's test client against the benchmark's database and Redis, and
-reports wall and CPU milliseconds per request. CPU time of this process is
+reports wall and CPU milliseconds per request (with ``--queues``, the tickets
+dealt over that many queues and each agent in ``--per-agent`` of them, as in
+the benchmark's scenario 6). CPU time of this process is
 what a gunicorn worker spends of a core per request (PostgreSQL's and Redis's
 own work is not in it), and it is far less disturbed by other load on the
 machine than wall time, so it is the number to compare changes with.
@@ -39,7 +41,7 @@ def _tickets(reply: Any) -> list[dict[str, Any]]:
 CPU_STEPS = [
     ("whole request (Flask.wsgi_app)", "wsgi_app", "flask/app.py"),
     ("JWT check, revocation included", "authenticate", "service/auth.py"),
-    ("  revocation check (Redis MGET)", "session_revoked", "service/auth.py"),
+    ("  revocation check (one Redis script)", "session_revoked", "service/auth.py"),
     ("assign()", "assign", "service/domain/assignment.py"),
     ("  holding(): the fast path SELECT", "holding", "service/domain/assignment.py"),
     ("  reserve.lua call", "reserve", "service/queue.py"),
@@ -122,9 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paths", default="ceiling,fast,topup", help="which paths to run")
     p.add_argument("--depth", type=int, default=1000, help="tickets queued behind the agents'")
     p.add_argument(
+        "--queues", type=int, default=1, help="queues the tickets are dealt over (default 1)"
+    )
+    p.add_argument(
+        "--per-agent", type=int, default=1, help="queues each agent is in, with --queues"
+    )
+    p.add_argument(
         "--cpu-profile", action="store_true", help="CPU milliseconds per step (cProfile)"
     )
     args = p.parse_args(argv)
+    shape = {"queues": args.queues, "per_agent": args.per_agent}
+    routed = f", {args.queues} queues, {args.per_agent} per agent" if args.queues > 1 else ""
     settings = seed.Settings(args.database_url, args.redis_url, secrets.token_urlsafe(48))
     os.environ.update({**settings.service_env(), "BENCH_DATABASE_URL": args.database_url})
     seed.ensure_database(settings.database_url)
@@ -158,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
         client = app.test_client()
         if "fast" in paths:
-            seeder.seed(AGENTS, 15, 15, args.depth)
+            seeder.seed(AGENTS, 15, 15, args.depth, **shape)
 
             def fast() -> int:
                 reply = client.get(ASSIGN, headers=agent())
@@ -166,14 +176,14 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
 
             _measure(
-                f"product: fast path, depth {args.depth}",
+                f"product: fast path, depth {args.depth}{routed}",
                 args.requests,
                 fast,
                 args.cpu_profile,
             )
 
         if "topup" in paths:
-            seeder.seed(AGENTS, 15, 15, max(args.depth, args.requests + 1000))
+            seeder.seed(AGENTS, 15, 15, max(args.depth, args.requests + 1000), **shape)
             oldest: dict[int, int] = {}
 
             def cycle() -> int:
@@ -189,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
 
             _measure(
-                f"product: sell + top-up, depth {args.depth}",
+                f"product: sell + top-up, depth {args.depth}{routed}",
                 args.requests,
                 cycle,
                 args.cpu_profile,

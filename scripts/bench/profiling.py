@@ -21,7 +21,7 @@ RATE = 200  # samples per second per process
 # The step a sample belongs to: the innermost frame that matches a rule's
 # (function, part of the file path).
 STEPS: list[tuple[str, str, str]] = [
-    ("revocation check (Redis MGET)", "session_revoked", "service/auth.py"),
+    ("revocation check (one Redis script)", "session_revoked", "service/auth.py"),
     ("JWT decode and checks", "authenticate", "service/auth.py"),
     ("holding SELECT", "holding", "service/domain/assignment.py"),
     ("reserve.lua", "reserve", "service/queue.py"),

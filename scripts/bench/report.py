@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ SCENARIOS = {
     "deep-fast": "4 deep queue, fast path",
     "deep-topup": "4 deep queue, top-up",
     "idle": "5 idle backlog (no traffic)",
+    "route-one": "6 top-up, one queue",
+    "route-many": "6 top-up, many queues",
 }
 # The ceiling run, and the floor run, each scenario is compared with.
 CEILING_OF: dict[str, str | None] = {
@@ -24,6 +27,8 @@ CEILING_OF: dict[str, str | None] = {
     "deep-fast": "fast",
     "deep-topup": "steady",
     "idle": None,
+    "route-one": "steady",
+    "route-many": "steady",
 }
 FLOOR_OF: dict[str, str | None] = {
     "fast": "fast",
@@ -33,15 +38,85 @@ FLOOR_OF: dict[str, str | None] = {
     "deep-fast": "fast",
     "deep-topup": "steady",
     "idle": None,
+    "route-one": "route-one",
+    "route-many": "route-many",
 }
 # The product's targets the table checks.
 PACED_P99_TARGET_MS = 100.0
 IDLE_WORKERS_TARGET_PCT = 2.0
+# Scenario 6: a top-up across many queues may cost this many times one across one.
+ROUTING_COST_TARGET = 1.5
+
+
+def label(row: dict[str, Any]) -> str:
+    """The scenario's name in the table and the log, with the routed shape's queues."""
+    if row["scenario"] == "route-many":
+        return f"6 top-up, {row['queues']} queues, {row['per_agent']} per agent"
+    return SCENARIOS[row["scenario"]]
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 3)
+
+
+def routing(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Scenario 6's ratios, per target: what a top-up cycle (a sale, then the fetch
+    that tops up) costs with agents in several of many queues over what it costs
+    with every agent in one, measured in the same round. ``time`` is req/s with
+    one queue over req/s with many (the machine is saturated: time per request),
+    ``cpu`` the API's CPU ms per request (app + PostgreSQL + Redis), many over
+    one, and ``p50``/``p99`` the fetches' latencies, many over one. Each is the
+    median of the rounds' ratios, with the rounds' own beside it."""
+    out = []
+    for target in ("floor", "product"):
+        runs = [r for r in rows if r["target"] == target and r["scenario"].startswith("route-")]
+        rounds = sorted({r.get("round", 1) for r in runs})
+        pairs = []
+        for n in rounds:
+            one = [r for r in runs if r["scenario"] == "route-one" and r.get("round", 1) == n]
+            many = [r for r in runs if r["scenario"] == "route-many" and r.get("round", 1) == n]
+            if not one or not many or not one[0]["rps"] or not many[0]["rps"]:
+                continue
+            a, b = one[0], many[0]
+            pair = {
+                "round": n,
+                "rps_one": a["rps"],
+                "rps_many": b["rps"],
+                "time": round(a["rps"] / b["rps"], 3),
+                "cpu": (
+                    round(b["cpu_ms"]["total"] / a["cpu_ms"]["total"], 3)
+                    if a["cpu_ms"] and b["cpu_ms"] and a["cpu_ms"]["total"]
+                    else None
+                ),
+                "p50": round(b["p50_ms"] / a["p50_ms"], 3) if a["p50_ms"] else None,
+                "p99": round(b["p99_ms"] / a["p99_ms"], 3) if a["p99_ms"] else None,
+            }
+            pairs.append(pair)
+        if not pairs:
+            continue
+        summary: dict[str, Any] = {
+            "target": target,
+            "agents": runs[0]["agents"],
+            "queues": max(r["queues"] for r in runs),
+            "per_agent": max(r["per_agent"] for r in runs),
+            "rounds": pairs,
+        }
+        for key in ("time", "cpu", "p50", "p99"):
+            values = [p[key] for p in pairs if p[key] is not None]
+            summary[key] = _median(values) if values else None
+            summary[f"{key}_range"] = [min(values), max(values)] if values else None
+        costs = [summary[k] for k in ("time", "cpu") if summary[k] is not None]
+        summary["met"] = bool(costs) and max(costs) <= ROUTING_COST_TARGET
+        out.append(summary)
+    return out
 
 
 def _ratio(row: dict[str, Any], references: list[dict[str, Any]], kind: str | None) -> Any:
-    """req/s over the reference run's on path ``kind``, at the nearest agent count."""
+    """req/s over the reference run's on path ``kind``, at the nearest agent count
+    (and of the same round of scenario 6)."""
     same = [r for r in references if kind and r["scenario"] == kind and r["rps"]]
+    if "round" in row:
+        same = [r for r in same if r.get("round") == row["round"]] or same
     if not same or not row["rps"]:
         return None
     reference = min(same, key=lambda r: abs(r["agents"] - row["agents"]))
@@ -117,6 +192,59 @@ def _targets(rows: list[dict[str, Any]]) -> list[str]:
                 f" workers and their PostgreSQL backends use {total:.1f}% of one core"
                 f" (target < {IDLE_WORKERS_TARGET_PCT:.0f}%: {met})"
             )
+    for ratio in routing(rows):
+        if ratio["target"] != "product":
+            continue
+        met = "met" if ratio["met"] else "**missed**"
+        lines.append(
+            f"- routing, {ratio['agents']:,} agents each in {ratio['per_agent']} of"
+            f" {ratio['queues']} queues: a top-up cycle takes {ratio['time']:.2f}× the time"
+            f" and {_fmt(ratio['cpu'], 2)}× the CPU of one with every agent in one queue"
+            f" (target ≤ {ROUTING_COST_TARGET}×: {met})"
+        )
+    return lines
+
+
+def _routing_table(rows: list[dict[str, Any]]) -> list[str]:
+    ratios = routing(rows)
+    if not ratios:
+        return []
+    lines = [
+        "",
+        "## 6 routing: a top-up across many queues over one across one queue",
+        "",
+        "The steady state (sell, then the fetch that tops up) with every agent in the one"
+        " queue, and with the tickets dealt over many queues and each agent in several, so"
+        " that reserve.lua takes the best of several queue heads and the SELECT and the"
+        " guarded UPDATE carry the agent's queues; same agents, same pool, one after the"
+        " other. Time is the single queue's req/s over the routed one's (the machine is"
+        " saturated: the time a cycle takes); CPU is the API's CPU ms/req, routed over single;"
+        " p50 and p99 are the fetches', routed over single. Each ratio is the median of the"
+        " rounds' (their range in brackets).",
+        "",
+        "| target | agents | queues, per agent | rounds | req/s one queue | req/s routed"
+        f" | time × (target ≤ {ROUTING_COST_TARGET}) | CPU × | fetch p50 × | fetch p99 × |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+
+    def spread(ratio: dict[str, Any], key: str) -> str:
+        value, bounds = ratio[key], ratio[f"{key}_range"]
+        if value is None:
+            return "–"
+        if len(ratio["rounds"]) == 1:
+            return f"{value:.2f}"
+        return f"{value:.2f} [{bounds[0]:.2f}–{bounds[1]:.2f}]"
+
+    for ratio in ratios:
+        rounds = ratio["rounds"]
+        one = _median([p["rps_one"] for p in rounds])
+        many = _median([p["rps_many"] for p in rounds])
+        lines.append(
+            f"| {ratio['target']} | {ratio['agents']:,} | {ratio['queues']},"
+            f" {ratio['per_agent']} | {len(rounds)} | {one:,.1f} | {many:,.1f} |"
+            f" {spread(ratio, 'time')} | {spread(ratio, 'cpu')} | {spread(ratio, 'p50')} |"
+            f" {spread(ratio, 'p99')} |"
+        )
     return lines
 
 
@@ -188,7 +316,8 @@ def markdown(result: dict[str, Any]) -> str:
         " is the CPU of `python -m workers` and of its PostgreSQL backends over the same"
         " run, as % of one core (CPU seconds per second). The floor is the required work"
         " alone, with no framework around it: on the fast path the JWT check, the revocation"
-        " MGET, the SELECT through bare psycopg2 and orjson; on a top-up also one"
+        " check (one Redis script), the SELECT through bare psycopg2 and orjson; on a top-up"
+        " also one"
         " reserve.lua call and one transaction with the product's statements. A paced run"
         " repeats the steady state with each connection pausing between requests, offering"
         " part of the maximum (the fraction it reached is given): the latency below the"
@@ -200,7 +329,7 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for row in loaded:
-        scenario = SCENARIOS[row["scenario"]]
+        scenario = label(row)
         if row.get("of_max") is not None:
             scenario += f" ({row['of_max']:.2f} of the maximum, {row['think_ms']} ms pauses)"
         lines.append(
@@ -209,6 +338,7 @@ def markdown(result: dict[str, Any]) -> str:
             f" {_fmt(row['p99_ms'], 2)} | {_fmt(row['vs_ceiling'], 2)} |"
             f" {_fmt(row.get('vs_floor'), 2)} | {_cpu(row)} | {_workers(row)} | {_verdict(row)} |"
         )
+    lines += _routing_table(rows)
     lines += _idle_table(rows)
     return "\n".join(lines) + "\n"
 

@@ -4,7 +4,9 @@ For each target (the ceiling app, the floor, the product, the PostgreSQL-only
 baseline) one gunicorn with the production settings; for each scenario a fresh
 seeded state, one wrk run (for the product with ``python -m workers`` running
 beside it), then the invariant audit. Scenario 5 sends no traffic at all: it
-measures what the workers cost at rest. Results go to ``bench-results/<time>/``
+measures what the workers cost at rest. Scenario 6 runs the top-up twice, with
+every agent in one queue and with agents in several of many queues, and gives
+the ratio. Results go to ``bench-results/<time>/``
 (result.json, table.md, plot.png); ``--publish`` also copies the table and the
 plot to docs/bench/.
 """
@@ -40,13 +42,15 @@ TARGETS = ("ceiling", "floor", "product", "baseline")
 # Which targets each scenario runs on: the baseline only where it has something
 # to say (the top-up path), the ceiling wherever there is a ratio to give, the
 # floor on the fast path and the top-up (what their required work alone
-# reaches), the idle backlog on the product alone (its workers at rest).
+# reaches), the idle backlog on the product alone (its workers at rest), the
+# routing on the two that have queues.
 SCENARIO_TARGETS = {
     1: ("ceiling", "floor", "product"),
     2: ("ceiling", "floor", "product", "baseline"),
     3: ("ceiling", "product", "baseline"),
     4: ("product",),
     5: ("product",),
+    6: ("floor", "product"),
 }
 
 FULL = {
@@ -61,6 +65,7 @@ FULL = {
     "idle_tickets": 1_000_000,
     "idle_seconds": 60.0,
     "settle": 5.0,
+    "routing_agents": 1000,
 }
 QUICK = {
     "agents": [20, 100],
@@ -74,6 +79,7 @@ QUICK = {
     "idle_tickets": 20_000,
     "idle_seconds": 5.0,
     "settle": 1.0,
+    "routing_agents": 100,
 }
 
 
@@ -108,6 +114,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds the workers run before a measurement starts, once any rebuild is"
         " done (default 5)",
     )
+    p.add_argument("--routing-agents", type=int, help="agents in 6, each one short (default 1000)")
+    p.add_argument(
+        "--queues",
+        type=int,
+        default=50,
+        help="6: the queues of the routed shape, q00, q01, ... (default 50)",
+    )
+    p.add_argument(
+        "--per-agent",
+        type=int,
+        default=5,
+        help="6: the queues each agent is in, of --queues (default 5)",
+    )
+    p.add_argument(
+        "--routing-rounds",
+        type=int,
+        default=1,
+        help="6: how many times to measure both shapes, alternating which goes first (default 1)",
+    )
     p.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     p.add_argument("--capacity", type=int, default=15, help="tickets per agent (default 15)")
     p.add_argument(
@@ -126,7 +151,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " req/s it just reached: the latency at a load below the maximum (0: off;"
         " default 0.7)",
     )
-    p.add_argument("--scenarios", type=_ints, default=[1, 2, 3, 4, 5], help="e.g. 1,2 or 5")
+    p.add_argument("--scenarios", type=_ints, default=[1, 2, 3, 4, 5, 6], help="e.g. 1,2 or 5 or 6")
     p.add_argument("--targets", default=",".join(TARGETS), help="ceiling,floor,product,baseline")
     p.add_argument(
         "--database-url",
@@ -157,6 +182,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.targets = [t for t in TARGETS if t in args.targets.split(",")]
+    if 6 in args.scenarios and not 1 <= args.per_agent <= args.queues:
+        p.error(f"--per-agent must be 1..--queues ({args.queues}), not {args.per_agent}")
     return args
 
 
@@ -186,13 +213,23 @@ class Bench:
             self.seeder.write_tokens(path, agents)
         return path
 
-    def prepare(self, target: str, agents: int, held: int, unassigned: int) -> int:
+    def prepare(
+        self,
+        target: str,
+        agents: int,
+        held: int,
+        unassigned: int,
+        queues: int = 1,
+        per_agent: int = 1,
+    ) -> int:
         """Seed the state a run starts from; the number of queued tickets."""
         if target == "ceiling":
             return 0  # it keeps no state
-        info = self.seeder.seed(agents, self.args.capacity, held, unassigned)
+        info = self.seeder.seed(agents, self.args.capacity, held, unassigned, queues, per_agent)
+        shape = f" in {queues} queues, {per_agent} per agent" if queues > 1 else ""
         self.log(
-            f"seeded {agents} agents holding {held}, {info.queued} queued in {info.seconds:.1f}s"
+            f"seeded {agents} agents holding {held}, {info.queued} queued{shape}"
+            f" in {info.seconds:.1f}s"
         )
         return info.queued
 
@@ -241,6 +278,8 @@ class Bench:
         queued: int,
         depth: int | None = None,
         think_ms: int = 0,
+        queues: int = 1,
+        per_agent: int = 1,
     ) -> dict[str, Any]:
         args = self.args
         cold = mode == "cold"
@@ -254,7 +293,13 @@ class Bench:
         )
         threads = max(1, min(args.threads, connections))
         connections = max(connections, threads)
-        name = f"{target}-{scenario}-{agents}" + (f"-{depth}" if depth else "")
+        name = (
+            f"{target}-{scenario}-{agents}"
+            + (f"-{depth}" if depth else "")
+            + (f"-{queues}q{per_agent}" if queues > 1 else "")
+        )
+        if name in self.profiles:  # a second round of scenario 6
+            name += f"-{sum(n.startswith(name) for n in self.profiles) + 1}"
         tokens = self.tokens(agents)
         with self.beside(target) as workers:
             sampler = None
@@ -293,6 +338,8 @@ class Bench:
             "target": target,
             "agents": agents,
             "depth": depth,
+            "queues": queues,
+            "per_agent": per_agent,
             "queued": queued,
             "queued_after": queued_after if target == "product" else None,
             "connections": connections,
@@ -313,7 +360,7 @@ class Bench:
         verdict = "audit n/a" if audit is None else f"{len(audit['violations'])} violations"
         cpu_ms, beside = row["cpu_ms"], row["workers_cpu"]
         self.log(
-            f"{report.SCENARIOS[scenario]:<32} {target:<8} agents={agents:<6}"
+            f"{report.label(row):<32} {target:<8} agents={agents:<6}"
             f" {load.rps:>8.1f} req/s  p50 {load.fetch_p50_ms:>7.2f} ms"
             f"  p99 {load.fetch_p99_ms:>7.2f} ms  {verdict}"
             + (
@@ -351,6 +398,8 @@ class Bench:
             "target": "product",
             "agents": agents,
             "depth": None,
+            "queues": 1,
+            "per_agent": 1,
             "queued": queued,
             "queued_after": queued_after,
             "connections": 0,
@@ -408,6 +457,33 @@ class Bench:
         pace = max(rates) if rates else 1000.0
         return int(pace * self.args.duration * 2) + 1000
 
+    def routing(self, server: servers.Server, target: str) -> None:
+        """Scenario 6: the steady-state top-up with every agent in the one queue, then
+        with the tickets dealt over ``--queues`` queues and each agent in
+        ``--per-agent`` of them (reserve.lua then picks the best of that many
+        queue heads), ``--routing-rounds`` times, each round starting with the
+        shape the last one ended with, so a drift of the machine's speed
+        weighs on both. report.routing gives the ratios."""
+        args = self.args
+        agents, short = args.routing_agents, args.capacity - 1
+        pool = max(args.tickets, self.topup_headroom())
+        shapes = [(1, 1), (args.queues, args.per_agent)]
+        for n in range(args.routing_rounds):
+            for queues, per_agent in shapes if n % 2 == 0 else shapes[::-1]:
+                queued = self.prepare(target, agents, short, pool, queues, per_agent)
+                scenario = "route-one" if queues == 1 else "route-many"
+                row = self.measure(
+                    server,
+                    target,
+                    scenario,
+                    agents,
+                    "topup",
+                    queued,
+                    queues=queues,
+                    per_agent=per_agent,
+                )
+                row["round"] = n + 1
+
     def run_target(self, target: str) -> None:
         args = self.args
         wanted = [s for s in args.scenarios if target in SCENARIO_TARGETS[s]]
@@ -440,6 +516,8 @@ class Bench:
                     self.measure(server, target, "deep-topup", agents, "topup", queued, depth)
             if 5 in wanted:
                 self.idle(server)
+            if 6 in wanted:
+                self.routing(server, target)
 
 
 def _stopped_badly(workers: servers.Workers | None) -> list[str]:
@@ -502,6 +580,10 @@ def main(argv: list[str] | None = None) -> int:
         "idle_agents": args.idle_agents,
         "idle_tickets": args.idle_tickets,
         "idle_seconds": args.idle_seconds,
+        "routing_agents": args.routing_agents,
+        "queues": args.queues,
+        "per_agent": args.per_agent,
+        "routing_rounds": args.routing_rounds,
         "settle": args.settle,
         "profiled": args.profile,
     }
@@ -514,7 +596,12 @@ def main(argv: list[str] | None = None) -> int:
         for tokens in out.glob("tokens-*.txt"):
             tokens.unlink()  # live credentials for the bench database: not kept
     report.add_ratios(bench.rows)
-    result = {"meta": meta, "results": bench.rows, "profiles": bench.profiles}
+    result = {
+        "meta": meta,
+        "results": bench.rows,
+        "routing": report.routing(bench.rows),
+        "profiles": bench.profiles,
+    }
     report.write_json(out / "result.json", result)
     (out / "table.md").write_text(report.markdown(result))
     report.plot(result, out / "plot.png")

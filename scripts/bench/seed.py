@@ -1,8 +1,12 @@
 """The benchmark's own state: a database and a Redis db, filled in bulk.
 
 Every run starts from a known state: ``agents`` agents with ids 1..agents,
-each holding ``held`` tickets (the oldest: agent ``k`` holds ``(k-1)*held+1 ..
-k*held``), then ``unassigned`` queued tickets behind them. Users and tickets are written with
+online, each holding ``held`` tickets (the oldest: agent ``k`` holds
+``(k-1)*held+1 .. k*held``), then ``unassigned`` queued tickets behind them.
+By default every ticket and agent is in the ``general`` queue, as in a
+deployment that never names one; with ``queues`` > 1 the tickets are dealt
+round-robin over queues ``q00``, ``q01``, ... and each agent belongs to
+``per_agent`` of them, spread evenly. Users and tickets are written with
 ``INSERT ... SELECT generate_series`` and one precomputed password hash; Redis
 is rebuilt from PostgreSQL with the product's own ``rebuild()``, and tokens
 are minted with flask-jwt-extended inside an app context, not through the API.
@@ -73,13 +77,15 @@ def ensure_database(url: str) -> bool:
 
 def migrate(env: dict[str, str]) -> None:
     """``flask --app wsgi db upgrade``, exactly as an operator runs it."""
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
         cwd=ROOT,
         env=env,
-        check=True,
         capture_output=True,
+        text=True,
     )
+    if done.returncode != 0:
+        raise SystemExit(f"flask db upgrade failed ({done.returncode}):\n{done.stderr[-3000:]}")
 
 
 @dataclass(frozen=True)
@@ -121,16 +127,28 @@ class Seeder:
         queue: TicketQueue = self.app.extensions["ticket_queue"]
         return queue
 
-    def seed(self, agents: int, capacity: int, held: int, unassigned: int) -> SeedInfo:
+    def seed(
+        self,
+        agents: int,
+        capacity: int,
+        held: int,
+        unassigned: int,
+        queues: int = 1,
+        per_agent: int = 1,
+    ) -> SeedInfo:
         """Replace all state: ``agents`` agents holding ``held`` tickets each, then
-        ``unassigned`` queued tickets."""
+        ``unassigned`` queued tickets, in ``queues`` queues (see the module's text)."""
         from service.database import patience
 
+        if queues > 1 and not 1 <= per_agent <= queues:
+            raise ValueError(f"agents can be in 1..{queues} queues, not {per_agent}")
         # A million rows take longer than a request's statement may.
         with patience(3600):
-            return self._seed(agents, capacity, held, unassigned)
+            return self._seed(agents, capacity, held, unassigned, queues, per_agent)
 
-    def _seed(self, agents: int, capacity: int, held: int, unassigned: int) -> SeedInfo:
+    def _seed(
+        self, agents: int, capacity: int, held: int, unassigned: int, queues: int, per_agent: int
+    ) -> SeedInfo:
         import time
 
         from service.auth import hash_password
@@ -142,38 +160,75 @@ class Seeder:
             session = db.session
             session.execute(
                 sa.text(
-                    "TRUNCATE users, tickets, ticket_events, revoked_sessions "
-                    "RESTART IDENTITY CASCADE"
+                    "TRUNCATE users, tickets, ticket_events, revoked_sessions, queue_outbox,"
+                    " agent_queues RESTART IDENTITY CASCADE"
                 )
             )
+            session.execute(sa.text("DELETE FROM queues WHERE name <> 'general'"))
+            # Queue k's name: "general" alone, else q00, q01, ...
+            name = "'general'" if queues == 1 else "'q' || lpad((({k}) % :queues)::text, 2, '0')"
+            if queues > 1:
+                session.execute(
+                    sa.text(
+                        f"INSERT INTO queues (name) SELECT {name.format(k='g')}"
+                        " FROM generate_series(0, :queues - 1) AS g"
+                    ),
+                    {"queues": queues},
+                )
             session.execute(
                 sa.text(
                     "INSERT INTO users (username, password_hash, role, is_active, capacity,"
-                    " created_at) SELECT 'bench-agent-' || g, :hash, 'agent', true, :capacity,"
-                    " now() FROM generate_series(1, :n) AS g"
+                    " status, status_since, created_at) SELECT 'bench-agent-' || g, :hash,"
+                    " 'agent', true, :capacity, 'online', now(), now()"
+                    " FROM generate_series(1, :n) AS g"
                 ),
                 {"hash": hash_password("bench-password"), "capacity": capacity, "n": agents},
             )
-            # Held tickets first (the oldest), then the queue behind them.
+            # Agent a's j-th queue: a + j * (queues / per_agent), so that the
+            # agents' memberships overlap evenly and cover every queue.
             session.execute(
                 sa.text(
-                    "INSERT INTO tickets (title, description, status, agent_id, created_at,"
-                    " updated_at, assigned_at)"
+                    "INSERT INTO agent_queues (agent_id, queue)"
+                    f" SELECT u.id, {name.format(k='u.id + j * :stride')}"
+                    " FROM users AS u, generate_series(0, :per_agent - 1) AS j"
+                ),
+                {
+                    "queues": queues,
+                    "per_agent": per_agent if queues > 1 else 1,
+                    "stride": max(queues // max(per_agent, 1), 1),
+                },
+            )
+            # The agent's row names its queues too: the product's fetch reads them there.
+            session.execute(
+                sa.text(
+                    "UPDATE users SET queue_names = q.names FROM (SELECT agent_id,"
+                    " string_agg(queue, ',' ORDER BY queue) AS names FROM agent_queues"
+                    " GROUP BY agent_id) AS q WHERE users.id = q.agent_id"
+                )
+            )
+            # Held tickets first (the oldest), then the queue behind them. A held
+            # ticket is in its agent's first queue, as if it had come from there.
+            session.execute(
+                sa.text(
+                    "INSERT INTO tickets (title, description, status, agent_id, queue,"
+                    " created_at, updated_at, assigned_at)"
                     " SELECT :title || ' ' || g, :description, 'assigned',"
-                    " 1 + (g - 1) / :held, now(), now(), now()"
-                    " FROM generate_series(1, :n) AS g"
+                    f" 1 + (g - 1) / :held, {name.format(k='1 + (g - 1) / :held')},"
+                    " now(), now(), now() FROM generate_series(1, :n) AS g"
                 ),
                 {
                     "title": TICKET_TITLE,
                     "description": TICKET_DESCRIPTION,
                     "held": max(held, 1),
                     "n": agents * held,
+                    "queues": queues,
                 },
             )
             session.execute(
                 sa.text(
-                    "INSERT INTO tickets (title, description, status, created_at, updated_at)"
-                    " SELECT :title || ' ' || g, :description, 'unassigned', now(), now()"
+                    "INSERT INTO tickets (title, description, status, queue, created_at,"
+                    f" updated_at) SELECT :title || ' ' || g, :description, 'unassigned',"
+                    f" {name.format(k='g')}, now(), now()"
                     " FROM generate_series(:first, :last) AS g"
                 ),
                 {
@@ -181,17 +236,21 @@ class Seeder:
                     "description": TICKET_DESCRIPTION,
                     "first": agents * held + 1,
                     "last": agents * held + unassigned,
+                    "queues": queues,
                 },
             )
+            # The rebuild below queues every ticket: the outbox's notes of the
+            # inserts would only give the workers a million rows to drain.
+            session.execute(sa.text("TRUNCATE queue_outbox"))
             session.commit()
             with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                conn.exec_driver_sql("VACUUM ANALYZE users, tickets, ticket_events")
+                conn.exec_driver_sql("VACUUM ANALYZE users, agent_queues, tickets, ticket_events")
                 # Write the seed's dirty pages out now, not in the middle of the
                 # next run (where a million rows' checkpoint took CPU from it).
                 conn.exec_driver_sql("CHECKPOINT")
             self.queue.client.flushdb()
             rebuild(session, self.queue)
-            queued, _ = self.queue.depth()
+            queued = self.queue_depth()[0]
         return SeedInfo(
             agents, capacity, agents * held, unassigned, queued, time.monotonic() - started
         )
@@ -211,6 +270,6 @@ class Seeder:
         path.write_text("\n".join(lines) + "\n")
 
     def queue_depth(self) -> tuple[int, int]:
-        """(queued, reserved) in Redis."""
-        depth: tuple[int, int] = self.queue.depth()
-        return depth
+        """(queued in every queue, reserved) in Redis."""
+        counts, reserved = self.queue.depth(sorted(self.queue.queue_names()))
+        return sum(counts.values()), reserved
