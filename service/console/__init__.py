@@ -49,7 +49,7 @@ from werkzeug.exceptions import HTTPException
 from .. import errors
 from ..domain.events import EVENT_TYPES
 from ..models import PRIORITIES, utcnow
-from ..pages import CONTENT_SECURITY_POLICY
+from ..pages import CONTENT_SECURITY_POLICY, swagger_ui_url
 from .forms import Failure, failure
 from .signin import CsrfFailed, SignInRequired, Visitor, current_visitor, renew_cookie
 
@@ -189,6 +189,7 @@ def template_helpers() -> dict[str, Any]:
         "iso": iso,
         "priority_name": priority_name,
         "asset": asset,
+        "favicon": swagger_ui_url("favicon-32x32.png"),
         "priorities": PRIORITIES,
         "event_types": " ".join(EVENT_TYPES),
         "webhooks_available": webhooks_available(),

@@ -122,4 +122,4 @@ def agent_status() -> Response:
         flash(f"Your status did not change. {problem.message}", "problem")
         return _back()
     flash(STATUS_WORDS[state], "done")
-    return see_other(url_for("console.agent_home") + "#status")
+    return _back()

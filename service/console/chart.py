@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ..domain.activity import Minute
 
 WIDTH, HEIGHT = 640, 190
-LEFT, RIGHT, TOP, BOTTOM = 40, 10, 12, 30
+LEFT, RIGHT, TOP, BOTTOM = 44, 24, 12, 30
 PLOT_W = WIDTH - LEFT - RIGHT
 PLOT_H = HEIGHT - TOP - BOTTOM
 
@@ -88,7 +88,7 @@ def draw(minutes: Sequence[Minute]) -> Chart:
         for value in sorted({0, top // 2, top} if top > 1 else {0, 1})
     ]
     x_ticks = [
-        Tick(round(LEFT + (count - ago) * slot - slot / 2, 2), "now" if ago == 1 else f"−{ago} min")
+        Tick(round(LEFT + (count - ago) * slot + slot / 2, 2), "now" if ago == 1 else f"−{ago} min")
         for ago in (count, 45, 30, 15, 1)
         if ago <= count
     ]

@@ -147,6 +147,10 @@ def current_visitor() -> Visitor:
     except errors.Unauthorized:
         raise SignInRequired(ENDED) from None
     assert user is not None  # (ensure_current raised otherwise)
+    # End the read's transaction: the agent's pages then run the domain's calls as
+    # the API's agent routes do, on connections of their own (in embedded mode a
+    # transaction left open would hold SQLite's one writer lock meanwhile).
+    db.session.commit()
     g.token = claims  # the request's log line names the user, as for the API
     g.user = user
     visitor = Visitor(claims, user, csrf)
