@@ -180,9 +180,7 @@ def test_sign_out_ends_the_session_as_the_api_logout_does(
     assert_error(response, 401, "token_revoked")
 
 
-def test_an_api_logout_ends_the_console_session_too(
-    app: Flask, agent_client: FlaskClient
-) -> None:
+def test_an_api_logout_ends_the_console_session_too(app: Flask, agent_client: FlaskClient) -> None:
     token = agent_client.get_cookie("access_token_cookie")
     assert token is not None
     bearer = {"Authorization": f"Bearer {token.value}"}
@@ -329,15 +327,18 @@ def test_the_agent_gets_sells_and_sets_its_status(
         "/console/agent/status", data={"csrf_token": csrf, "status": "away"}, follow_redirects=True
     )
     assert "You are away" in text(away)
-    assert 'id="status-away" name="status" value="away" class="segment away" aria-pressed="true"' in (
-        away.get_data(as_text=True)
+    assert (
+        'id="status-away" name="status" value="away" class="segment away" aria-pressed="true"'
+        in (away.get_data(as_text=True))
     )
     idle = agent_client.post(
         "/console/agent/assign", data={"csrf_token": csrf}, follow_redirects=True
     )
     assert "No new tickets: you are away" in text(idle)
     bad = agent_client.post(
-        "/console/agent/status", data={"csrf_token": csrf, "status": "asleep"}, follow_redirects=True
+        "/console/agent/status",
+        data={"csrf_token": csrf, "status": "asleep"},
+        follow_redirects=True,
     )
     assert "Your status did not change" in text(bad)
     with app.app_context():
@@ -352,9 +353,7 @@ def test_an_admin_page_is_not_for_an_agent(agent_client: FlaskClient) -> None:
 
 
 # -- the admin's pages ---------------------------------------------------------------------
-def test_every_admin_page_renders(
-    admin_client: FlaskClient, agent: User, factory: Factory
-) -> None:
+def test_every_admin_page_renders(admin_client: FlaskClient, agent: User, factory: Factory) -> None:
     (ticket,) = factory.tickets(1)
     for path in [
         "/console/admin/",
@@ -422,7 +421,9 @@ def test_admin_ticket_actions(
         f"{url}/assign", data={"csrf_token": csrf, "agent_id": str(agent.id)}, follow_redirects=True
     )
     assert "assigned to alice" in text(given)
-    not_held = admin_client.post(f"/console/admin/tickets/{ids[1]}/release", data={"csrf_token": csrf})
+    not_held = admin_client.post(
+        f"/console/admin/tickets/{ids[1]}/release", data={"csrf_token": csrf}
+    )
     assert not_held.status_code == 303
     told = admin_client.get(not_held.headers["Location"])
     assert "Only a ticket an agent holds can be released" in text(told)
