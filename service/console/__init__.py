@@ -252,9 +252,8 @@ def _csrf_failed(_: CsrfFailed) -> tuple[str, int]:
 
 
 def _failed(exc: Exception) -> tuple[str, int]:
+    """The API's answer to ``exc`` (its handlers log as they do for the API), as a page."""
     problem = failure(exc)
-    if problem.code == "internal_error":
-        current_app.logger.error("console: unexpected error", exc_info=exc)
     return render_template("console/error.html", problem=problem), problem.status
 
 
