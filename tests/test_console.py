@@ -575,3 +575,58 @@ def test_per_minute_finds_the_window_by_id(app: Flask, factory: Factory) -> None
         assert sum(m.assigned for m in counts) == 1 and sum(m.sold for m in counts) == 1
         assert counts[-1].sold == 1
         assert activity.first_event_since(db.session, now + timedelta(minutes=1)) is None
+
+
+def test_live_pages_follow_the_event_stream_when_the_service_has_one(
+    _schema: None, factory: Any
+) -> None:
+    """Without a stream the page refreshes every few seconds; with one (its route is
+    there) it names the stream and its event types for the script."""
+    with fresh_app(CONSOLE_COOKIE_SECURE="false") as app:
+        Factory(app).user("erin")
+        client = app.test_client()
+        sign_in(client, "erin")
+        html = client.get("/console/agent/").get_data(as_text=True)
+        assert 'data-live-poll="3"' in html and "data-live-stream" not in html
+    with fresh_app(CONSOLE_COOKIE_SECURE="false") as app:
+        app.add_url_rule("/api/agent/events/", "stream_stand_in", lambda: "")
+        Factory(app).user("erin")
+        client = app.test_client()
+        sign_in(client, "erin")
+        html = client.get("/console/agent/").get_data(as_text=True)
+        assert 'data-live-stream="/api/agent/events/"' in html
+        assert 'data-live-events="ticket.created ticket.updated ticket.assigned' in html
+        assert 'data-live-poll="30"' in html
+
+
+def test_postgresql_or_redis_unreachable_is_told_and_the_form_keeps_its_input(
+    admin_client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis.exceptions
+    from sqlalchemy.exc import OperationalError
+
+    from service.domain import queues, tickets
+
+    def unreachable(*_: Any, **__: Any) -> Any:
+        raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    page = admin_client.get("/console/admin/tickets/new")
+    monkeypatch.setattr(tickets, "create_ticket", unreachable)
+    data = {"csrf_token": csrf_of(page), "title": "Keep me", "queue": "general", "priority": "low"}
+    response = admin_client.post("/console/admin/tickets/new", data=data)
+    assert response.status_code == 503
+    assert "cannot reach its database just now; nothing was changed" in text(response)
+    assert 'value="Keep me"' in response.get_data(as_text=True)
+    assert '<option value="low" selected>' in response.get_data(as_text=True)
+
+    monkeypatch.setattr(queues, "list_queues", unreachable)
+    dashboard = admin_client.get("/console/admin/")
+    assert dashboard.status_code == 503 and dashboard.mimetype == "text/html"
+    assert "Not available just now" in text(dashboard)
+
+    def redis_down(*_: Any, **__: Any) -> Any:
+        raise redis.exceptions.ConnectionError("refused")
+
+    monkeypatch.setattr(queues, "list_queues", redis_down)
+    down = admin_client.get("/console/admin/")
+    assert down.status_code == 503 and "cannot reach Redis just now" in text(down)
