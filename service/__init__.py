@@ -142,6 +142,7 @@ def register_security_headers(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
+    from . import console
     from .api import register_blueprints as register
     from .pages import bp as pages
 
@@ -149,6 +150,7 @@ def register_blueprints(app: Flask) -> None:
     # Pages for a browser, not API operations: on the app itself, so flask-smorest
     # leaves them out of the OpenAPI document.
     app.register_blueprint(pages)
+    console.init_app(app)
 
 
 def register_errorhandlers(app: Flask) -> None:

@@ -86,18 +86,26 @@ def new_session() -> str:
     return secrets.token_hex(16)
 
 
-def _claims_of(role: str, version: int, session: str) -> dict[str, Any]:
-    return {"role": role, "ver": version, "sid": session}
+def _claims_of(role: str, version: int, session: str, csrf: str | None) -> dict[str, Any]:
+    claims: dict[str, Any] = {"role": role, "ver": version, "sid": session}
+    if csrf is not None:
+        claims["csrf"] = csrf  # else flask-jwt-extended draws one per token
+    return claims
 
 
-def access_token(user_id: int, role: str, version: int, session: str) -> str:
-    """An access token for the account, in ``session`` (inside an app context)."""
-    claims = _claims_of(role, version, session)
+def access_token(
+    user_id: int, role: str, version: int, session: str, *, csrf: str | None = None
+) -> str:
+    """An access token for the account, in ``session`` (inside an app context).
+    ``csrf``: the session's double-submit value, for a token kept in a cookie."""
+    claims = _claims_of(role, version, session, csrf)
     return create_access_token(identity=str(user_id), additional_claims=claims)
 
 
-def refresh_token(user_id: int, role: str, version: int, session: str) -> str:
-    claims = _claims_of(role, version, session)
+def refresh_token(
+    user_id: int, role: str, version: int, session: str, *, csrf: str | None = None
+) -> str:
+    claims = _claims_of(role, version, session, csrf)
     return create_refresh_token(identity=str(user_id), additional_claims=claims)
 
 
@@ -142,6 +150,25 @@ def find_user_by_name(username: str) -> User | None:
 
 
 # -- verifying -----------------------------------------------------------------
+def _wants_event_stream() -> bool:
+    """An EventSource's request: a GET asking for ``text/event-stream``. A browser sends
+    that Accept header only from script on the page's own origin (a cross-site page
+    could only navigate, which asks for HTML), so a stream may read the console's
+    cookie without a CSRF check: it changes nothing."""
+    return request.method == "GET" and "text/event-stream" in request.headers.get("Accept", "")
+
+
+def _token() -> str:
+    """The request's token: the bearer header; or, for an event stream opened by the
+    console's page, the console's access cookie. Any other API request needs the
+    header, so a cookie never authorises a change through the API."""
+    if "Authorization" not in request.headers and _wants_event_stream():
+        cookie = request.cookies.get(current_app.config["JWT_ACCESS_COOKIE_NAME"])
+        if cookie:
+            return cookie
+    return _bearer()
+
+
 def _bearer() -> str:
     header = request.headers.get("Authorization")
     if not header:
@@ -220,7 +247,7 @@ def session_revoked(session: str, seen_agent: int | None = None) -> bool:
 def authenticate(kind: str = "access") -> Claims:
     """Verify the request's bearer token (``kind``: "access", "refresh" or "any")
     and its session; remember its claims for the request."""
-    claims = decode(_bearer())
+    claims = decode(_token())
     if kind != "any" and claims.type != kind:
         raise errors.Unauthorized(f"this route needs an {kind} token", code="wrong_token_type")
     # A request on an agent route is the agent's sign of life (its last-seen time).

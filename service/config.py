@@ -7,6 +7,8 @@ in-process Redis, so a laptop can serve the whole API with no services.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import multiprocessing
 import os
 import secrets
@@ -179,6 +181,36 @@ def load_config(instance_path: Path, env: Mapping[str, str] | None = None) -> di
         "READINESS_TIMEOUT_SECONDS": read_seconds(env, "READINESS_TIMEOUT_SECONDS", 1.0),
         "METRICS_TOKEN": _metrics_token(env),
         **_rate_limit_config(env, redis_url, _bool(env, "REDIS_CLUSTER")),
+        **_console_cookies(env, secret, embedded),
+    }
+
+
+def _console_cookies(env: Mapping[str, str], secret: str, embedded: bool) -> dict[str, Any]:
+    """The console's sign-in (service/console): flask-jwt-extended's cookie mode.
+
+    The API reads bearer headers only (service/auth.py); the cookies serve the
+    console's pages and, for an EventSource, the event streams. Both cookies are
+    HttpOnly and SameSite=Lax; every state-changing console request must repeat
+    the session's CSRF value (the double submit) in a form field or a header.
+    """
+    secure = _bool(env, "CONSOLE_COOKIE_SECURE", default=not embedded)
+    return {
+        "JWT_TOKEN_LOCATION": ["headers", "cookies"],
+        "JWT_COOKIE_SECURE": secure,
+        "JWT_COOKIE_SAMESITE": "Lax",
+        "JWT_COOKIE_CSRF_PROTECT": True,
+        "JWT_CSRF_CHECK_FORM": True,
+        # The access token goes to the event streams too; the refresh token only
+        # to the console, which renews the access token with it.
+        "JWT_ACCESS_COOKIE_PATH": "/",
+        "JWT_REFRESH_COOKIE_PATH": "/console/",
+        "JWT_REFRESH_CSRF_COOKIE_PATH": "/console/",
+        # Flask's session carries the console's one-time messages ("Sold #12").
+        "SECRET_KEY": hmac.new(secret.encode(), b"console session", hashlib.sha256).hexdigest(),
+        "SESSION_COOKIE_NAME": "console_session",
+        "SESSION_COOKIE_PATH": "/console/",
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": secure,
     }
 
 

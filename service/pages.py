@@ -1,4 +1,5 @@
-"""Pages for a person with a browser: the home page and the API docs (Swagger UI).
+"""Pages for a person with a browser: the home page and the API docs (Swagger UI); the
+console is service/console.
 
 Swagger UI's files come from the pinned ``flask-swagger-ui`` package and are served
 from this origin, so the docs work without internet and no third-party script runs
@@ -80,6 +81,7 @@ class Link(NamedTuple):
 
 # The home page's links, in order: a new page of the service is one more line here.
 HOME_LINKS = [
+    Link("console.index", "Console", "sign in: agents work their tickets, admins run the service"),
     Link("pages.api_docs", "API docs", "every operation, its parameters and its answers"),
     Link("api-docs.openapi_json", "OpenAPI document", "the same as OpenAPI 3 JSON, for tools"),
 ]

@@ -85,12 +85,27 @@ def init_app(app: Flask) -> None:
     app.extensions["login_limit"] = LoginLimit(app)
 
 
-def _attempt() -> tuple[str, str]:
-    """(client address, username as it is matched: lower case, at most 64 characters)."""
+def _attempt() -> str | None:
+    """The username of a login's JSON body, if it has one."""
     body = request.get_json(silent=True)
     username = body.get("username") if isinstance(body, dict) else None
-    name = username[:64].lower() if isinstance(username, str) else ""
-    return request.remote_addr or "", name
+    return username if isinstance(username, str) else None
+
+
+def count_login_attempt(username: str | None) -> None:
+    """Count one login attempt of the request's client for ``username``; 429 with
+    Retry-After (TooManyRequests) once it is one too many for a limit. The API's
+    login and the console's sign-in count through here."""
+    limit: LoginLimit = current_app.extensions["login_limit"]
+    # Matched in lower case, at most 64 characters.
+    name = username[:64].lower() if username is not None else ""
+    refused = limit.hit(request.remote_addr or "", name)
+    if refused is not None:
+        scope, wait = refused
+        raise TooManyRequests(
+            f"too many login attempts for this {scope}; retry later",
+            retry_after=math.ceil(wait),
+        )
 
 
 def limit_login_attempts(view: Callable[P, R]) -> Callable[P, R]:
@@ -98,14 +113,7 @@ def limit_login_attempts(view: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(view)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        limit: LoginLimit = current_app.extensions["login_limit"]
-        refused = limit.hit(*_attempt())
-        if refused is not None:
-            scope, wait = refused
-            raise TooManyRequests(
-                f"too many login attempts for this {scope}; retry later",
-                retry_after=math.ceil(wait),
-            )
+        count_login_attempt(_attempt())
         return view(*args, **kwargs)
 
     return wrapper

@@ -97,9 +97,10 @@ def open_page(browser: Browser) -> Iterator[tuple[Page, Problems]]:
         context.close()
 
 
-def save_screenshot(page: Page, relative: str) -> None:
-    """Save ``page`` to ``relative`` (under the repository) when SAVE_SCREENSHOTS=1."""
+def save_screenshot(page: Page, relative: str, full_page: bool = False) -> None:
+    """Save ``page`` to ``relative`` (under the repository) when SAVE_SCREENSHOTS=1;
+    ``full_page``: all of it, not only what the window shows."""
     if SAVE_SCREENSHOTS:
         path = ROOT / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(path))
+        page.screenshot(path=str(path), full_page=full_page)

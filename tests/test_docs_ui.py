@@ -1,4 +1,5 @@
 """The API docs and the home page: served by the service itself, whole without internet.
+(The console's pages: tests/test_console.py and tests/test_console_ui.py.)
 
 Swagger UI's files come from a pinned package and are served from this origin; the
 docs page loads nothing else, runs no inline script and says so in its
@@ -138,7 +139,7 @@ def test_unknown_files_and_paths_are_json_404s(client: FlaskClient, path: str) -
     assert_error(client.get(path), 404, "not_found")
 
 
-def test_home_page_leads_to_the_docs_and_the_document(client: FlaskClient) -> None:
+def test_home_page_leads_to_the_console_the_docs_and_the_document(client: FlaskClient) -> None:
     for method in ("GET", "HEAD"):
         response = client.open("/", method=method)
         assert response.status_code == 200, method
@@ -150,8 +151,10 @@ def test_home_page_leads_to_the_docs_and_the_document(client: FlaskClient) -> No
     assert "/api/openapi.json" in page.links
     assert all(same_origin(url) for url in page.loads + page.links)
     assert page.inline_scripts == 0
+    assert "/console/" in page.links
     for url in page.loads + page.links:
-        assert client.get(url, buffered=True).status_code == 200, url
+        # The console's door leads a visitor who is not signed in to its sign-in page.
+        assert client.get(url, buffered=True, follow_redirects=True).status_code == 200, url
 
 
 def test_the_pages_are_not_api_operations(client: FlaskClient) -> None:
