@@ -162,17 +162,19 @@ def events_at(app: Flask) -> dict[int, datetime]:
         return found
 
 
-def pending(app: Flask, webhook_ids: list[int]) -> int:
+def all_delivered(app: Flask, webhook_ids: list[int]) -> bool:
+    """Whether every event so far is delivered to each of the webhooks (all made
+    before the first event)."""
     with app.app_context():
-        count = db.session.scalar(
-            sa.select(sa.func.count())
-            .select_from(WebhookDelivery)
-            .where(
-                WebhookDelivery.webhook_id.in_(webhook_ids), WebhookDelivery.status != "delivered"
-            )
-        )
+        events = db.session.scalar(sa.select(sa.func.count()).select_from(TicketEvent))
+        delivered = db.session.execute(
+            sa.select(WebhookDelivery.webhook_id, sa.func.count())
+            .where(WebhookDelivery.status == "delivered")
+            .group_by(WebhookDelivery.webhook_id)
+        ).all()
         db.session.rollback()
-        return int(count or 0)
+    counts = dict(delivered)
+    return all(counts.get(webhook_id) == events for webhook_id in webhook_ids)
 
 
 def test_every_event_is_delivered_at_least_once_through_crashes(
@@ -204,7 +206,7 @@ def test_every_event_is_delivered_at_least_once_through_crashes(
     env = service_env(**WORKERS_ENV)
 
     def caught_up() -> bool:
-        return pending(private_app, [hooks["flaky"], hooks["steady"]]) == 0
+        return all_delivered(private_app, [hooks["flaky"], hooks["steady"]])
 
     try:
         workers = Workers(tmp_path / "workers-1.log", env)
@@ -277,3 +279,34 @@ def test_every_event_is_delivered_at_least_once_through_crashes(
         f" test {time.monotonic() - started:.1f}s"
     )
     assert max(latencies) < TIMEOUT - 0.5
+
+
+def test_two_worker_processes_send_each_event_once(tmp_path: Path, private_app: Flask) -> None:
+    """Side by side, two workers fan each event out once and never send one endpoint's
+    delivery twice: the steady receiver sees no duplicate."""
+    steady = Receiver(tmp_path, "steady")
+    steady.start()
+    churn = Churn(private_app)
+    hook = churn.call(
+        "post", "/api/admin/webhooks/", 201, json={"url": f"{steady.url}/", "secret": SECRET}
+    )["id"]
+    env = service_env(**WORKERS_ENV)
+    one = Workers(tmp_path / "one.log", env)
+    two = Workers(tmp_path / "two.log", env)
+    try:
+        for _ in range(6):
+            churn.round()
+            time.sleep(0.2)
+        wait_for(lambda: all_delivered(private_app, [hook]), "every delivery", 30)
+        assert "Traceback" not in one.log + two.log
+    finally:
+        one.stop()
+        two.stop()
+        steady.close()
+    happened = events_at(private_app)
+    assert set(steady.accepted()) == set(happened)
+    assert [e["outcome"] for e in steady.entries()] == ["accepted"] * len(happened)
+    with private_app.app_context():
+        attempts = db.session.scalars(sa.select(WebhookDelivery.attempts)).all()
+        db.session.rollback()
+    assert sorted(attempts) == [1] * len(happened)

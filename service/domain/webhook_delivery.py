@@ -205,7 +205,7 @@ def _fan_out_batch(engine: Engine, batch: int) -> tuple[int, int, bool]:
     with engine.begin() as conn:
         # The write counts only from where the read started.
         if _position(conn, lock=True) != position:
-            log.info("webhooks: another process fanned these events out first; skipping them")
+            log.debug("webhooks: another process fanned these events out first; skipping them")
             return 0, 0, False
         hooks = conn.execute(select(Webhook.id, Webhook.events).where(Webhook.active.is_(True)))
         wanted = [(hook.id, set(hook.events)) for hook in hooks]
