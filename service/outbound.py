@@ -264,7 +264,9 @@ def _exchange(
         conn.endheaders(body)
         response = conn.getresponse()
         status = response.status
-        excerpt = response.read(MAX_READ)
+        if 200 <= status < 300:
+            return Answer(status)  # delivered: the body, if any, is not waited for
+        excerpt = _excerpt(response)
     except (OSError, http.client.HTTPException) as exc:
         if time.monotonic() >= deadline or isinstance(exc, TimeoutError):
             return Answer(None, f"no answer within {timeout:g}s")
@@ -272,13 +274,20 @@ def _exchange(
     finally:
         timer.cancel()
         conn.close()
-    if 200 <= status < 300:
-        return Answer(status)
     reason = f"answered {status}"
     if 300 <= status < 400:
         reason += " (redirects are not followed)"
     text = " ".join(excerpt.decode("utf-8", "replace").split())[:200]
     return Answer(status, f"{reason}: {text}" if text else reason)
+
+
+def _excerpt(response: http.client.HTTPResponse) -> bytes:
+    """The start of a refusal's body, to say why; what cannot be read by the deadline
+    is left out."""
+    try:
+        return response.read(MAX_READ)
+    except (OSError, http.client.HTTPException):
+        return b""
 
 
 def _shut(sock: socket.socket) -> None:

@@ -82,7 +82,13 @@ class Endpoint:
     """An HTTP endpoint in a thread: answers ``status`` after ``delay`` seconds and
     keeps every request (path, headers, body)."""
 
-    def __init__(self, status: int = 204, delay: float = 0.0, location: str | None = None):
+    def __init__(
+        self,
+        status: int = 204,
+        delay: float = 0.0,
+        location: str | None = None,
+        trickle: float = 0.0,
+    ):
         self.status = status
         self.delay = delay
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
@@ -98,6 +104,8 @@ class Endpoint:
                     self.send_header("Location", location)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
+                self.wfile.flush()
+                time.sleep(trickle)  # the status is out; the body takes its time
                 self.wfile.write(b"no")
 
             def log_message(self, *args: Any) -> None:
@@ -595,6 +603,22 @@ def test_a_slow_endpoint_is_given_up_on_at_the_timeout(
         assert row.last_error == "no answer within 0.5s"
     finally:
         slow.close()
+
+
+def test_a_2xx_in_time_delivers_however_slow_the_body(
+    private_client, private_admin, private_app
+) -> None:
+    trickling = Endpoint(status=200, trickle=3)
+    try:
+        hook = create(private_client, private_admin, url=trickling.url)["id"]
+        Factory(private_app).tickets(1)
+        fan_out(engine(private_app))
+        started = time.monotonic()
+        sent = send_all(private_app, hook, Settings(timeout=1.0, allow_private=True))
+        assert sent.outcomes == {"delivered": 1}
+        assert time.monotonic() - started < 1.0
+    finally:
+        trickling.close()
 
 
 def test_redirects_are_not_followed(private_client, private_admin, private_app) -> None:
