@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import sqlalchemy as sa
 from conftest import Factory, fresh_app, service_env
 from flask import Flask
@@ -230,7 +231,10 @@ def test_every_event_is_delivered_at_least_once_through_crashes(
         down_at = time.time()
         assert "Traceback" not in workers.log, workers.log
         churn.round()  # while no worker runs
-        workers = Workers(tmp_path / "workers-2.log", env)
+        metrics_port = free_port()
+        workers = Workers(
+            tmp_path / "workers-2.log", {**env, "WORKER_METRICS_PORT": str(metrics_port)}
+        )
         churn.round()
         wait_for(caught_up, "every delivery to the flaky and the steady endpoints", 45)
 
@@ -243,6 +247,13 @@ def test_every_event_is_delivered_at_least_once_through_crashes(
             churn.round()
             time.sleep(0.3)
         wait_for(caught_up, "the new deliveries to the flaky and the steady endpoints", 30)
+        scraped = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        counts = {
+            line.split('"')[1]: float(line.split()[-1])
+            for line in scraped.splitlines()
+            if line.startswith("tq_webhook_deliveries_total{")
+        }
+        assert counts["delivered"] > 0 and counts["retried"] > 0, counts
         assert "Traceback" not in workers.log, workers.log
     finally:
         if workers is not None:
