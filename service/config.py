@@ -95,6 +95,16 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     return value
 
 
+def read_int(
+    env: Mapping[str, str], name: str, default: int, minimum: int = 1, maximum: int | None = None
+) -> int:
+    """An integer setting from ``minimum`` to ``maximum``."""
+    value = _int(env, name, default, minimum)
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}, got {value}")
+    return value
+
+
 def _embedded_secret(instance_path: Path) -> str:
     """A signing key kept in the instance folder, so embedded tokens survive a restart."""
     path = instance_path / "jwt-secret"
@@ -180,6 +190,8 @@ def load_config(instance_path: Path, env: Mapping[str, str] | None = None) -> di
         "TRUSTED_PROXY_HOPS": _int(env, "TRUSTED_PROXY_HOPS", 0, minimum=0),
         "READINESS_TIMEOUT_SECONDS": read_seconds(env, "READINESS_TIMEOUT_SECONDS", 1.0),
         "METRICS_TOKEN": _metrics_token(env),
+        # Webhook URLs may name loopback, private and link-local hosts (service/outbound.py).
+        "WEBHOOK_ALLOW_PRIVATE": _bool(env, "WEBHOOK_ALLOW_PRIVATE"),
         **_rate_limit_config(env, redis_url, _bool(env, "REDIS_CLUSTER")),
         **_console_cookies(env, secret, embedded),
     }

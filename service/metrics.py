@@ -70,6 +70,13 @@ RESERVATIONS_RETURNED = Counter(
     "tq_reservations_returned_total",
     "Expired reservations the reaper returned to the queue head.",
 )
+WEBHOOK_DELIVERIES = Counter(
+    "tq_webhook_deliveries_total",
+    "Webhook delivery attempts by outcome: delivered (a 2xx answer), retried (another"
+    " attempt is scheduled), failed (the last attempt failed).",
+    ["outcome"],
+)
+WEBHOOK_OUTCOMES = ("delivered", "retried", "failed")
 
 # The method label: anything else (a client may send any token as its method)
 # is counted as OTHER, so no request can add a series.
@@ -92,6 +99,17 @@ def reservations_returned(count: int) -> None:
     """Count expired reservations the reaper gave back to the queue."""
     if count > 0:
         RESERVATIONS_RETURNED.inc(count)
+
+
+def start_webhook_counters() -> None:
+    """In a process that sends webhooks: every outcome's series from the start, at 0."""
+    for outcome in WEBHOOK_OUTCOMES:
+        WEBHOOK_DELIVERIES.labels(outcome)
+
+
+def webhook_delivery(outcome: str) -> None:
+    """Count one webhook attempt's outcome (``WEBHOOK_OUTCOMES``)."""
+    WEBHOOK_DELIVERIES.labels(outcome).inc()
 
 
 # -- per-request hooks --------------------------------------------------------
@@ -199,6 +217,38 @@ class BacklogCollector(Collector):
             )
 
 
+class WebhookCollector(Collector):
+    """Per active webhook: how old its oldest pending event is (0 when nothing is
+    pending), read at scrape time. Webhooks are made by admins, so the labels are
+    bounded. A database that does not answer leaves the gauge out (BacklogCollector
+    reports it in ``tq_scrape_error``)."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Any]:
+        from .domain.webhooks import oldest_pending
+        from .extensions import db
+
+        with self.app.app_context():
+            try:
+                oldest = oldest_pending(db.session)
+            except Exception as exc:  # noqa: BLE001 - any failure: leave it out, do not fail
+                log.warning("metrics: webhooks unreadable: %s", exc)
+                return
+            finally:
+                db.session.remove()
+        family = GaugeMetricFamily(
+            "tq_webhook_oldest_pending_seconds",
+            "Age of the oldest event still pending delivery to the webhook (0 when none).",
+            labels=["webhook"],
+        )
+        now = utcnow()
+        for webhook_id, at in sorted(oldest.items()):
+            family.add_metric([str(webhook_id)], (now - _aware(at)).total_seconds() if at else 0.0)
+        yield family
+
+
 def _per_queue(name: str, documentation: str, values: Mapping[str, float]) -> Any:
     family = GaugeMetricFamily(name, documentation, labels=["queue"])
     for queue, value in sorted(values.items()):
@@ -285,6 +335,7 @@ def _registry(app: Flask) -> CollectorRegistry:
         registry = CollectorRegistry()
         registry.register(_Forward(REGISTRY))
     registry.register(BacklogCollector(app))
+    registry.register(WebhookCollector(app))
     return registry
 
 

@@ -230,6 +230,10 @@ class Webhook(db.Model):  # type: ignore[name-defined]
     active: Mapped[bool] = mapped_column(default=True, server_default=text("true"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # A sender's claim on the endpoint (service/domain/webhook_delivery.py): held by
+    # the token until ``sender_until``; with no token, when it was last served.
+    sender_token: Mapped[str | None] = mapped_column(String(32))
+    sender_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class WebhookDelivery(db.Model):  # type: ignore[name-defined]
@@ -244,6 +248,14 @@ class WebhookDelivery(db.Model):  # type: ignore[name-defined]
             "ix_webhook_deliveries_due",
             "webhook_id",
             "next_attempt_at",
+            "event_id",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+        # An endpoint's oldest pending event, in one probe (the metrics gauge).
+        Index(
+            "ix_webhook_deliveries_pending",
+            "webhook_id",
             "event_id",
             postgresql_where=text("status = 'pending'"),
             sqlite_where=text("status = 'pending'"),

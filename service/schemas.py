@@ -169,6 +169,21 @@ class AgentStatus(Choice):
     values = PRESENCE
 
 
+class EventType(Choice):
+    """What happened to a ticket, as integrations name it (a webhook's X-TQ-Event and
+    body type, its events filter): ticket.created, ticket.updated, ticket.assigned,
+    ticket.sold, ticket.released, ticket.deleted."""
+
+    values = tuple(f"ticket.{kind}" for kind in EVENT_KINDS)
+
+
+class DeliveryStatus(Choice):
+    """Where a webhook delivery is: pending (its next attempt is due at
+    next_attempt_at), delivered (a 2xx answer), or failed (every attempt failed)."""
+
+    values = ("pending", "delivered", "failed")
+
+
 # A queue's name: lower-case letters, digits, '_' and '-', up to 40 characters.
 QUEUE_NAME = [
     validate.Length(min=1, max=40),
@@ -437,9 +452,8 @@ class EventMessageSchema(Schema):
     """An event as a stream message's data and a webhook's body."""
 
     id = fields.Integer(required=True, metadata={"description": "The event id; only grows"})
-    type = fields.String(
+    type = EventType(
         required=True,
-        validate=validate.OneOf([f"ticket.{kind}" for kind in EVENT_KINDS]),
         metadata={"description": "ticket.created, ticket.updated, ticket.assigned, ..."},
     )
     at = UtcDateTime(required=True)
@@ -549,6 +563,129 @@ class QueueStatsSchema(Schema):
     assigned = fields.Integer(required=True)
     sold = fields.Integer(required=True)
     reserved = fields.Integer(required=True)
+
+
+# -- webhooks ------------------------------------------------------------
+# The server checks more (service/outbound.py): an ASCII URL with no credentials
+# or fragment whose host resolves to public addresses only.
+WEBHOOK_URL = [
+    validate.Length(min=1, max=2048),
+    WholeMatch(r"^https?://[!-~]+$", error="an http:// or https:// URL, with no spaces"),
+]
+WEBHOOK_SECRET = validate.Length(min=16, max=256)
+
+
+def webhook_url(**kwargs: Any) -> Text:
+    return Text(
+        validate=WEBHOOK_URL,
+        metadata={
+            "description": "Where events are POSTed: http or https; its host must resolve to"
+            " public addresses only (loopback, private and link-local ones are refused)"
+        },
+        **kwargs,
+    )
+
+
+def webhook_events(**kwargs: Any) -> fields.List:
+    return fields.List(
+        EventType(),
+        validate=validate.Length(min=1, max=100),
+        metadata={"description": "The event types to send (each once; order does not matter)"},
+        **kwargs,
+    )
+
+
+class WebhookCreateSchema(Schema):
+    url = webhook_url(required=True)
+    events = webhook_events(load_default=list(EventType.values))
+    secret = Text(
+        validate=WEBHOOK_SECRET,
+        metadata={
+            "description": "The key deliveries are signed with; left out, one is generated."
+            " Shown in this answer only"
+        },
+    )
+    active = StrictBoolean(
+        load_default=True, metadata={"description": "Inactive webhooks are sent nothing"}
+    )
+
+
+class WebhookPatchSchema(PatchSchema):
+    url = webhook_url()
+    events = webhook_events()
+    active = StrictBoolean(
+        metadata={
+            "description": "false pauses it: no new deliveries, pending ones wait; true resumes"
+        }
+    )
+    secret = Text(
+        validate=WEBHOOK_SECRET,
+        metadata={"description": "A new signing key, shown in this answer only"},
+    )
+    regenerate_secret = StrictBoolean(
+        metadata={"description": "true: generate a new signing key, shown in this answer only"}
+    )
+
+
+class WebhookSchema(Schema):
+    id = fields.Integer(required=True)
+    url = fields.String(required=True)
+    events = fields.List(EventType(), required=True)
+    active = fields.Boolean(required=True)
+    created_at = UtcDateTime(required=True)
+    updated_at = UtcDateTime(required=True)
+
+
+class WebhookWithSecretSchema(WebhookSchema):
+    secret = fields.String(
+        metadata={
+            "description": "The signing key: in the answer to the request that set it (a"
+            " creation, or a PATCH with secret or regenerate_secret), never again"
+        }
+    )
+
+
+class WebhookPageSchema(Schema):
+    items = fields.List(fields.Nested(WebhookSchema), required=True)
+    next_cursor = fields.String(required=True, allow_none=True)
+
+
+class WebhookQuerySchema(UserQuerySchema):
+    pass
+
+
+class WebhookDeliveryQuerySchema(UserQuerySchema):
+    status = DeliveryStatus(metadata={"description": "Only deliveries in this state"})
+
+
+class WebhookDeliverySchema(Schema):
+    event_id = fields.Integer(required=True, metadata={"description": "The event (X-TQ-Delivery)"})
+    type = EventType(required=True)
+    attempts = fields.Integer(required=True, metadata={"description": "Attempts made so far"})
+    status = DeliveryStatus(required=True)
+    last_status_code = fields.Integer(
+        required=True,
+        allow_none=True,
+        metadata={"description": "The HTTP status of the last answer (null: no answer)"},
+    )
+    last_error = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "Why the last attempt did not deliver (null: it did)"},
+    )
+    next_attempt_at = UtcDateTime(
+        required=True, allow_none=True, metadata={"description": "When pending: its next attempt"}
+    )
+    delivered_at = UtcDateTime(required=True, allow_none=True)
+
+
+class WebhookDeliveryPageSchema(Schema):
+    items = fields.List(fields.Nested(WebhookDeliverySchema), required=True)
+    next_cursor = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "Newest event first: the cursor of the next, older page"},
+    )
 
 
 def ticket_json(ticket: Any) -> dict[str, Any]:

@@ -97,6 +97,8 @@ def test_one_enum_class_per_concept(generated: Path) -> None:
         "TicketEventKind",
         "Priority",
         "AgentStatus",
+        "EventType",
+        "DeliveryStatus",
     }, enums
 
 

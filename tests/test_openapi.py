@@ -161,7 +161,8 @@ NEGATIVE_REJECTED += ["422", "429", "431"]
 REFUSED_BY_STATE = {"401", "403", "404", "409", "413", "429"}
 # Operations whose description says a 400 depends on state too: a capacity
 # for a user who turns out to be an admin, a queue that does not exist (yet),
-# an agent_id that names no active agent.
+# an agent_id that names no active agent, a webhook URL whose host does not
+# resolve or resolves to a private address.
 STATEFUL_400 = {
     "updateUser",
     "createUser",
@@ -169,6 +170,8 @@ STATEFUL_400 = {
     "replaceTicket",
     "updateTicket",
     "assignTicket",
+    "createWebhook",
+    "updateWebhook",
 }
 
 

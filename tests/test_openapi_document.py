@@ -20,6 +20,7 @@ from marshmallow import ValidationError
 
 from service import create_app
 from service.api import operation_ids
+from service.domain.events import EVENT_TYPES
 from service.models import EVENT_KINDS, PRESENCE, PRIORITIES, ROLES, STATUSES
 from service.schemas import TITLE_PATTERN, TicketPatchSchema, UserPatchSchema
 
@@ -49,6 +50,12 @@ OPERATION_IDS = {
     ("PATCH", "/api/admin/queues/{queue_name}/"): "updateQueue",
     ("DELETE", "/api/admin/queues/{queue_name}/"): "deleteQueue",
     ("GET", "/api/admin/agents/"): "listAgentWorkload",
+    ("POST", "/api/admin/webhooks/"): "createWebhook",
+    ("GET", "/api/admin/webhooks/"): "listWebhooks",
+    ("GET", "/api/admin/webhooks/{webhook_id}/"): "getWebhook",
+    ("PATCH", "/api/admin/webhooks/{webhook_id}/"): "updateWebhook",
+    ("DELETE", "/api/admin/webhooks/{webhook_id}/"): "deleteWebhook",
+    ("GET", "/api/admin/webhooks/{webhook_id}/deliveries/"): "listWebhookDeliveries",
     ("POST", "/api/agent/tickets/assign/"): "fetchTickets",
     ("GET", "/api/agent/tickets/assign/"): "fetchTicketsWithGet",
     ("GET", "/api/agent/tickets/"): "listHeldTickets",
@@ -64,6 +71,8 @@ ENUMS = {
     "TicketStatus": list(STATUSES),
     "AgentStatus": list(PRESENCE),
     "Priority": list(PRIORITIES),
+    "EventType": list(EVENT_TYPES),
+    "DeliveryStatus": ["pending", "delivered", "failed"],
 }
 NUL_FREE = "^[^\\u0000]*$"
 
@@ -408,3 +417,29 @@ def test_links_lead_to_operations_and_their_parameters(document: dict[str, Any])
         ("createUser", "getUser"),
         ("fetchTickets", "sellTicket"),
     } <= linked
+
+
+def test_a_webhook_delivery_is_documented_as_a_callback(document: dict[str, Any]) -> None:
+    """What a receiver gets: the event message as the body, and the signature's headers."""
+    create = by_id(document)["createWebhook"]
+    (delivery,) = create["callbacks"]["event"].values()
+    post = delivery["post"]
+    body = post["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/EventMessage"}
+    message = document["components"]["schemas"]["EventMessage"]
+    assert message["properties"]["type"]["allOf"] == [{"$ref": "#/components/schemas/EventType"}]
+    assert message["properties"]["ticket"]["allOf"] == [{"$ref": "#/components/schemas/Ticket"}]
+    assert message["properties"]["ticket"]["nullable"] is True
+    headers = {p["name"] for p in post["parameters"] if p["in"] == "header"}
+    assert headers == {"X-TQ-Event", "X-TQ-Delivery", "X-TQ-Timestamp", "X-TQ-Signature"}
+
+    # The secret is shown where it is set, never where a webhook is read.
+    def answer(operation_id: str, status: str) -> dict[str, Any]:
+        content = by_id(document)[operation_id]["responses"][status]["content"]
+        return component(document, content["application/json"]["schema"])
+
+    assert "secret" in answer("createWebhook", "201")["properties"]
+    assert "secret" in answer("updateWebhook", "200")["properties"]
+    assert "secret" not in answer("getWebhook", "200")["properties"]
+    for operation_id in ("createWebhook", "updateWebhook"):
+        assert "400" in by_id(document)[operation_id]["description"]

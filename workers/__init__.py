@@ -11,7 +11,10 @@ One process runs the loops, each calling the domain code in ``service.domain``:
 * presence (``PRESENCE_INTERVAL_SECONDS``, default 5): write last-seen times,
   and apply the opt-in idle and offline rules;
 * rebuild (checked at the reaper's interval): if the epoch key is missing,
-  Redis lost its data, so rebuild it from PostgreSQL.
+  Redis lost its data, so rebuild it from PostgreSQL;
+* webhooks (``WEBHOOK_INTERVAL_SECONDS``, default 1): fan new events out to the
+  webhooks and hand due deliveries to sender threads (``workers/webhooks.py``);
+  its claims are rows in PostgreSQL, so it takes no Redis lock.
 
 Running several worker processes at once is safe because every step is
 idempotent: each locks the PostgreSQL rows it acts on and changes Redis with a

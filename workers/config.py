@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from service.config import read_seconds
+from service.config import read_int, read_seconds
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,16 @@ class WorkerConfig:
     presence_interval: float = 5.0
     idle_offline_after: float | None = None
     offline_release_after: float | None = None
+    # Webhooks (service/domain/webhook_delivery.py): how often the events are fanned
+    # out and due deliveries started, endpoints sent to at once, an attempt's
+    # deadline, attempts before a delivery fails, the first retry's delay and the
+    # longest.
+    webhook_interval: float = 1.0
+    webhook_concurrency: int = 8
+    webhook_timeout: float = 5.0
+    webhook_max_attempts: int = 12
+    webhook_retry_base: float = 40.0
+    webhook_retry_max: float = 86_400.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerConfig:
@@ -32,6 +42,12 @@ class WorkerConfig:
             presence_interval=read_seconds(env, "PRESENCE_INTERVAL_SECONDS", 5.0),
             idle_offline_after=_optional(env, "AGENT_IDLE_OFFLINE_SECONDS"),
             offline_release_after=_optional(env, "OFFLINE_RELEASE_SECONDS"),
+            webhook_interval=read_seconds(env, "WEBHOOK_INTERVAL_SECONDS", 1.0),
+            webhook_concurrency=read_int(env, "WEBHOOK_CONCURRENCY", 8, maximum=256),
+            webhook_timeout=read_seconds(env, "WEBHOOK_TIMEOUT_SECONDS", 5.0, maximum=60),
+            webhook_max_attempts=read_int(env, "WEBHOOK_MAX_ATTEMPTS", 12, maximum=100),
+            webhook_retry_base=read_seconds(env, "WEBHOOK_RETRY_BASE_SECONDS", 40.0, maximum=3600),
+            webhook_retry_max=read_seconds(env, "WEBHOOK_RETRY_MAX_SECONDS", 86_400.0),
         )
 
 

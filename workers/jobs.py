@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from flask import current_app
+
 from service.auth import forget_expired_revocations
 from service.domain import DbSession
 from service.domain.presence import idle_to_offline, persist_last_seen, release_offline
@@ -12,10 +14,12 @@ from service.domain.reaper import reap
 from service.domain.rebuild import rebuild
 from service.domain.reconcile import reconcile
 from service.domain.relay import relay
+from service.domain.webhook_delivery import Settings as WebhookSettings
 from service.queue import TicketQueue
 
 from .config import WorkerConfig
 from .runner import Job
+from .webhooks import Dispatcher
 
 log = logging.getLogger("workers")
 
@@ -60,6 +64,20 @@ def build_jobs(
         if config.offline_release_after is not None:
             release_offline(session, queue, config.offline_release_after)
 
+    # Webhooks need PostgreSQL only: their claims are rows there, not Redis locks.
+    webhooks = Dispatcher(
+        session.get_bind().engine,
+        WebhookSettings(
+            timeout=config.webhook_timeout,
+            max_attempts=config.webhook_max_attempts,
+            retry_base=config.webhook_retry_base,
+            retry_max=config.webhook_retry_max,
+            # Read by the app's configuration, as the API checks URLs with it too.
+            allow_private=current_app.config["WEBHOOK_ALLOW_PRIVATE"],
+        ),
+        config.webhook_concurrency,
+    )
+
     def housekeeping_step() -> None:
         forgotten = forget_expired_revocations(session, limit=HOUSEKEEPING_LIMIT)
         if forgotten:
@@ -74,4 +92,11 @@ def build_jobs(
         Job("reconcile", config.reconcile_interval, reconcile_step, lock_ttl=30.0),
         Job("presence", config.presence_interval, presence_step, lock_ttl=30.0),
         Job("housekeeping", HOUSEKEEPING_INTERVAL, housekeeping_step, lock_ttl=30.0),
+        Job(
+            "webhooks",
+            config.webhook_interval,
+            webhooks.step,
+            locked=False,
+            on_stop=webhooks.close,
+        ),
     ]

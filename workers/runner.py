@@ -43,6 +43,12 @@ class Job:
     lock_ttl: float = 10.0
     next_run: float = 0.0
     failures: int = 0
+    # False: no Redis lock, for a job whose steps are safe side by side on their
+    # own (PostgreSQL claims) and that should go on while Redis is down.
+    locked: bool = True
+    # Called once when the loop ends (after the last step), e.g. to wait for
+    # work the job handed to threads.
+    on_stop: Callable[[], None] | None = None
 
 
 class Runner:
@@ -79,6 +85,12 @@ class Runner:
                 if job.next_run <= time.monotonic():
                     self.run_once(job)
             self._sleep_until(min(job.next_run for job in self.jobs))
+        self._stop_jobs()
+
+    def _stop_jobs(self) -> None:
+        for job in self.jobs:
+            if job.on_stop is not None:
+                job.on_stop()
 
     def _sleep_until(self, when: float) -> None:
         # Short sleeps rather than an Event: a signal handler may only set a flag.
@@ -91,8 +103,9 @@ class Runner:
     def run_once(self, job: Job) -> None:
         """Run one step of ``job`` under its lock; on failure schedule a retry with backoff."""
         try:
-            token = self.queue.acquire_lock(job.name, int(job.lock_ttl * 1000))
-            if token is None:
+            if not job.locked:
+                job.step()
+            elif (token := self.queue.acquire_lock(job.name, int(job.lock_ttl * 1000))) is None:
                 log.debug("%s: another worker holds the lock; skipping this round", job.name)
             else:
                 try:

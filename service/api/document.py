@@ -34,6 +34,8 @@ class Converter(OpenAPIConverter):
     """apispec's converter from marshmallow to OpenAPI, with the rules above."""
 
     def field2property(self, field: marshmallow.fields.Field) -> dict[str, Any]:
+        if isinstance(field, marshmallow.fields.Nested) and field.allow_none:
+            return self._nullable_reference(super().field2property(field))
         if not isinstance(field, Choice):
             return super().field2property(field)
         reference = self._enum_component(type(field))
@@ -44,6 +46,17 @@ class Converter(OpenAPIConverter):
             more["nullable"] = True
         # In OpenAPI 3.0 a $ref has no siblings: a narrowed or annotated use wraps it.
         return {"allOf": [reference], **more} if more else reference
+
+    @staticmethod
+    def _nullable_reference(prop: dict[str, Any]) -> dict[str, Any]:
+        """A nested schema or null, as OpenAPI 3.0 says it (``allOf`` the reference,
+        ``nullable``), rather than apispec's ``anyOf`` with an untyped object, which a
+        generated client would make a model of its own."""
+        choices = prop.get("anyOf", [])
+        if len(choices) == 2 and choices[1] == {"type": "object", "nullable": True}:
+            rest = {key: value for key, value in prop.items() if key != "anyOf"}
+            return {"allOf": [choices[0]], "nullable": True, **rest}
+        return prop
 
     def _enum_component(self, choice: type[Choice]) -> dict[str, Any]:
         name = choice.__name__

@@ -28,6 +28,8 @@ POINTS = (
     "ticket.after_move",  # a queue or priority change committed, Redis not yet moved
     "release.after_commit",  # an admin's release committed, the ticket not yet requeued
     "assign_ticket.after_commit",  # an admin's assign committed, Redis not yet updated
+    "webhooks.before_fanout_commit",  # deliveries inserted, the feed position not yet moved
+    "webhooks.after_send",  # a webhook answered, the outcome not yet recorded
 )
 
 
