@@ -11,15 +11,15 @@
 webhook_deliveries is empty wherever this runs (nothing wrote to it before),
 so the index is built in the migration's transaction.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0006'
-down_revision = '0005'
+revision = '0007'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 
