@@ -14,7 +14,7 @@ from sqlalchemy import inspect
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import metrics, ratelimit
+from . import metrics, notify, ratelimit
 from .config import ConfigError, load_config, load_env_file, refuse
 from .database import bound_waits, replace_closed_connections, serialise_sqlite
 from .extensions import db, jwt, migrate
@@ -95,6 +95,7 @@ def register_extensions(app: Flask) -> None:
     )
     app.extensions["ticket_queue"] = TicketQueue(client, app.config["REDIS_KEY_PREFIX"])
     with app.app_context():
+        notify.watch_event_commits(db.engine, app.extensions["ticket_queue"])
         if db.engine.dialect.name == "sqlite":
             serialise_sqlite(db.engine)
         elif db.engine.dialect.name == "postgresql":
