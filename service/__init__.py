@@ -19,6 +19,7 @@ from .config import ConfigError, load_config, load_env_file, refuse
 from .database import bound_waits, replace_closed_connections, serialise_sqlite
 from .extensions import db, jwt, migrate
 from .json_provider import OrjsonProvider
+from .live import Live
 from .logging import ensure_logging
 from .logging import init_app as init_request_logging
 from .queue import TicketQueue, make_redis
@@ -94,6 +95,8 @@ def register_extensions(app: Flask) -> None:
         app.config["REDIS_URL"], app.config["REDIS_CLUSTER"], app.config["REDIS_TIMEOUT_SECONDS"]
     )
     app.extensions["ticket_queue"] = TicketQueue(client, app.config["REDIS_KEY_PREFIX"])
+    # Long-polls and event streams (service/live.py): started in a process on first use.
+    app.extensions["live"] = Live(app)
     with app.app_context():
         notify.watch_event_commits(db.engine, app.extensions["ticket_queue"])
         if db.engine.dialect.name == "sqlite":

@@ -179,6 +179,26 @@ def load_config(instance_path: Path, env: Mapping[str, str] | None = None) -> di
         "READINESS_TIMEOUT_SECONDS": read_seconds(env, "READINESS_TIMEOUT_SECONDS", 1.0),
         "METRICS_TOKEN": _metrics_token(env),
         **_rate_limit_config(env, redis_url, _bool(env, "REDIS_CLUSTER")),
+        **_live_config(env),
+    }
+
+
+def _live_config(env: Mapping[str, str]) -> dict[str, Any]:
+    """Long-polls and event streams (service/live.py): how many, how often."""
+    return {
+        # Open at once, per user and in all processes together (429 beyond).
+        "LONG_POLLS_PER_USER": _int(env, "LONG_POLLS_PER_USER", 2),
+        "LONG_POLLS_TOTAL": _int(env, "LONG_POLLS_TOTAL", 5000),
+        "STREAMS_PER_USER": _int(env, "STREAMS_PER_USER", 4),
+        "STREAMS_TOTAL": _int(env, "STREAMS_TOTAL", 5000),
+        # A comment on every idle stream this often (proxies cut silent ones),
+        # and the token checked again.
+        "STREAM_KEEPALIVE_SECONDS": read_seconds(env, "STREAM_KEEPALIVE_SECONDS", 15.0, 300),
+        # Events read again this often while streams are open, in case a
+        # writer died between its commit and its message.
+        "STREAM_RESCAN_SECONDS": read_seconds(env, "STREAM_RESCAN_SECONDS", 5.0, 300),
+        # How long a dead process's connections still count against the limits.
+        "CONNECTION_LEASE_SECONDS": read_seconds(env, "CONNECTION_LEASE_SECONDS", 60.0, 3600),
     }
 
 

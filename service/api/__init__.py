@@ -305,6 +305,7 @@ def register_blueprints(app: Flask) -> None:
         agent_status,
         agent_tickets,
         auth,
+        events,
         ops,
     )
 
@@ -317,6 +318,7 @@ def register_blueprints(app: Flask) -> None:
         admin_agents,
         agent_tickets,
         agent_status,
+        events,
         ops,
     )
     for module in modules:
