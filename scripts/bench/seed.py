@@ -154,6 +154,12 @@ class Seeder:
                 ),
                 {"hash": hash_password("bench-password"), "capacity": capacity, "n": agents},
             )
+            # Every agent takes work from general, where every ticket below waits.
+            session.execute(
+                sa.text(
+                    "INSERT INTO agent_queues (agent_id, queue) SELECT id, 'general' FROM users"
+                )
+            )
             # Held tickets first (the oldest), then the queue behind them.
             session.execute(
                 sa.text(
@@ -191,7 +197,7 @@ class Seeder:
                 conn.exec_driver_sql("CHECKPOINT")
             self.queue.client.flushdb()
             rebuild(session, self.queue)
-            queued, _ = self.queue.depth()
+            queued, _ = self.queue_depth()
         return SeedInfo(
             agents, capacity, agents * held, unassigned, queued, time.monotonic() - started
         )
@@ -211,6 +217,6 @@ class Seeder:
         path.write_text("\n".join(lines) + "\n")
 
     def queue_depth(self) -> tuple[int, int]:
-        """(queued, reserved) in Redis."""
-        depth: tuple[int, int] = self.queue.depth()
-        return depth
+        """(queued in every queue, reserved) in Redis."""
+        per_queue, reserved = self.queue.depth(sorted(self.queue.queue_names()))
+        return sum(per_queue.values()), reserved
