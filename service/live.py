@@ -77,6 +77,10 @@ MAX_PENDING = 256
 PING_SECONDS = 15.0
 # Retry-After of a 429 for a full limit: a waiting fetch lasts at most 30 s.
 RETRY_AFTER_SECONDS = 5
+# The flag that streams are open ({tq}:streaming) lives this long, and a process
+# with streams sets it again this often.
+STREAMING_TTL_SECONDS = 30
+STREAMING_REFRESH_SECONDS = 10.0
 
 _EVENTS = TicketEvent.__table__
 _MESSAGE = EventMessageSchema()
@@ -338,7 +342,7 @@ class Hub:
         # the keeper
         self._keeper_wake = threading.Event()
         self._recheck: set[int] = set()
-        self._streaming_marked = 0.0
+        self._streaming_marked = float("-inf")
         self._renewed = time.monotonic()
         for target, name in (
             (self._listen, "live-listen"),
@@ -469,9 +473,10 @@ class Hub:
                 stream.end("server stopping")
         metrics.OPEN_STREAMS.inc()
         # Writers tell the streams only while they know one is open: raise the
-        # flag now; if it was down, writes in flight may not tell, so the pump
-        # reads a few times more over the next seconds.
-        self._mark_streaming()
+        # flag now (the keeper keeps it up); if it was down, writes in flight
+        # may not tell, so the pump reads a few times more over the next seconds.
+        if time.monotonic() - self._streaming_marked > STREAMING_REFRESH_SECONDS:
+            self._mark_streaming()
         self._keeper_wake.set()
         return stream
 
@@ -601,7 +606,7 @@ class Hub:
 
     def _mark_streaming(self) -> None:
         try:
-            already = self.queue.mark_streaming(int(3 * max(self.keepalive, 10)))
+            already = self.queue.mark_streaming(STREAMING_TTL_SECONDS)
         except redis.exceptions.RedisError as exc:
             log.info("could not flag the streams in Redis (%s)", exc)
             already = False
@@ -714,7 +719,7 @@ class Hub:
                 if self.slots.held and now - self._renewed >= self.slots.lease / 3:
                     self._renewed = now
                     self.slots.renew()
-                if self._streams and now - self._streaming_marked >= max(self.keepalive, 10):
+                if self._streams and now - self._streaming_marked >= STREAMING_REFRESH_SECONDS:
                     self._mark_streaming()
                 if self._streams and now - checked >= self.keepalive:
                     checked = now
