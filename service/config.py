@@ -291,6 +291,33 @@ class Serving:
     log_level: str
 
 
+# Files a worker needs beside its client connections: its PostgreSQL and Redis
+# pools, the pub/sub connection, log and metrics files, gevent's own.
+OPEN_FILES_MARGIN = 256
+
+
+def ensure_open_files(connections: int) -> None:
+    """Let each worker open a socket for every connection it serves: raise the
+    soft limit of open files (inherited by the workers) up to the hard limit. A
+    worker past its limit fails to accept, and its streams and waits with it."""
+    import resource
+
+    need = connections + OPEN_FILES_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    problem = ConfigError(
+        f"GUNICORN_WORKER_CONNECTIONS={connections} needs {need} open files per worker;"
+        f" the limit is {hard if hard != resource.RLIM_INFINITY else soft} (ulimit -n)"
+    )
+    if hard != resource.RLIM_INFINITY and hard < need:
+        raise problem
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    except (OSError, ValueError):
+        raise problem from None
+
+
 def serving_config(env: Mapping[str, str] | None = None) -> Serving:
     """How gunicorn serves the app, from the environment.
 
