@@ -33,6 +33,7 @@ import redis.exceptions
 from flask import g, has_app_context
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from .queue import TicketQueue
 
@@ -131,12 +132,15 @@ def watch_event_commits(engine: Engine, queue: TicketQueue) -> None:
 
     @event.listens_for(engine, "commit")
     def _committing(conn: Connection) -> None:
-        if conn.info.pop(_WRITTEN, False):
-            conn.info[_COMMITTED] = True
+        info = _info(conn)
+        if info is not None and info.pop(_WRITTEN, False):
+            info[_COMMITTED] = True
 
     @event.listens_for(engine, "rollback")
     def _rolled_back(conn: Connection) -> None:
-        conn.info.pop(_WRITTEN, None)
+        info = _info(conn)
+        if info is not None:
+            info.pop(_WRITTEN, None)
 
     @event.listens_for(engine, "checkin")
     def _given_back(_dbapi_connection: Any, record: Any) -> None:
@@ -155,6 +159,18 @@ def events_written(conn: Connection) -> None:
         nudger.nudge()
     else:
         conn.info[_WRITTEN] = True
+
+
+def _info(conn: Connection) -> dict[Any, Any] | None:
+    """The connection's info, or None for a connection the driver lost (asking a
+    lost connection for it would raise, and hide the error being handled)."""
+    if conn.invalidated or conn.closed:
+        return None
+    try:
+        info: dict[Any, Any] = conn.info
+    except SQLAlchemyError:
+        return None
+    return info
 
 
 def _in_autocommit(conn: Connection) -> bool:
