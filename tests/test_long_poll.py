@@ -107,6 +107,9 @@ def test_a_ticket_created_elsewhere_wakes_a_waiting_fetch_within_a_second(stack:
             answered[ticket] = at - created_at
             time.sleep(0.2)
     assert max(answered.values()) < 1.0, answered
+    print(
+        "wait answered after the ticket's creation:", sorted(round(t, 3) for t in answered.values())
+    )
 
 
 def _first_done(futures: list[Future], timeout: float) -> list[Future]:
