@@ -584,7 +584,7 @@ class Hub:
 
     def _pump(self) -> None:
         with self._pump_lock:
-            for _ in range(20):  # bounded: the next nudge or rescan goes on
+            for _ in range(20):  # bounded, so stream openings wait on it no longer
                 before = self._position
                 if before is None:
                     return
@@ -603,6 +603,7 @@ class Hub:
                     stream.offer(batch)
                 if len(rows) < PAGE:
                     return
+            self._pump_wake.set()  # more to read: go on at once, after the others
 
     def _mark_streaming(self) -> None:
         try:
