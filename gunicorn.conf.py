@@ -53,11 +53,19 @@ else:
 
 # Refuse to start on a broken configuration, with one line naming the variable,
 # before the app is loaded (a traceback from the import says it far less clearly).
-from service.config import ConfigError, load_config, refuse, serving_config  # noqa: E402
+from service.config import (  # noqa: E402
+    ConfigError,
+    ensure_open_files,
+    load_config,
+    refuse,
+    serving_config,
+)
 
 try:
     _serving = serving_config(os.environ)
     load_config(Path(os.environ.get("INSTANCE_PATH") or ROOT / "instance"), os.environ)
+    # Streams and waiting fetches hold their connections: each one a file.
+    ensure_open_files(_serving.worker_connections)
 except ConfigError as exc:
     refuse(exc)
 

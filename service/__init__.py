@@ -14,11 +14,12 @@ from sqlalchemy import inspect
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import metrics, ratelimit
+from . import metrics, notify, ratelimit
 from .config import ConfigError, load_config, load_env_file, refuse
 from .database import bound_waits, replace_closed_connections, serialise_sqlite
 from .extensions import db, jwt, migrate
 from .json_provider import OrjsonProvider
+from .live import Live
 from .logging import ensure_logging
 from .logging import init_app as init_request_logging
 from .queue import TicketQueue, make_redis
@@ -94,7 +95,10 @@ def register_extensions(app: Flask) -> None:
         app.config["REDIS_URL"], app.config["REDIS_CLUSTER"], app.config["REDIS_TIMEOUT_SECONDS"]
     )
     app.extensions["ticket_queue"] = TicketQueue(client, app.config["REDIS_KEY_PREFIX"])
+    # Long-polls and event streams (service/live.py): started in a process on first use.
+    app.extensions["live"] = Live(app)
     with app.app_context():
+        notify.watch_event_commits(db.engine, app.extensions["ticket_queue"])
         if db.engine.dialect.name == "sqlite":
             serialise_sqlite(db.engine)
         elif db.engine.dialect.name == "postgresql":

@@ -38,7 +38,7 @@ from flask import current_app, g, request
 from flask_jwt_extended import create_access_token, create_refresh_token
 from sqlalchemy import bindparam, delete, func, select
 
-from . import errors
+from . import errors, notify
 from .database import autocommit
 from .extensions import db
 from .models import ROLES, RevokedSession, User
@@ -234,11 +234,14 @@ def session_revoked(session: str, seen_agent: int | None = None) -> bool:
     """Whether ``session`` was logged out: Redis, or PostgreSQL when Redis cannot be
     trusted. ``seen_agent`` is noted as seen now, on the same round trip."""
     try:
-        revoked, trustworthy = ticket_queue().revocation(session, seen_agent)
+        revoked, trustworthy, streaming = ticket_queue().check_session(session, seen_agent)
     except redis.exceptions.RedisError:
         # Sell and the admin writes keep working on PostgreSQL alone.
         g.redis_unavailable = True
         return _revoked_in_database(session)
+    # Whether this request's writes of events should tell the event streams
+    # (service/notify.py): learnt on the round trip made anyway.
+    g.streams_open = streaming
     if revoked:
         return True
     return False if trustworthy else _revoked_in_database(session)
@@ -331,6 +334,8 @@ def revoke_session(claims: Claims) -> None:
     ticket_queue().revoke(claims.session, int(lifetime.total_seconds()) + 1)
     db.session.merge(RevokedSession(sid=claims.session, expires_at=expires_at))
     db.session.commit()
+    # Its open event streams and waiting fetches end now, in every process.
+    notify.session_ended(ticket_queue(), claims.session)
 
 
 def forget_expired_revocations(session: Any, limit: int = 1000) -> int:

@@ -194,6 +194,7 @@ def load_config(instance_path: Path, env: Mapping[str, str] | None = None) -> di
         "WEBHOOK_ALLOW_PRIVATE": _bool(env, "WEBHOOK_ALLOW_PRIVATE"),
         **_rate_limit_config(env, redis_url, _bool(env, "REDIS_CLUSTER")),
         **_console_cookies(env, secret, embedded),
+        **_live_config(env),
     }
 
 
@@ -223,6 +224,25 @@ def _console_cookies(env: Mapping[str, str], secret: str, embedded: bool) -> dic
         "SESSION_COOKIE_PATH": "/console/",
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": secure,
+    }
+
+
+def _live_config(env: Mapping[str, str]) -> dict[str, Any]:
+    """Long-polls and event streams (service/live.py): how many, how often."""
+    return {
+        # Open at once, per user and in all processes together (429 beyond).
+        "LONG_POLLS_PER_USER": _int(env, "LONG_POLLS_PER_USER", 2),
+        "LONG_POLLS_TOTAL": _int(env, "LONG_POLLS_TOTAL", 5000),
+        "STREAMS_PER_USER": _int(env, "STREAMS_PER_USER", 4),
+        "STREAMS_TOTAL": _int(env, "STREAMS_TOTAL", 5000),
+        # A comment on every idle stream this often (proxies cut silent ones),
+        # and the token checked again.
+        "STREAM_KEEPALIVE_SECONDS": read_seconds(env, "STREAM_KEEPALIVE_SECONDS", 15.0, 300),
+        # Events read again this often while streams are open, in case a
+        # writer died between its commit and its message.
+        "STREAM_RESCAN_SECONDS": read_seconds(env, "STREAM_RESCAN_SECONDS", 5.0, 300),
+        # How long a dead process's connections still count against the limits.
+        "CONNECTION_LEASE_SECONDS": read_seconds(env, "CONNECTION_LEASE_SECONDS", 60.0, 3600),
     }
 
 
@@ -313,6 +333,33 @@ class Serving:
     max_requests_jitter: int
     access_log: str | None
     log_level: str
+
+
+# Files a worker needs beside its client connections: its PostgreSQL and Redis
+# pools, the pub/sub connection, log and metrics files, gevent's own.
+OPEN_FILES_MARGIN = 256
+
+
+def ensure_open_files(connections: int) -> None:
+    """Let each worker open a socket for every connection it serves: raise the
+    soft limit of open files (inherited by the workers) up to the hard limit. A
+    worker past its limit fails to accept, and its streams and waits with it."""
+    import resource
+
+    need = connections + OPEN_FILES_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    problem = ConfigError(
+        f"GUNICORN_WORKER_CONNECTIONS={connections} needs {need} open files per worker;"
+        f" the limit is {hard if hard != resource.RLIM_INFINITY else soft} (ulimit -n)"
+    )
+    if hard != resource.RLIM_INFINITY and hard < need:
+        raise problem
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    except (OSError, ValueError):
+        raise problem from None
 
 
 def serving_config(env: Mapping[str, str] | None = None) -> Serving:

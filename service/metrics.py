@@ -28,6 +28,7 @@ from flask import Flask, Response, current_app, g, request
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     multiprocess,
@@ -66,6 +67,13 @@ HTTP_LATENCY = Histogram(
 )
 ASSIGNMENTS = Counter("tq_assignments_total", "Tickets assigned to agents (committed).")
 SELLS = Counter("tq_sells_total", "Tickets sold by agents (committed).")
+# Long-lived connections open now, summed over the worker processes alive.
+OPEN_STREAMS = Gauge("tq_open_streams", "Event streams open now.", multiprocess_mode="livesum")
+WAITING_FETCHES = Gauge(
+    "tq_waiting_fetches",
+    "Fetches (?wait=) waiting for a ticket now.",
+    multiprocess_mode="livesum",
+)
 RESERVATIONS_RETURNED = Counter(
     "tq_reservations_returned_total",
     "Expired reservations the reaper returned to the queue head.",
@@ -128,7 +136,9 @@ def _observe(response: Response) -> Response:
         # the statuses werkzeug knows.
         labels = (route_label(), method_label(), str(response.status_code))
         HTTP_REQUESTS.labels(*labels).inc()
-        HTTP_LATENCY.labels(*labels).observe(time.perf_counter() - started)
+        # A fetch's wait for a ticket (?wait=) is the client's choice, not latency.
+        waited = g.get("waited_seconds", 0.0)
+        HTTP_LATENCY.labels(*labels).observe(max(time.perf_counter() - started - waited, 0.0))
     return response
 
 

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -69,6 +69,14 @@ class Reservation:
         return [p.ticket_id for p in self.popped]
 
 
+class SessionCheck(NamedTuple):
+    """What the token check learns from Redis in its one round trip."""
+
+    revoked: bool
+    built: bool  # Redis holds state built from PostgreSQL: its blocklist is trustworthy
+    streaming: bool  # an event stream is open in some process
+
+
 class _Keys:
     """The queue keys of one script call: KEYS[1..fixed] first, then each queue once."""
 
@@ -108,6 +116,17 @@ class TicketQueue:
         self._mark_built = _script(client, "mark_built.lua")
         self._queue_range = _script(client, "queue_range.lua")
         self._revocation = _script(client, "revocation.lua")
+        self._take_slot = _script(client, "slots.lua")
+        self._renew_slots = _script(client, "slots_renew.lua")
+        # Pub/sub channels (service/live.py listens): what entered which queue
+        # (published by the scripts that queue ids), that events were committed,
+        # and that a session or an account changed.
+        self.arrivals_channel = f"{prefix}:notify:arrivals"
+        self.events_channel = f"{prefix}:notify:events"
+        self.accounts_channel = f"{prefix}:notify:accounts"
+        # Present while an event stream is open in some process: only then do
+        # writers tell the streams that events were committed.
+        self.streaming_key = f"{prefix}:streaming"
 
     # -- key names -------------------------------------------------------
     def queue_key(self, queue: str) -> str:
@@ -158,7 +177,7 @@ class TicketQueue:
     ) -> int:
         """Clear reservations PostgreSQL answered; give refused ids back to their places."""
         keys = _Keys([self.held_key(agent_id), self.reserved_key])
-        args: list[Any] = []
+        args: list[Any] = [self.arrivals_channel]
         for group in (confirmed, dropped):
             args.append(len(group))
             args.extend(group)
@@ -205,11 +224,11 @@ class TicketQueue:
         since queueing it too would let a second agent pop it.
         """
         keys = _Keys([self.reserved_key])
-        args: list[Any] = []
+        args: list[Any] = [self.arrivals_channel]
         for place in placements:
             left = keys.index(self.queue_key(place.left)) if place.left else 0
             args += [place.ticket_id, keys.index(self.queue_key(place.queue)), place.score, left]
-        if not args:
+        if len(args) == 1:
             return []
         added = self._enqueue(keys=keys.keys, args=args)
         return [int(i) for i in added.split(",")] if added else []
@@ -246,14 +265,62 @@ class TicketQueue:
         the request nothing more, and a stale client of a logged-out session
         does not keep the agent looking present.
         """
+        revoked, built, _ = self.check_session(session, seen_agent)
+        return revoked, built
+
+    def check_session(self, session: str, seen_agent: int | None = None) -> SessionCheck:
+        """``revocation``, and whether an event stream is open anywhere (so a write
+        of events should tell the streams), on the same round trip."""
         if seen_agent is None:
-            revoked, epoch = self.client.mget(self.revoked_key(session), self.epoch_key)
-            return revoked is not None, epoch is not None
-        revoked, built = self._revocation(
-            keys=[self.revoked_key(session), self.epoch_key, self.seen_key],
+            revoked, epoch, streaming = self.client.mget(
+                self.revoked_key(session), self.epoch_key, self.streaming_key
+            )
+            return SessionCheck(revoked is not None, epoch is not None, streaming is not None)
+        revoked, built, streaming = self._revocation(
+            keys=[self.revoked_key(session), self.epoch_key, self.seen_key, self.streaming_key],
             args=[seen_agent, repr(time.time())],
         )
-        return bool(revoked), bool(built)
+        return SessionCheck(bool(revoked), bool(built), bool(streaming))
+
+    # -- notifications and long-lived connections ---------------------------
+    def publish(self, channel: str, message: str) -> None:
+        self.client.publish(channel, message)
+
+    def mark_streaming(self, ttl_seconds: int) -> bool:
+        """Say that a stream is open here for ``ttl_seconds``; whether it was said
+        already (False: writers may not have told the streams until now)."""
+        before = self.client.set(self.streaming_key, "1", ex=max(int(ttl_seconds), 1), get=True)
+        return before is not None
+
+    def slots_key(self, kind: str, user_id: int | None = None) -> str:
+        """The places of long-lived connections of ``kind`` ("stream", "wait"):
+        every one, or one user's."""
+        base = f"{self.prefix}:slots:{kind}"
+        return base if user_id is None else f"{base}:{user_id}"
+
+    def take_slot(
+        self, kind: str, user_id: int, place: str, lease: float, per_user: int, total: int
+    ) -> int:
+        """Take a place (0), or say which limit is reached: 1 the user's, 2 the total."""
+        keys = [self.slots_key(kind, user_id), self.slots_key(kind)]
+        return int(self._take_slot(keys=keys, args=[place, lease, per_user, total]))
+
+    def renew_slots(self, kind: str, places: Sequence[tuple[str, int]], lease: float) -> int:
+        """Renew the leases of ``places`` ((place, user id)) of ``kind``."""
+        renewed = 0
+        for start in range(0, len(places), HELD_CHUNK):
+            keys = _Keys([self.slots_key(kind)])
+            args: list[Any] = [lease]
+            for place, user_id in places[start : start + HELD_CHUNK]:
+                args += [place, keys.index(self.slots_key(kind, user_id))]
+            renewed += int(self._renew_slots(keys=keys.keys, args=args))
+        return renewed
+
+    def free_slot(self, kind: str, user_id: int, place: str) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrem(self.slots_key(kind, user_id), place)
+        pipe.zrem(self.slots_key(kind), place)
+        pipe.execute()
 
     # -- presence ------------------------------------------------------------
     @property
@@ -402,7 +469,7 @@ class TicketQueue:
         held = [self.held_key(a) for a in held_agents]
         keys = _Keys([self.reserved_key, *held])
         # Lua's tonumber() does not read "inf": a far-future number stands for "any lease".
-        args: list[Any] = [repr(min(cutoff, 1e15)), len(held)]
+        args: list[Any] = [repr(min(cutoff, 1e15)), len(held), self.arrivals_channel]
         for ticket_id, place in ends:
             if place is None:
                 args += [ticket_id, 0, 0]

@@ -67,12 +67,33 @@ util.write_error = json_error
 
 
 class Worker(GeventWorker):
-    """gunicorn's gevent worker with a read deadline on every client socket."""
+    """gunicorn's gevent worker with a read deadline on every client socket, whose
+    event streams and waiting fetches end as soon as it is told to stop."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         raw = os.environ.get(CLIENT_TIMEOUT_ENV) or ""
         self.client_timeout = float(raw) if raw else DEFAULT_CLIENT_TIMEOUT
+
+    # gunicorn stops a worker by setting ``alive`` to False (SIGTERM, a recycle
+    # after max_requests, a lost master), then waits up to the graceful timeout
+    # for its connections to finish. Streams never finish and a waiting fetch
+    # may take 30 s: they are ended at once instead (service/live.py); a
+    # stream's client resumes elsewhere with Last-Event-ID.
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    @alive.setter
+    def alive(self, value: bool) -> None:
+        self._alive = value
+        if not value:
+            import gevent
+
+            from service.live import shutdown_all
+
+            # Not in a signal handler's frame: in a greenlet of its own.
+            gevent.spawn(shutdown_all)
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         # GeventWorker.handle makes the socket blocking with no timeout; this

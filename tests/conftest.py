@@ -98,6 +98,7 @@ def reset_state(app: Flask) -> None:
 
 def close_app(app: Flask) -> None:
     """Give back every connection an app holds to PostgreSQL and Redis."""
+    app.extensions["live"].close()  # a hub's threads, if a waiting fetch started one
     with app.app_context():
         db.session.remove()
         db.engine.dispose()

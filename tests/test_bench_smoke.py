@@ -212,6 +212,44 @@ def test_idle_backlog_runs_alone_in_its_quick_form(tmp_path):
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_open_connections_run_when_asked_for(tmp_path):
+    """Scenario 7, small: the fast path without, with and again without event
+    streams and waiting fetches held open; every connection held, then let go."""
+    done = _bench(
+        "scripts.bench",
+        "--quick",
+        "--scenarios=7",
+        "--duration=1",
+        "--open-agents=10",
+        "--open-streams=20",
+        "--open-waits=20",
+        "--open-wait=5",
+        "--open-idle-seconds=1",
+        "--tickets=100",
+        "--connections=4",
+        "--settle=0.5",
+        f"--results={tmp_path}",
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = tmp_path / "latest"
+    rows = json.loads((out / "result.json").read_text())["results"]
+    assert [r["scenario"] for r in rows] == ["open-base", "open-fast", "open-base"]
+    assert all(r["target"] == "product" and r["rps"] > 0 for r in rows), rows
+    assert all(r["audit"]["violations"] == [] and not r["problems"] for r in rows), rows
+    opened = rows[1]["open"]
+    assert (opened["streams"], opened["waits"]) == (20, 20)
+    assert opened["held_before"] == [20, 20]
+    assert opened["holder"]["streams_opened"] >= 20 and opened["holder"]["waits_sent"] >= 20
+    assert opened["at_rest"]["seconds"] == pytest.approx(1, abs=0.5)
+    assert opened["ratio"] == pytest.approx(
+        rows[1]["rps"] / ((rows[0]["rps"] + rows[2]["rps"]) / 2), abs=0.001
+    )
+    table = (out / "table.md").read_text()
+    assert "## 7 open connections" in table and "| 20 | 20 (5) |" in table
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob("tokens-*")), "tokens must not be left behind"
+
+
 def _seeder(queues: int = 1, per_agent: int = 1) -> Iterator[Any]:
     """The benchmark's seeder on its migrated database: 2 agents one short, 100 queued."""
     from scripts.bench import seed

@@ -8,6 +8,7 @@ from several gunicorn processes against the cluster client.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -21,6 +22,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from helpers import GENERAL_KEY, fetch, queued_in, reserved_ids
 from live import live_server
+from sse import EventStream
 
 from service.extensions import db
 from service.models import GENERAL, Ticket
@@ -175,3 +177,30 @@ def test_concurrent_fetches_by_one_agent_from_several_processes(
     assert holding(app, other.id) == []
     # The login limit is kept in the cluster too, shared by the three workers.
     assert logins == [401, 401, 429]
+
+
+def test_waits_and_streams_on_the_cluster(redis_cluster: Any, factory: Factory) -> None:
+    """The scripts publish on a cluster node, the hub listens on the node of
+    REDIS_URL: a waiting fetch is woken and a stream gets the events."""
+    admin = factory.headers(factory.user("admin", role="admin"))
+    agent = factory.headers(factory.user("alice", capacity=2))
+    with (
+        live_server(cluster_env(redis_cluster), workers=2) as url,
+        EventStream(url, "/api/admin/events/", admin) as stream,
+        ThreadPoolExecutor(max_workers=1) as pool,
+    ):
+        assert stream.status == 200
+        waiting = pool.submit(
+            requests.get, f"{url}/api/agent/tickets/assign/?wait=10", headers=agent
+        )
+        time.sleep(0.5)
+        created_at = time.monotonic()
+        ticket = requests.post(
+            f"{url}/api/admin/tickets/", json={"title": "c"}, headers=admin, timeout=10
+        ).json()["id"]
+        answer = waiting.result(timeout=10)
+        answered_at = time.monotonic()
+        assert [t["id"] for t in answer.json()["tickets"]] == [ticket]
+        assert answered_at - created_at < 1.0
+        kinds = [stream.next(timeout=3).event for _ in range(2)]
+        assert kinds == ["ticket.created", "ticket.assigned"]

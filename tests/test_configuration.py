@@ -85,3 +85,12 @@ def test_a_bad_gunicorn_setting_is_refused(entry: str) -> None:
     assert_refused(
         run(ENTRY_POINTS[entry], GUNICORN_CLIENT_TIMEOUT="soon"), "GUNICORN_CLIENT_TIMEOUT"
     )
+
+
+def test_more_connections_than_files_is_refused() -> None:
+    """Every stream and waiting fetch holds a socket: gunicorn raises its open files
+    limit to what GUNICORN_WORKER_CONNECTIONS needs, or refuses to start."""
+    assert_refused(
+        run(ENTRY_POINTS["gunicorn"], GUNICORN_WORKER_CONNECTIONS="50000000"),
+        "GUNICORN_WORKER_CONNECTIONS",
+    )

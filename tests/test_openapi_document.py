@@ -62,6 +62,8 @@ OPERATION_IDS = {
     ("POST", "/api/agent/tickets/sell/{ticket_id}/"): "sellTicket",
     ("GET", "/api/agent/status/"): "getMyStatus",
     ("PUT", "/api/agent/status/"): "setMyStatus",
+    ("GET", "/api/agent/events/"): "streamMyEvents",
+    ("GET", "/api/admin/events/"): "streamEvents",
     ("GET", "/healthz"): "healthz",
     ("GET", "/readyz"): "readyz",
     ("GET", "/metrics"): "getMetrics",

@@ -328,6 +328,9 @@ def every_db_route(world: World, agent_id: int, ticket_id: int) -> list[tuple[st
         ("POST", ASSIGN, None),
         ("GET", HELD, None),
         ("POST", f"/api/agent/tickets/sell/{ticket_id}/", None),
+        # A stream checks the account before it opens (503 here, nothing streamed).
+        ("GET", "/api/agent/events/", None),
+        ("GET", "/api/admin/events/", None),
     ]
 
 

@@ -408,3 +408,75 @@ def test_the_embedded_client_runs_the_scripts():
     assert embedded.settle(1, confirmed=[1], dropped=[], returned=[]) == 1
     # Each embedded client is its own in-process server.
     assert TicketQueue(make_redis(None, cluster=False)).depth([GENERAL]) == ({GENERAL: 0}, 0)
+
+
+# -- what the scripts tell waiting fetches, and the places of long connections --------
+def published(pubsub) -> list[str]:
+    messages = []
+    while (message := pubsub.get_message(timeout=0.05)) is not None:
+        if message["type"] == "message":
+            messages.append(message["data"])
+    return messages
+
+
+@pytest.fixture
+def arrivals(queue):
+    pubsub = queue.client.pubsub()
+    pubsub.subscribe(queue.arrivals_channel)
+    published(pubsub)  # the subscription's confirmation
+    yield pubsub
+    pubsub.close()
+
+
+def test_enqueue_publishes_what_entered_each_queue(queue, arrivals):
+    queue.enqueue(in_general(1, 2) + at("billing", HIGH, 3))
+    assert published(arrivals) == ["general=2,billing=1"]
+    queue.enqueue(in_general(1, 2))  # already queued: nothing entered
+    assert published(arrivals) == []
+    reserve(queue, 7, 1)  # popping tells nobody
+    assert published(arrivals) == []
+    # A move out of billing into general is an arrival in general only.
+    queue.enqueue([Placement(3, GENERAL, score(HIGH, 3), left="billing")])
+    assert published(arrivals) == ["general=1"]
+
+
+def test_settle_and_reap_publish_what_went_back(queue, arrivals):
+    queue.enqueue(in_general(1, 2, 3))
+    published(arrivals)
+    reservation = reserve(queue, 7, 3)
+    queue.settle(7, confirmed=[1], dropped=[2], returned=reservation.popped[2:])
+    assert published(arrivals) == ["general=1"]
+    reserve(queue, 8, 1)
+    queue.reap([(3, in_general(3)[0])], cutoff=time.time() + LEASE + 60, held_agents=[8])
+    assert published(arrivals) == ["general=1"]
+    queue.reap([(3, None)], cutoff=time.time() + LEASE + 60)  # nothing reserved: no news
+    assert published(arrivals) == []
+
+
+def test_the_session_check_says_whether_a_stream_is_open_anywhere(queue):
+    assert queue.check_session("abc", seen_agent=7).streaming is False
+    assert queue.check_session("abc").streaming is False
+    assert queue.mark_streaming(30) is False  # the flag was down
+    assert queue.mark_streaming(30) is True
+    assert queue.check_session("abc", seen_agent=7) == (False, False, True)
+    assert queue.check_session("abc") == (False, False, True)
+
+
+def test_places_are_bounded_per_user_and_in_all_and_end_with_their_lease(queue):
+    assert queue.take_slot("stream", 1, "a", 60, per_user=2, total=3) == 0
+    assert queue.take_slot("stream", 1, "b", 60, per_user=2, total=3) == 0
+    assert queue.take_slot("stream", 1, "c", 60, per_user=2, total=3) == 1  # the user's limit
+    assert queue.take_slot("stream", 2, "c", 60, per_user=2, total=3) == 0
+    assert queue.take_slot("stream", 3, "d", 60, per_user=2, total=3) == 2  # the total
+    assert queue.take_slot("wait", 3, "d", 60, per_user=2, total=3) == 0  # another kind
+    queue.free_slot("stream", 1, "a")
+    assert queue.take_slot("stream", 3, "d", 60, per_user=2, total=3) == 0
+    # A place whose lease passed (its process died) is dropped by the next taker;
+    # a renewed one is not.
+    assert queue.take_slot("wait", 4, "short", 0.05, per_user=1, total=3) == 0
+    assert queue.take_slot("wait", 5, "renewed", 0.05, per_user=1, total=3) == 0
+    assert queue.renew_slots("wait", [("renewed", 5), ("gone", 5)], 60) == 1
+    time.sleep(0.1)
+    assert queue.take_slot("wait", 6, "new", 60, per_user=1, total=3) == 0
+    assert queue.take_slot("wait", 7, "more", 60, per_user=1, total=3) == 2
+    assert set(queue.client.zrange(queue.slots_key("wait"), 0, -1)) == {"d", "new", "renewed"}

@@ -6,7 +6,8 @@ seeded state, one wrk run (for the product with ``python -m workers`` running
 beside it), then the invariant audit. Scenario 5 sends no traffic at all: it
 measures what the workers cost at rest. Scenario 6 runs the top-up twice, with
 every agent in one queue and with agents in several of many queues, and gives
-the ratio. Results go to ``bench-results/<time>/``
+the ratio. Scenario 7 (only when named) holds thousands of event streams and waiting
+fetches open beside the fast path. Results go to ``bench-results/<time>/``
 (result.json, table.md, plot.png); ``--publish`` also copies the table and the
 plot to docs/bench/.
 """
@@ -20,6 +21,7 @@ import platform
 import secrets
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -51,7 +53,13 @@ SCENARIO_TARGETS = {
     4: ("product",),
     5: ("product",),
     6: ("floor", "product"),
+    7: ("product",),
 }
+# Scenario 7 runs only when asked for (--scenarios 7): it holds thousands of
+# connections open, which the other scenarios do not need.
+DEFAULT_SCENARIOS = [1, 2, 3, 4, 5, 6]
+# The queue the waiting agents of scenario 7 belong to: no ticket ever enters it.
+WAIT_QUEUE = "bench-wait"
 
 FULL = {
     "agents": [100, 1000, 10_000],
@@ -66,6 +74,11 @@ FULL = {
     "idle_seconds": 60.0,
     "settle": 5.0,
     "routing_agents": 1000,
+    "open_agents": 1000,
+    "open_streams": 1000,
+    "open_waits": 1000,
+    "open_wait": 30,
+    "open_idle_seconds": 10.0,
 }
 QUICK = {
     "agents": [20, 100],
@@ -80,6 +93,11 @@ QUICK = {
     "idle_seconds": 5.0,
     "settle": 1.0,
     "routing_agents": 100,
+    "open_agents": 100,
+    "open_streams": 100,
+    "open_waits": 100,
+    "open_wait": 30,
+    "open_idle_seconds": 2.0,
 }
 
 
@@ -151,7 +169,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " req/s it just reached: the latency at a load below the maximum (0: off;"
         " default 0.7)",
     )
-    p.add_argument("--scenarios", type=_ints, default=[1, 2, 3, 4, 5, 6], help="e.g. 1,2 or 5 or 6")
+    p.add_argument(
+        "--open-agents", type=int, help="full agents on the fast path in 7 (default 1000)"
+    )
+    p.add_argument("--open-streams", type=int, help="event streams held open in 7 (default 1000)")
+    p.add_argument("--open-waits", type=int, help="fetches kept waiting in 7 (default 1000)")
+    p.add_argument("--open-wait", type=int, help="seconds each fetch waits in 7 (default 30)")
+    p.add_argument(
+        "--open-idle-seconds",
+        type=float,
+        help="seconds 7 reads the CPU with the connections open and no other traffic (default 10)",
+    )
+    p.add_argument(
+        "--scenarios",
+        type=_ints,
+        default=DEFAULT_SCENARIOS,
+        help="e.g. 1,2 or 5 or 6; 7 (open connections) only when named",
+    )
     p.add_argument("--targets", default=",".join(TARGETS), help="ceiling,floor,product,baseline")
     p.add_argument(
         "--database-url",
@@ -234,17 +268,19 @@ class Bench:
         return info.queued
 
     @contextmanager
-    def beside(self, target: str) -> Iterator[servers.Workers | None]:
+    def beside(
+        self, target: str, running: servers.Workers | None = None
+    ) -> Iterator[servers.Workers | None]:
         """The product's ``python -m workers``, started on the seeded state and settled
         (see ``settle``), then stopped after the measurement (``Workers.problem`` then
         says whether they ran and stopped cleanly); None for the other targets, which
         have no workers."""
-        if target != "product":
-            yield None
-            return
-        with servers.workers(self.env(), self.out / "workers.log") as running:
-            self.settle()
+        if target != "product" or running is not None:
             yield running
+            return
+        with servers.workers(self.env(), self.out / "workers.log") as started:
+            self.settle()
+            yield started
 
     def settle(self) -> float:
         """Wait until no rebuild runs (Redis holds its epoch and the rebuild lock is
@@ -280,7 +316,11 @@ class Bench:
         think_ms: int = 0,
         queues: int = 1,
         per_agent: int = 1,
+        running: servers.Workers | None = None,
+        audit_after: bool = True,
     ) -> dict[str, Any]:
+        """One wrk run, with the product's workers beside it (``running`` if they
+        run already), then the audit (unless ``audit_after`` is False)."""
         args = self.args
         cold = mode == "cold"
         # One idle agent more than connections per wrk thread (see agents.lua).
@@ -301,7 +341,7 @@ class Bench:
         if name in self.profiles:  # a second round of scenario 6
             name += f"-{sum(n.startswith(name) for n in self.profiles) + 1}"
         tokens = self.tokens(agents)
-        with self.beside(target) as workers:
+        with self.beside(target, running) as workers:
             sampler = None
             if args.profile and target == "product":
                 raw = self.out / f"profile-{name}.txt"
@@ -330,7 +370,8 @@ class Bench:
         audit = None
         queued_after = None
         # The ceiling changes nothing, nor does the floor's fast path.
-        if target in ("product", "baseline") or (target == "floor" and mode != "fetch"):
+        changes = target in ("product", "baseline") or (target == "floor" and mode != "fetch")
+        if changes and audit_after:
             queued_after, _ = self.seeder.queue_depth()
             audit = self.audit(target)
         row = {
@@ -432,6 +473,144 @@ class Bench:
         )
         return row
 
+    def open_connections(self, server: servers.Server) -> None:
+        """Scenario 7: the fast path (full agents fetching) without, then with
+        ``--open-streams`` event streams and ``--open-waits`` waiting fetches held
+        open by one client process (connections.py), then without again once the
+        server has let them go: the fast path must keep 90% of its throughput.
+        The waiting agents are agents of their own, in a queue no ticket enters,
+        each with one stream and one wait (sent again as soon as it is answered:
+        ``--open-wait`` seconds). Between the runs, the CPU of every process is
+        read over ``--open-idle-seconds`` with the connections open and nothing
+        else: what they cost at rest."""
+        args = self.args
+        agents = args.open_agents
+        queued = self.prepare("product", agents, args.capacity, args.tickets)
+        holders = max(args.open_streams, args.open_waits)
+        first = self.seeder.add_waiting_agents(holders, args.capacity, WAIT_QUEUE)
+        tokens = self.out / "tokens-waiting.txt"
+        self.seeder.write_tokens(tokens, holders, first)
+        self.log(f"added {holders} waiting agents (ids {first}..{first + holders - 1})")
+        with self.beside("product") as workers:
+            assert workers is not None
+            before = self.measure(
+                server,
+                "product",
+                "open-base",
+                agents,
+                "fetch",
+                queued,
+                running=workers,
+                audit_after=False,
+            )
+            status = self.out / "connections.json"
+            holder = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "scripts.bench.connections",
+                    server.url,
+                    str(tokens),
+                    f"--streams={args.open_streams}",
+                    f"--waits={args.open_waits}",
+                    f"--wait={args.open_wait}",
+                    f"--status={status}",
+                ],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            try:
+                opened_in = self.until_held(args.open_streams, args.open_waits, timeout=120)
+                self.log(
+                    f"{args.open_streams} streams and {args.open_waits} waits open"
+                    f" in {opened_in:.1f}s"
+                )
+                meter = cpu.Meter(server.pid, workers.pid, self.settings.database_url).start()
+                time.sleep(args.open_idle_seconds)
+                at_rest = meter.stop()
+                held = self.held()
+                during = self.measure(
+                    server,
+                    "product",
+                    "open-fast",
+                    agents,
+                    "fetch",
+                    queued,
+                    running=workers,
+                    audit_after=False,
+                )
+                held_after = self.held()
+            finally:
+                holder.send_signal(signal.SIGTERM)
+                output, _ = holder.communicate(timeout=60)
+            counts = json.loads(output.strip().splitlines()[-1]) if output.strip() else {}
+            released_in = self.until_held(0, 0, timeout=max(60.0, args.open_wait + 30))
+            self.log(f"the server let every connection go in {released_in:.1f}s")
+            after = self.measure(
+                server,
+                "product",
+                "open-base",
+                agents,
+                "fetch",
+                queued,
+                running=workers,
+                audit_after=False,
+            )
+        audit = self.audit("product")
+        for row in (before, during, after):
+            row["audit"] = audit
+        during["open"] = {
+            "streams": args.open_streams,
+            "waits": args.open_waits,
+            "wait_seconds": args.open_wait,
+            "held_before": held,
+            "held_after": held_after,
+            "holder": counts,
+            "at_rest": at_rest.as_dict() if at_rest else None,
+            "base_rps": [before["rps"], after["rps"]],
+        }
+        if counts.get("refused") or counts.get("errors"):
+            during["problems"].append(
+                f"the connections were refused {counts.get('refused')} or failed"
+                f" {counts.get('errors')} times"
+            )
+        # A wait is sent again as soon as it is answered: a few may be between two.
+        streams_after, waits_after = held_after
+        if streams_after != args.open_streams or waits_after < 0.95 * args.open_waits:
+            during["problems"].append(f"held {held_after} at the end of the run")
+        base = (before["rps"] + after["rps"]) / 2
+        ratio = during["rps"] / base if base else 0.0
+        during["open"]["ratio"] = round(ratio, 3)
+        self.log(f"open connections: the fast path kept {ratio:.3f} of its throughput")
+
+    def held(self) -> tuple[int, int]:
+        """(streams, waits) the server holds now, as their places in Redis say: those
+        whose lease runs (a place whose release failed is left to its lease)."""
+        queue = self.seeder.queue
+        now = queue.now()
+        pipe = queue.client.pipeline(transaction=False)
+        pipe.zcount(queue.slots_key("stream"), now, "+inf")
+        pipe.zcount(queue.slots_key("wait"), now, "+inf")
+        streams, waits = pipe.execute()
+        return int(streams), int(waits)
+
+    def until_held(self, streams: int, waits: int, timeout: float) -> float:
+        """Wait until the server holds ``streams`` and ``waits`` (at least, or none
+        when both are 0); the seconds waited."""
+
+        def reached() -> bool:
+            now = self.held()
+            return now == (0, 0) if streams == waits == 0 else now >= (streams, waits)
+
+        started = time.monotonic()
+        while not reached():
+            if time.monotonic() - started > timeout:
+                raise RuntimeError(f"the server holds {self.held()}, not {(streams, waits)}")
+            time.sleep(0.2)
+        return time.monotonic() - started
+
     def paced(self, server: servers.Server, agents: int, flat_out: dict[str, Any]) -> None:
         """Steady state again, each connection pausing after every answer so that
         together they offer about ``--paced`` of ``flat_out``'s req/s: the latency
@@ -518,6 +697,8 @@ class Bench:
                 self.idle(server)
             if 6 in wanted:
                 self.routing(server, target)
+            if 7 in wanted:
+                self.open_connections(server)
 
 
 def _stopped_badly(workers: servers.Workers | None) -> list[str]:
@@ -585,6 +766,10 @@ def main(argv: list[str] | None = None) -> int:
         "per_agent": args.per_agent,
         "routing_rounds": args.routing_rounds,
         "settle": args.settle,
+        "open_agents": args.open_agents,
+        "open_streams": args.open_streams,
+        "open_waits": args.open_waits,
+        "open_wait": args.open_wait,
         "profiled": args.profile,
     }
     bench.log(f"results in {out}")
@@ -614,7 +799,7 @@ def main(argv: list[str] | None = None) -> int:
         docs.mkdir(parents=True, exist_ok=True)
         # A run of some scenarios only (scenario 5 after a change to the relay)
         # must not replace the full run's table: it gets names of its own.
-        some = sorted(args.scenarios) != sorted(SCENARIO_TARGETS)
+        some = sorted(args.scenarios) != DEFAULT_SCENARIOS
         suffix = "-" + "-".join(map(str, sorted(args.scenarios))) if some else ""
         shutil.copy(out / "table.md", docs / f"table{suffix}.md")
         shutil.copy(out / "plot.png", docs / f"plot{suffix}.png")

@@ -255,8 +255,8 @@ class Seeder:
             agents, capacity, agents * held, unassigned, queued, time.monotonic() - started
         )
 
-    def write_tokens(self, path: Path, agents: int) -> None:
-        """One line per agent: ``<id> <access token>``."""
+    def write_tokens(self, path: Path, agents: int, first: int = 1) -> None:
+        """One line per agent (ids ``first`` on): ``<id> <access token>``."""
         with self.app.app_context():
             lines = [
                 f"{agent} "
@@ -265,9 +265,46 @@ class Seeder:
                     additional_claims={"role": "agent", "ver": 0, "sid": new_session()},
                     expires_delta=TOKEN_LIFETIME,
                 )
-                for agent in range(1, agents + 1)
+                for agent in range(first, first + agents)
             ]
         path.write_text("\n".join(lines) + "\n")
+
+    def add_waiting_agents(self, count: int, capacity: int, queue: str) -> int:
+        """``count`` more agents, online, holding nothing, in ``queue`` alone, which
+        has no tickets: a fetch of theirs with ``?wait=`` waits. Their first id."""
+        from service.extensions import db
+
+        with self.app.app_context():
+            session = db.session
+            session.execute(
+                sa.text(
+                    "INSERT INTO queues (name, description, created_at)"
+                    " VALUES (:queue, 'agents who wait', now()) ON CONFLICT (name) DO NOTHING"
+                ),
+                {"queue": queue},
+            )
+            first = int(session.scalar(sa.text("SELECT coalesce(max(id), 0) + 1 FROM users")))
+            session.execute(
+                sa.text(
+                    "INSERT INTO users (username, password_hash, role, is_active, capacity,"
+                    " status, created_at) SELECT 'bench-waiting-' || g, 'x', 'agent', true,"
+                    " :capacity, 'online', now() FROM generate_series(1, :n) AS g"
+                ),
+                {"capacity": capacity, "n": count},
+            )
+            session.execute(
+                sa.text(
+                    "INSERT INTO agent_queues (agent_id, queue)"
+                    " SELECT id, :queue FROM users WHERE id >= :first"
+                ),
+                {"queue": queue, "first": first},
+            )
+            session.execute(
+                sa.text("UPDATE users SET queue_names = :queue WHERE id >= :first"),
+                {"queue": queue, "first": first},
+            )
+            session.commit()
+        return first
 
     def queue_depth(self) -> tuple[int, int]:
         """(queued in every queue, reserved) in Redis."""

@@ -306,6 +306,7 @@ def register_blueprints(app: Flask) -> None:
         agent_status,
         agent_tickets,
         auth,
+        events,
         ops,
     )
 
@@ -319,6 +320,7 @@ def register_blueprints(app: Flask) -> None:
         admin_webhooks,
         agent_tickets,
         agent_status,
+        events,
         ops,
     )
     for module in modules:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import notify
 from ..auth import current_claims, role_required
 from ..domain import presence
 from ..extensions import db
 from ..schemas import PresenceSchema, StatusChangeSchema
+from ..state import ticket_queue
 from . import Blueprint
 
 blp = Blueprint("agent_status", __name__, url_prefix="/api/agent/status", description="Presence")
@@ -32,4 +34,6 @@ def set_status(body: dict[str, str]) -> dict[str, Any]:
     """Set your presence: only online agents are handed tickets; away or offline, a
     fetch returns what you hold."""
     status, since = presence.set_status(db.session, current_claims(), body["status"])
+    # A waiting fetch of the agent looks again: an agent now away is answered at once.
+    notify.account_changed(ticket_queue(), current_claims().user_id)
     return {"status": status, "since": since}

@@ -6,11 +6,18 @@ from flask import Response, current_app, g, jsonify
 
 from .. import errors
 from ..auth import current_claims, role_required
-from ..domain import assignment
+from ..domain import assignment, waiting
 from ..extensions import db
-from ..schemas import ErrorSchema, HoldingSchema, TicketSchema, holding_json, ticket_json
+from ..schemas import (
+    ErrorSchema,
+    FetchQuerySchema,
+    HoldingSchema,
+    TicketSchema,
+    holding_json,
+    ticket_json,
+)
 from ..state import ticket_queue
-from . import TICKET_ID, Blueprint, link
+from . import RETRY_AFTER, TICKET_ID, Blueprint, link
 
 blp = Blueprint(
     "agent_tickets", __name__, url_prefix="/api/agent/tickets", description="Tickets (agent)"
@@ -50,18 +57,33 @@ _SELL_THE_FIRST = link(
 )
 @blp.links(200, sellTicket=_SELL_THE_FIRST)
 @blp.response(200, HoldingSchema, example=HOLDING)
+@blp.alt_response(
+    429,
+    schema=ErrorSchema,
+    description="Too many fetches waiting (`?wait=`), of this agent or in all; nothing"
+    " was assigned",
+    headers=RETRY_AFTER,
+)
 @role_required("agent", load_user=False)
-def assign() -> Response:
+@blp.arguments(FetchQuerySchema, location="query", as_kwargs=True)
+def assign(wait: int = 0) -> Response:
     """If you are online, top up to capacity with the best unassigned tickets of your
-    queues (higher priority, then older); return what you hold."""
+    queues (higher priority, then older); return what you hold.
+
+    With `?wait=N` (up to 30 seconds), a fetch that would assign nothing because
+    your queues are empty (while you are online with room) waits up to N seconds
+    for a ticket to arrive in one of them, and answers as soon as it has assigned
+    one."""
     if g.get("redis_unavailable"):
         raise errors.RedisUnavailable()
-    result = assignment.assign(
-        db.session,
-        ticket_queue(),
-        current_claims(),
-        lease_seconds=current_app.config["RESERVATION_LEASE_SECONDS"],
-    )
+    lease = current_app.config["RESERVATION_LEASE_SECONDS"]
+    if wait:
+        live = current_app.extensions["live"]
+        result = waiting.assign_waiting(
+            db.session, ticket_queue(), current_claims(), lease, wait, live
+        )
+    else:
+        result = assignment.assign(db.session, ticket_queue(), current_claims(), lease)
     return jsonify(holding_json(result.tickets, result.capacity))
 
 

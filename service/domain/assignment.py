@@ -61,6 +61,8 @@ class Holding:
     capacity: int
     status: str = "online"
     queues: tuple[str, ...] = ()
+    assigned: int = 0  # of ``tickets``, how many the fetch that returned this assigned
+    queue_left: int = 0  # tickets left in the agent's queues after the fetch's last pop
 
     @property
     def takes_work(self) -> bool:
@@ -253,6 +255,8 @@ def assign(session: DbSession, queue: TicketQueue, caller: Claims, lease_seconds
     committed = False
     checked = False
     rounds = 0
+    assigned = 0
+    queue_left = 0
     try:
         for _ in range(MAX_POPS):
             # Also clears the reservations of the ids PostgreSQL lists (an
@@ -260,6 +264,7 @@ def assign(session: DbSession, queue: TicketQueue, caller: Claims, lease_seconds
             reservation = queue.reserve(
                 agent_id, capacity, lease_seconds, [t.id for t in tickets], queues
             )
+            queue_left = reservation.queue_left
             if not reservation.ids:
                 if reservation.queue_left and not checked and reservation.in_flight:
                     # The agent's other slots are reservations PostgreSQL did
@@ -289,6 +294,7 @@ def assign(session: DbSession, queue: TicketQueue, caller: Claims, lease_seconds
             committed = True
             fault_point("assign.after_confirm")
             tickets = result.tickets
+            assigned += len(result.confirmed)
             # The confirmed ids keep their reservations until the agent's next
             # reserve call clears them (or a sale, or the reaper once the lease
             # ends): one script call per fetch, not two. Only ids PostgreSQL
@@ -308,7 +314,7 @@ def assign(session: DbSession, queue: TicketQueue, caller: Claims, lease_seconds
         # clears the reservations left behind and `held` is brought in line by
         # the next fetch.
         log.warning("redis failed after the fetch of agent %s committed (%s)", agent_id, exc)
-    return Holding(tickets, capacity, current.status, queues)
+    return Holding(tickets, capacity, current.status, queues, assigned, queue_left)
 
 
 # A sale is one guarded UPDATE that also checks the seller's account (active, and

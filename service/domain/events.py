@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Select, Update, bindparam, func, insert, literal, select
 from sqlalchemy.engine import Connection
 
+from .. import notify
 from ..database import writes_in_ctes
 from ..models import EVENT_KINDS, Ticket, TicketEvent, utcnow
 from . import DbSession
@@ -72,6 +73,7 @@ def record(
     # One row (a sale, most top-ups) as a plain execute: the many-rows path
     # costs more Python than the INSERT itself.
     conn.execute(_INSERT, rows[0] if len(rows) == 1 else rows)
+    notify.events_written(conn)  # open event streams hear of it once committed
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,10 @@ class LoggedChange:
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> Sequence[Any]:
         """Run the change on ``conn``; return the changed rows."""
         if writes_in_ctes(conn):
-            return conn.execute(self.one_statement, params).all()
+            rows = conn.execute(self.one_statement, params).all()
+            if rows:
+                notify.events_written(conn)
+            return rows
         rows = conn.execute(self.change, params).all()
         record(
             conn,

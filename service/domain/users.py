@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from .. import errors
+from .. import errors, notify
 from ..auth import hash_password
 from ..models import GENERAL, Ticket, User, utcnow
 from ..queue import TicketQueue
@@ -166,6 +166,8 @@ def update_user(
     session.commit()
     if released:
         requeue_best_effort(queue, user.id, places)
+    # Its event streams re-check the account, its waiting fetches look again.
+    notify.account_changed(queue, user.id)
     return user
 
 

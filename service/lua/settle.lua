@@ -5,7 +5,8 @@
 -- KEYS[1]  held      set   the agent's held ids
 -- KEYS[2]  reserved  zset  ticket id -> lease deadline
 -- KEYS[3..] queues   zsets ticket id -> score
--- ARGV[1]  n_confirmed, then that many confirmed ids (now assigned in PostgreSQL)
+-- ARGV[1]  the arrivals channel ("" to publish nothing)
+-- then     n_confirmed, then that many confirmed ids (now assigned in PostgreSQL)
 -- then     n_dropped,   then that many ids that vanished (deleted or taken)
 -- then     groups of three: an id refused for capacity (still unassigned), the
 --          index (in KEYS) of the queue it came from, its score
@@ -16,7 +17,8 @@
 -- `reserved` does not say whose a lease is, so "ours" also needs the id in this
 -- agent's `held`: the reaper takes it out of there when it requeues it, and
 -- another agent that pops it again afterwards holds a fresh lease we must keep.
-local pos = 1
+-- What went back to a queue is published as enqueue.lua does.
+local pos = 2
 local function take()
   local n = tonumber(ARGV[pos])
   local out = {}
@@ -32,10 +34,21 @@ for _, id in ipairs(dropped) do
   redis.call('ZREM', KEYS[2], id)
   redis.call('SREM', KEYS[1], id)
 end
+local arrived, order = {}, {}
 for i = pos, #ARGV, 3 do
   local id, k, score = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
   if redis.call('SREM', KEYS[1], id) == 1 and redis.call('ZREM', KEYS[2], id) == 1 then
-    redis.call('ZADD', KEYS[k], score, id)
+    if redis.call('ZADD', KEYS[k], score, id) == 1 then
+      if not arrived[k] then order[#order + 1] = k end
+      arrived[k] = (arrived[k] or 0) + 1
+    end
   end
+end
+if ARGV[1] ~= '' and #order > 0 then
+  local parts = {}
+  for _, k in ipairs(order) do
+    parts[#parts + 1] = string.match(KEYS[k], ':queue:([^:]+)$') .. '=' .. arrived[k]
+  end
+  redis.call('PUBLISH', ARGV[1], table.concat(parts, ','))
 end
 return redis.call('SCARD', KEYS[1])
