@@ -11,16 +11,19 @@ from html import unescape
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from conftest import PASSWORD, Factory, fresh_app
 from flask import Flask
 from flask.testing import FlaskClient
 from helpers import assert_error
 
-from service.domain import activity
+from service.domain import activity, webhooks
+from service.domain.webhook_delivery import fan_out
 from service.extensions import db
-from service.models import Ticket, User
+from service.models import Ticket, User, Webhook, WebhookDelivery
 
 CONSOLE = "/console/"
+PUBLIC_HOOK = "https://93.184.216.34/hooks/tickets"  # an IP literal: no DNS lookup
 
 
 @pytest.fixture
@@ -353,8 +356,12 @@ def test_an_admin_page_is_not_for_an_agent(agent_client: FlaskClient) -> None:
 
 
 # -- the admin's pages ---------------------------------------------------------------------
-def test_every_admin_page_renders(admin_client: FlaskClient, agent: User, factory: Factory) -> None:
+def test_every_admin_page_renders(
+    admin_client: FlaskClient, app: Flask, agent: User, factory: Factory
+) -> None:
     (ticket,) = factory.tickets(1)
+    with app.app_context():
+        webhook = webhooks.create_webhook(db.session, url=PUBLIC_HOOK)["id"]
     for path in [
         "/console/admin/",
         "/console/admin/?sort=held&dir=desc&status=online&queue=general&name=al",
@@ -371,6 +378,8 @@ def test_every_admin_page_renders(admin_client: FlaskClient, agent: User, factor
         f"/console/admin/users/{agent.id}/",
         f"/console/admin/users/{agent.id}/deactivate",
         "/console/admin/webhooks/",
+        f"/console/admin/webhooks/{webhook}/",
+        f"/console/admin/webhooks/{webhook}/delete",
     ]:
         response = admin_client.get(path)
         assert response.status_code == 200, (path, text(response)[:400])
@@ -488,6 +497,131 @@ def test_queues_create_describe_delete(admin_client: FlaskClient, factory: Facto
     assert "Queue “billing” deleted." in text(gone)
 
 
+def test_webhooks_create_list_pause_resume_delete(admin_client: FlaskClient, app: Flask) -> None:
+    page = admin_client.get("/console/admin/webhooks/")
+    assert "No webhooks yet" in text(page)
+    csrf = csrf_of(page)
+    refused = admin_client.post(
+        "/console/admin/webhooks/",
+        data={
+            "csrf_token": csrf,
+            "url": "http://127.0.0.1:9/hook",
+            "events": ["ticket.sold"],
+            "secret": "a secret of mine, long enough",
+        },
+    )
+    html = refused.get_data(as_text=True)
+    assert refused.status_code == 400 and "127.0.0.1" in text(refused)
+    assert "loopback" in text(refused)
+    assert 'value="http://127.0.0.1:9/hook"' in html
+    assert re.search(r'value="ticket.sold" checked', html)
+    assert not re.search(r'value="ticket.created" checked', html)
+    assert "a secret of mine" not in html  # never typed back
+    short = admin_client.post(
+        "/console/admin/webhooks/",
+        data={"csrf_token": csrf, "url": PUBLIC_HOOK, "secret": "short"},
+    )
+    assert short.status_code == 400 and "Some fields need a change" in text(short)
+
+    made = admin_client.post(
+        "/console/admin/webhooks/",
+        data={"csrf_token": csrf, "url": PUBLIC_HOOK, "events": ["ticket.created", "ticket.sold"]},
+    )
+    assert made.status_code == 201, text(made)[:400]
+    secret = re.search(r"data-secret>([^<]+)<", made.get_data(as_text=True))
+    assert secret and len(secret.group(1)) >= 40
+    assert "shown here only" in text(made)
+    with app.app_context():
+        webhook = db.session.scalars(sa.select(Webhook)).one()
+        assert webhook.secret == secret.group(1)
+        assert webhook.events == ["ticket.created", "ticket.sold"]
+        webhook_id = webhook.id
+        db.session.rollback()
+
+    listed = admin_client.get("/console/admin/webhooks/")
+    assert PUBLIC_HOOK in text(listed) and "ticket.created, ticket.sold" in text(listed)
+    assert "active" in text(listed) and "none pending" in text(listed)
+    assert secret.group(1) not in listed.get_data(as_text=True)  # shown once only
+
+    paused = admin_client.post(
+        f"/console/admin/webhooks/{webhook_id}/active",
+        data={"csrf_token": csrf, "active": "false", "back": "list"},
+        follow_redirects=True,
+    )
+    assert "Webhook paused" in text(paused) and "Resume" in text(paused)
+    resumed = admin_client.post(
+        f"/console/admin/webhooks/{webhook_id}/active",
+        data={"csrf_token": csrf, "active": "true"},
+        follow_redirects=True,
+    )
+    assert "Webhook resumed" in text(resumed) and "Pause" in text(resumed)
+    with app.app_context():
+        assert db.session.get(Webhook, webhook_id).active is True
+        db.session.rollback()
+
+    confirm = admin_client.get(f"/console/admin/webhooks/{webhook_id}/delete")
+    assert confirm.status_code == 200 and f"Delete the webhook to {PUBLIC_HOOK}?" in text(confirm)
+    assert f'action="/console/admin/webhooks/{webhook_id}/delete"' in confirm.get_data(as_text=True)
+    without_csrf = admin_client.post(f"/console/admin/webhooks/{webhook_id}/delete")
+    assert without_csrf.status_code == 403
+    gone = admin_client.post(
+        f"/console/admin/webhooks/{webhook_id}/delete",
+        data={"csrf_token": csrf},
+        follow_redirects=True,
+    )
+    assert "Webhook deleted." in text(gone) and "No webhooks yet" in text(gone)
+    assert admin_client.get(f"/console/admin/webhooks/{webhook_id}/").status_code == 404
+
+
+def test_a_webhooks_deliveries_page_shows_its_attempts(
+    admin_client: FlaskClient, app: Flask, factory: Factory
+) -> None:
+    csrf = csrf_of(admin_client.get("/console/admin/webhooks/"))
+    page = admin_client.get("/console/admin/webhooks/")
+    offered = re.findall(r'name="events" value="([^"]+)" checked', page.get_data(as_text=True))
+    assert "ticket.created" in offered  # every type is checked on a new form
+    none = admin_client.post(
+        "/console/admin/webhooks/", data={"csrf_token": csrf, "url": PUBLIC_HOOK}
+    )
+    assert none.status_code == 400 and "Choose at least one." in text(none)
+    made = admin_client.post(
+        "/console/admin/webhooks/",
+        data={"csrf_token": csrf, "url": PUBLIC_HOOK, "events": offered},
+    )
+    assert made.status_code == 201
+    listed = admin_client.get("/console/admin/webhooks/")
+    assert re.search(r'data-label="Events">all<', listed.get_data(as_text=True))
+    factory.tickets(2)
+    with app.app_context():
+        assert fan_out(db.engine).deliveries == 2
+        webhook_id = db.session.scalars(sa.select(Webhook.id)).one()
+        first, second = db.session.scalars(
+            sa.select(WebhookDelivery).order_by(WebhookDelivery.event_id)
+        )
+        first.attempts, first.last_status_code = 2, 503
+        first.last_error = "answered 503: upstream unavailable"
+        second.status, second.attempts, second.last_status_code = "delivered", 1, 204
+        second.delivered_at, second.next_attempt_at = first.created_at, None
+        db.session.commit()
+        first_id, second_id = first.event_id, second.event_id
+
+    listed = admin_client.get("/console/admin/webhooks/")
+    assert "none pending" not in text(listed)  # the oldest pending event's age
+    page = admin_client.get(f"/console/admin/webhooks/{webhook_id}/")
+    assert page.status_code == 200
+    body = page.get_data(as_text=True).split("<tbody>")[1]
+    rows = re.findall(r"<tr>(.*?)</tr>", body, flags=re.S)
+    cells = [re.sub(r"\s+", " ", unescape(re.sub(r"<[^>]+>", " ", row))).strip() for row in rows]
+    assert cells[0].startswith(f"{second_id} ticket.created 1 delivered 204")
+    assert cells[1].startswith(f"{first_id} ticket.created 2 pending 503")
+    assert "answered 503: upstream unavailable" in cells[1] and "UTC" in cells[1]
+    bad = admin_client.get(f"/console/admin/webhooks/{webhook_id}/?before=nonsense")
+    assert bad.status_code == 200 and "the latest are shown" in text(bad)
+    assert str(first_id) in text(bad)
+    older = admin_client.get(f"/console/admin/webhooks/{webhook_id}/?before={second_id}")
+    assert "answered 503" in text(older) and "delivered" not in text(older).split("Deliveries")[1]
+
+
 def test_users_create_change_deactivate(
     app: Flask, admin_client: FlaskClient, admin: User, factory: Factory
 ) -> None:
@@ -577,19 +711,10 @@ def test_per_minute_finds_the_window_by_id(app: Flask, factory: Factory) -> None
         assert activity.first_event_since(db.session, now + timedelta(minutes=1)) is None
 
 
-def test_live_pages_follow_the_event_stream_when_the_service_has_one(
-    _schema: None, factory: Any
-) -> None:
-    """Without a stream the page refreshes every few seconds; with one (its route is
-    there) it names the stream and its event types for the script."""
+def test_live_pages_follow_the_event_stream(_schema: None, factory: Any) -> None:
+    """The agent's page names its event stream and the event types for the script,
+    and falls back to a slow refresh should the stream fail."""
     with fresh_app(CONSOLE_COOKIE_SECURE="false") as app:
-        Factory(app).user("erin")
-        client = app.test_client()
-        sign_in(client, "erin")
-        html = client.get("/console/agent/").get_data(as_text=True)
-        assert 'data-live-poll="3"' in html and "data-live-stream" not in html
-    with fresh_app(CONSOLE_COOKIE_SECURE="false") as app:
-        app.add_url_rule("/api/agent/events/", "stream_stand_in", lambda: "")
         Factory(app).user("erin")
         client = app.test_client()
         sign_in(client, "erin")

@@ -270,6 +270,28 @@ def test_an_admin_runs_the_service_while_the_agent_page_follows_live(
     assert unexpected(agent_problems) == []
 
 
+def test_an_admin_creates_pauses_and_reads_webhooks(
+    app: Flask, server: str, pages: Callable[[], tuple[Page, Problems]]
+) -> None:
+    Factory(app).user("admin", role="admin")
+    page, problems = pages()
+    sign_in(page, server, "admin")
+    section(page, "Webhooks")
+    page.get_by_label("URL").fill("https://93.184.216.34/hooks/sales")
+    for kind in ("ticket.created", "ticket.updated", "ticket.assigned", "ticket.released"):
+        page.get_by_label(kind).uncheck()
+    page.get_by_role("button", name="Create the webhook").click()
+    expect(page.locator("[data-secret]")).to_be_visible()
+    page.get_by_role("button", name="Pause").click()
+    assert message(page).startswith("Webhook paused")
+    page.get_by_label("URL").fill("https://93.184.216.34/hooks/all")
+    page.get_by_role("button", name="Create the webhook").click()
+    expect(page.locator("[data-secret]")).to_be_visible()
+    expect(page.locator("tbody tr")).to_have_count(2)
+    save_screenshot(page, "docs/console/webhooks.png", full_page=True)
+    assert unexpected(problems) == []
+
+
 def test_a_bad_sign_in_and_the_csrf_check(
     app: Flask, server: str, pages: Callable[[], tuple[Page, Problems]]
 ) -> None:

@@ -19,7 +19,6 @@ service's event stream when the service has one (``/api/agent/events/``,
 from __future__ import annotations
 
 import functools
-import importlib.util
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -96,11 +95,6 @@ def has_route(path: str) -> bool:
         except HTTPException:
             found[path] = False
     return found[path]
-
-
-def webhooks_available() -> bool:
-    """Whether this build has the webhooks' domain module (``service.domain.webhooks``)."""
-    return importlib.util.find_spec("service.domain.webhooks") is not None
 
 
 def requires(role: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -192,7 +186,6 @@ def template_helpers() -> dict[str, Any]:
         "favicon": swagger_ui_url("favicon-32x32.png"),
         "priorities": PRIORITIES,
         "event_types": " ".join(EVENT_TYPES),
-        "webhooks_available": webhooks_available(),
         "title": current_app.config["API_TITLE"],
     }
 

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, flash, render_template, request, url_for
+from flask import Response, current_app, flash, render_template, request, url_for
 
 from ..domain import activity, queues, workload
+from ..domain import webhooks as webhook_domain
+from ..domain.events import EVENT_TYPES
 from ..extensions import db
 from ..models import GENERAL, PRESENCE
-from ..schemas import QueueCreateSchema, QueuePatchSchema, WorkloadQuerySchema
+from ..schemas import (
+    QueueCreateSchema,
+    QueuePatchSchema,
+    WebhookCreateSchema,
+    WebhookDeliveryQuerySchema,
+    WebhookPatchSchema,
+    WorkloadQuerySchema,
+)
 from ..state import ticket_queue
-from . import ADMIN_STREAM, bp, live, requires, see_other, webhooks_available
+from . import ADMIN_STREAM, bp, live, requires, see_other
 from .chart import draw
 from .forms import Failure, Form, attempt, load
 
@@ -189,9 +198,151 @@ def delete_queue(name: str) -> Response:
 
 
 # -- webhooks -------------------------------------------------------------------------
-@bp.get("/admin/webhooks/")
+# The most webhooks listed, and deliveries shown per page (the API's default page).
+WEBHOOKS_SHOWN = 500
+DELIVERIES_SHOWN = 50
+
+
+def _webhooks_page(
+    form: Form | None = None, created: dict[str, Any] | None = None, status: int = 200
+) -> tuple[str, int]:
+    hooks, more = attempt(lambda: webhook_domain.list_webhooks(db.session, limit=WEBHOOKS_SHOWN))
+    pending = attempt(lambda: webhook_domain.oldest_pending(db.session))
+    return render_template(
+        "console/webhooks.html",
+        webhooks=hooks,
+        more_webhooks=more is not None,
+        pending=pending,
+        created=created,
+        event_choices=EVENT_TYPES,
+        form=form or Form(),
+        **live(None),
+    ), status
+
+
+@bp.get("/admin/webhooks/", endpoint="webhooks")
 @requires("admin")
-def webhooks() -> str:
-    """Webhooks live in their own domain module (``service.domain.webhooks``); a build
-    without it says so here rather than guess at its rules."""
-    return render_template("console/webhooks.html", available=webhooks_available())
+def webhooks_page() -> tuple[str, int]:
+    return _webhooks_page()
+
+
+def _allow_private() -> bool:
+    return bool(current_app.config["WEBHOOK_ALLOW_PRIVATE"])
+
+
+@bp.post("/admin/webhooks/")
+@requires("admin")
+def create_webhook() -> tuple[str, int]:
+    typed: dict[str, Any] = {
+        "url": request.form.get("url", "").strip(),
+        "events": request.form.getlist("events"),
+    }
+    secret = request.form.get("secret", "")
+    body = dict(typed)
+    if secret:  # left empty, one is generated
+        body["secret"] = secret
+
+    def create() -> dict[str, Any]:
+        loaded = load(WebhookCreateSchema(), body)
+        return webhook_domain.create_webhook(db.session, **loaded, allow_private=_allow_private())
+
+    try:
+        created = attempt(create)
+    except Failure as problem:  # the secret is not typed back into the page
+        form = Form.failed(typed, problem)
+        if "events" in form.errors and not typed["events"]:
+            form.errors["events"] = "Choose at least one."
+        return _webhooks_page(form, status=problem.status)
+    # The secret is shown in this answer only: no redirect that would lose it.
+    return _webhooks_page(created=created, status=201)
+
+
+def _webhook_page(webhook_id: int) -> str:
+    webhook = attempt(lambda: webhook_domain.get_webhook(db.session, webhook_id))
+    before = request.args.get("before") or None
+    try:
+        query = attempt(
+            lambda: load(WebhookDeliveryQuerySchema(), {"cursor": before} if before else {})
+        )
+    except Failure:  # a cursor that does not read: told, the latest shown
+        flash("That page of deliveries does not exist; the latest are shown.", "problem")
+        query, before = {}, None
+    items, next_cursor = attempt(
+        lambda: webhook_domain.list_deliveries(
+            db.session, webhook_id, limit=DELIVERIES_SHOWN, cursor=query.get("cursor")
+        )
+    )
+    return render_template(
+        "console/webhook.html",
+        webhook=webhook,
+        deliveries=items,
+        next_cursor=next_cursor,
+        paged=before is not None,
+        **live(None),
+    )
+
+
+@bp.get("/admin/webhooks/<int:webhook_id>/")
+@requires("admin")
+def webhook_page(webhook_id: int) -> str:
+    return _webhook_page(webhook_id)
+
+
+@bp.post("/admin/webhooks/<int:webhook_id>/active")
+@requires("admin")
+def set_webhook_active(webhook_id: int) -> Response:
+    wanted = request.form.get("active", "")
+    # The form's string as JSON would send it; anything else the schema refuses.
+    active: Any = {"true": True, "false": False}.get(wanted, wanted)
+
+    def change() -> dict[str, Any]:
+        loaded = load(WebhookPatchSchema(), {"active": active})
+        return webhook_domain.update_webhook(
+            db.session, webhook_id, loaded, allow_private=_allow_private()
+        )
+
+    try:
+        changed = attempt(change)
+    except Failure as problem:
+        if problem.status == 404:
+            raise
+        flash(f"The webhook was not changed. {problem.message}", "problem")
+    else:
+        flash(
+            "Webhook resumed: events are sent to it again."
+            if changed["active"]
+            else "Webhook paused: nothing is sent to it until it is resumed.",
+            "done",
+        )
+    if request.form.get("back") == "list":
+        return see_other(url_for("console.webhooks"))
+    return see_other(url_for("console.webhook_page", webhook_id=webhook_id))
+
+
+@bp.get("/admin/webhooks/<int:webhook_id>/delete")
+@requires("admin")
+def confirm_delete_webhook(webhook_id: int) -> str:
+    webhook = attempt(lambda: webhook_domain.get_webhook(db.session, webhook_id))
+    return render_template(
+        "console/confirm.html",
+        heading=f"Delete the webhook to {webhook['url']}?",
+        explanation="Nothing more is sent to it, and its deliveries are deleted with it:"
+        " pending ones are never sent. To stop it for a while, pause it instead.",
+        action=url_for("console.delete_webhook", webhook_id=webhook_id),
+        button="Delete the webhook",
+        cancel=url_for("console.webhook_page", webhook_id=webhook_id),
+    )
+
+
+@bp.post("/admin/webhooks/<int:webhook_id>/delete")
+@requires("admin")
+def delete_webhook(webhook_id: int) -> Response:
+    try:
+        attempt(lambda: webhook_domain.delete_webhook(db.session, webhook_id))
+    except Failure as problem:
+        if problem.status == 404:
+            raise
+        flash(f"The webhook was not deleted. {problem.message}", "problem")
+        return see_other(url_for("console.webhook_page", webhook_id=webhook_id))
+    flash("Webhook deleted.", "done")
+    return see_other(url_for("console.webhooks"))
