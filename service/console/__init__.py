@@ -63,10 +63,12 @@ ASSETS = {"console.css": "text/css", "console.js": "text/javascript"}
 # The event streams the live parts follow when the service has them.
 AGENT_STREAM = "/api/agent/events/"
 ADMIN_STREAM = "/api/admin/events/"
-# Seconds between two refreshes of the live parts when there is no stream (and
-# beside one, so ages and the chart move on).
+# Seconds between two refreshes of the live parts when there is no stream, and
+# beside one: ages and the chart move on, and a page stays live even when its
+# stream silently stops delivering (a proxy that buffers, a connection the
+# browser has not noticed is dead).
 POLL_SECONDS = 3
-STREAM_POLL_SECONDS = 30
+STREAM_POLL_SECONDS = 5
 
 
 class NavLink(NamedTuple):
