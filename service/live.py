@@ -473,10 +473,13 @@ class Hub:
                 stream.end("server stopping")
         metrics.OPEN_STREAMS.inc()
         # Writers tell the streams only while they know one is open: raise the
-        # flag now (the keeper keeps it up); if it was down, writes in flight
-        # may not tell, so the pump reads a few times more over the next seconds.
-        if time.monotonic() - self._streaming_marked > STREAMING_REFRESH_SECONDS:
-            self._mark_streaming()
+        # flag now, whenever this process last did (Redis may have lost it since;
+        # the keeper keeps it up); if it was down, writes in flight may not tell,
+        # so the pump reads a few times more over the next seconds. And wake the
+        # pump in any case: with no stream open it sleeps without a timeout, and
+        # from now on it must read at least every STREAM_RESCAN_SECONDS.
+        self._mark_streaming()
+        self._pump_wake.set()
         self._keeper_wake.set()
         return stream
 
@@ -681,6 +684,9 @@ class Hub:
         with self._lock:
             self._generation += 1
             self.connected = True
+            # A Redis that restarted lost the flag that streams are open: the
+            # keeper raises it again now, not at its next turn.
+            self._streaming_marked = float("-inf")
         self._wake_where("reset")
         self._pump_wake.set()
         self._recheck.update(s.user_id for s in list(self._streams))

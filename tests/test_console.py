@@ -721,7 +721,7 @@ def test_live_pages_follow_the_event_stream(_schema: None, factory: Any) -> None
         html = client.get("/console/agent/").get_data(as_text=True)
         assert 'data-live-stream="/api/agent/events/"' in html
         assert 'data-live-events="ticket.created ticket.updated ticket.assigned' in html
-        assert 'data-live-poll="5"' in html
+        assert 'data-live-poll="30"' in html
 
 
 def test_postgresql_or_redis_unreachable_is_told_and_the_form_keeps_its_input(

@@ -37,6 +37,7 @@ from service.domain import events
 from service.extensions import db
 from service.models import TicketEvent
 from service.schemas import EventMessageSchema
+from service.state import ticket_queue
 
 pytestmark = pytest.mark.slow
 
@@ -214,6 +215,38 @@ def test_a_new_event_reaches_an_open_stream_within_a_second(stack: Stack) -> Non
             assert next_of(everything, "ticket.assigned", ticket["id"]).id == assigned.id
         assert mine.drain() == []
     print("event received after its request began:", [round(t, 3) for t in latencies])
+
+
+def test_streams_get_their_events_when_the_open_streams_flag_is_lost(stack: Stack) -> None:
+    """Writers tell the streams only while the flag that streams are open is up in
+    Redis; a Redis that restarted has lost it. A stream opened then raises it again
+    at once, even in a process whose streams had all closed moments before; one
+    already open gets its events by the pump's rescan meanwhile."""
+    _, admin = stack.user("admin")
+    with stack.app.app_context():
+        queue = ticket_queue()
+        flag = queue.streaming_key
+    env = service_env(STREAM_KEEPALIVE_SECONDS=str(KEEPALIVE), STREAM_RESCAN_SECONDS="2")
+    with gunicorn(env, workers=1) as server:
+
+        def create(title: str) -> tuple[int, float]:
+            created_at = time.monotonic()
+            response = requests.post(
+                f"{server.url}/api/admin/tickets/", headers=admin, json={"title": title}, timeout=10
+            )
+            return response.json()["id"], created_at
+
+        with EventStream(server.url, ADMIN_EVENTS, admin) as first:
+            assert first.status == 200
+        time.sleep(KEEPALIVE + 1)  # the server has seen it go: no stream is open there
+        queue.client.delete(flag)
+        with EventStream(server.url, ADMIN_EVENTS, admin) as second:
+            assert second.status == 200
+            ticket, created_at = create("flag raised again")
+            assert next_of(second, "ticket.created", ticket).received - created_at < 1.0
+            queue.client.delete(flag)
+            ticket, created_at = create("found by the rescan")
+            assert next_of(second, "ticket.created", ticket).received - created_at < 2 + 1.0
 
 
 def test_a_stream_without_last_event_id_starts_from_now(stack: Stack) -> None:

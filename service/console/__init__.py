@@ -65,10 +65,11 @@ AGENT_STREAM = "/api/agent/events/"
 ADMIN_STREAM = "/api/admin/events/"
 # Seconds between two refreshes of the live parts when there is no stream, and
 # beside one: ages and the chart move on, and a page stays live even when its
-# stream silently stops delivering (a proxy that buffers, a connection the
-# browser has not noticed is dead).
+# stream silently stops delivering (a proxy that buffers). Beside a stream the
+# refresh is slow: thousands of open pages each refreshing every few seconds
+# would be a steady load of page renders for nothing.
 POLL_SECONDS = 3
-STREAM_POLL_SECONDS = 5
+STREAM_POLL_SECONDS = 30
 
 
 class NavLink(NamedTuple):
