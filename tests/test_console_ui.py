@@ -7,7 +7,7 @@ page follows live, and deactivates a user; a bad sign-in, and the CSRF check. Th
 pages run under the console's Content-Security-Policy and load only this origin's
 files: any console error, refused load or failed request fails the test.
 
-With SAVE_SCREENSHOTS=1 each page is saved to docs/console/ (the README shows them).
+With SAVE_SCREENSHOTS=1 each page is saved to docs/console/ (docs/console.md shows them).
 """
 
 from __future__ import annotations
