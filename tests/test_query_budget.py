@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import flask
 import pytest
 import redis
 import sqlalchemy as sa
@@ -203,3 +204,23 @@ def test_sell_budget(app, agent, monkeypatch):
     # statement in autocommit: no BEGIN, no COMMIT.
     assert budget.kinds == ["UPDATE tickets + INSERT ticket_events"], budget
     assert budget.postgres_round_trips == 1, budget
+
+
+def test_the_hot_path_runs_without_sqlalchemy_or_flask_session_overheads(app, agent):
+    """Two costs a change can add without adding a round trip, each about a tenth
+    of a full agent's fetch (measured with scripts/bench/hotpath.py):
+
+    - a listener on the engine's connection events (begin, commit, execute, ...)
+      sends every statement of every request through SQLAlchemy's slower path
+      with events; what needs one listens on the one connection concerned;
+    - Flask's cookie session, which the console's messages use, opened on API
+      requests too.
+    """
+    with app.app_context():
+        assert not db.engine._has_events
+    with app.test_request_context(ASSIGN, headers=agent):
+        session = app.session_interface.open_session(app, flask.request)
+        assert app.session_interface.is_null_session(session)
+    with app.test_request_context("/console/login"):
+        session = app.session_interface.open_session(app, flask.request)
+        assert session is not None and not app.session_interface.is_null_session(session)

@@ -29,6 +29,7 @@ import redis.exceptions
 from flask import (
     Blueprint,
     Flask,
+    Request,
     Response,
     abort,
     current_app,
@@ -41,6 +42,7 @@ from flask import (
     send_from_directory,
     url_for,
 )
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
@@ -272,8 +274,20 @@ bp.register_error_handler(SignInRequired, _sign_in_required)
 bp.register_error_handler(CsrfFailed, _csrf_failed)
 
 
+class ConsoleSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie session (the console's one-time messages), opened on
+    the console's pages only: its cookie is scoped to them, and an API request
+    would otherwise pay for a signing serializer it never uses."""
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if not request.path.startswith(bp.url_prefix or "/console"):
+            return self.make_null_session(app)
+        return super().open_session(app, request)
+
+
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
+    app.session_interface = ConsoleSessions()
 
 
 @bp.get("/assets/<name>")
