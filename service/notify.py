@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 # costs the streams one read, and Redis one message.
 COALESCE_SECONDS = 0.01
 _WRITTEN = "tq_events_written"
-_COMMITTED = "tq_events_committed"
 
 
 def _under_gevent() -> bool:
@@ -119,38 +118,26 @@ _nudgers: weakref.WeakKeyDictionary[Engine, EventNudger] = weakref.WeakKeyDictio
 
 
 def watch_event_commits(engine: Engine, queue: TicketQueue) -> None:
-    """Nudge the streams after each commit on ``engine`` that wrote events
-    (``events_written`` marks the connection; a rollback unmarks it).
+    """Nudge the streams when a connection that wrote events (``events_written``
+    marks it) is given back to the pool.
 
     SQLAlchemy's "commit" event comes before the database's COMMIT: a stream
     told then could read before the events are visible, and not look again.
-    So the commit only notes it, and the nudge goes when the connection is
-    given back to the pool, after the COMMIT.
+    The connection goes back to the pool after its COMMIT (or ROLLBACK: a rare
+    failed write then costs the streams one read that finds nothing new).
 
-    The commit and rollback listeners go on the one connection that wrote events
-    (``events_written``), never on the engine: a listener on the engine sends
+    Only a pool event: a listener on the engine's connection events would send
     every statement of every request through SQLAlchemy's slower path with
-    events, which cost the fast path about a tenth of its CPU.
+    events (a tenth of a full agent's fetch), and one added per connection costs
+    as much again in SQLAlchemy's event registry.
     """
     nudger = EventNudger(queue)
     _nudgers[engine] = nudger
 
     @event.listens_for(engine, "checkin")
     def _given_back(_dbapi_connection: Any, record: Any) -> None:
-        if record.info.pop(_COMMITTED, False):
+        if record.info.pop(_WRITTEN, False):
             nudger.nudge()
-
-
-def _committing(conn: Connection) -> None:
-    info = _info(conn)
-    if info is not None and info.pop(_WRITTEN, False):
-        info[_COMMITTED] = True
-
-
-def _rolled_back(conn: Connection) -> None:
-    info = _info(conn)
-    if info is not None:
-        info.pop(_WRITTEN, None)
 
 
 def events_written(conn: Connection) -> None:
@@ -163,10 +150,9 @@ def events_written(conn: Connection) -> None:
     if _in_autocommit(conn):
         nudger.nudge()
         return
-    conn.info[_WRITTEN] = True
-    if not event.contains(conn, "commit", _committing):
-        event.listen(conn, "commit", _committing)
-        event.listen(conn, "rollback", _rolled_back)
+    info = _info(conn)
+    if info is not None:
+        info[_WRITTEN] = True
 
 
 def _info(conn: Connection) -> dict[Any, Any] | None:
