@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import flask
+import marshmallow as ma
 import pytest
 import redis
 import sqlalchemy as sa
@@ -206,16 +207,32 @@ def test_sell_budget(app, agent, monkeypatch):
     assert budget.postgres_round_trips == 1, budget
 
 
-def test_the_hot_path_runs_without_sqlalchemy_or_flask_session_overheads(app, agent):
-    """Two costs a change can add without adding a round trip, each about a tenth
-    of a full agent's fetch (measured with scripts/bench/hotpath.py):
+def test_the_hot_path_runs_without_framework_overheads(app, agent, monkeypatch):
+    """Costs a change can add without adding a round trip, found with py-spy on
+    scripts/bench/hotpath.py (the first two about a tenth of a full agent's fetch
+    together):
 
     - a listener on the engine's connection events (begin, commit, execute, ...)
       sends every statement of every request through SQLAlchemy's slower path
-      with events; what needs one listens on the one connection concerned;
+      with events;
+    - a marshmallow schema built per request (webargs does, given a class);
     - Flask's cookie session, which the console's messages use, opened on API
       requests too.
     """
+    client = app.test_client()
+    client.get(ASSIGN, headers=agent)  # warm
+    built = []
+    original = ma.Schema.__init__
+
+    def counted(self: ma.Schema, *args: Any, **kwargs: Any) -> None:
+        built.append(type(self).__name__)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ma.Schema, "__init__", counted)
+    for path in (ASSIGN, f"{ASSIGN}?wait=0"):
+        assert client.get(path, headers=agent).status_code == 200
+    monkeypatch.undo()
+    assert built == []
     with app.app_context():
         assert not db.engine._has_events
     with app.test_request_context(ASSIGN, headers=agent):
