@@ -111,12 +111,12 @@ def bound_waits(connect_timeout: float, statement_timeout: float) -> None:
     (frozen, or a network that drops everything) enforces nothing, and the
     driver waited forever: a request never answered, a worker never moved. The
     driver runs every operation through a wait callback instead (psycopg2's
-    "green" mode), which waits on the socket with ``select`` for at most
+    "green" mode), which waits on the socket with ``poll`` for at most
     ``connect_timeout`` while connecting and ``statement_timeout`` after; past
     that it raises OperationalError and psycopg2 closes the connection, so the
     request answers 503 and the pool opens a new one next time.
 
-    The same callback serves gevent's processes: gevent's patched ``select``
+    The same callback serves gevent's processes: gevent's patched ``poll``
     lets the other greenlets run while one waits.
     """
     from psycopg2 import OperationalError, extensions
@@ -131,14 +131,17 @@ def bound_waits(connect_timeout: float, statement_timeout: float) -> None:
                 return
             left = deadline - time.monotonic()
             if left > 0:
-                fd = conn.fileno()
                 if state == extensions.POLL_READ:
-                    ready = select.select([fd], [], [], left)[0]
+                    events = select.POLLIN
                 elif state == extensions.POLL_WRITE:
-                    ready = select.select([], [fd], [], left)[1]
+                    events = select.POLLOUT
                 else:
                     raise OperationalError(f"bad state from poll: {state}")
-                if ready:
+                # poll(), not select(): a process holding many streams has
+                # descriptors past select()'s 1,024.
+                poller = select.poll()
+                poller.register(conn.fileno(), events | select.POLLERR | select.POLLHUP)
+                if poller.poll(left * 1000):
                     continue
             what = "connecting" if setup else "answering"
             raise OperationalError(f"PostgreSQL did not finish {what} within {limit:g}s")
