@@ -30,8 +30,10 @@ def _whole(text: str) -> int:
     return int(float(text))
 
 
-def _script(client: RedisClient, name: str) -> Any:
-    source = resources.files("service").joinpath("lua", name).read_text()
+def _script(client: RedisClient, name: str, *libraries: str) -> Any:
+    """The script ``name``, after the shared ``libraries`` (``*.lib.lua``) it calls."""
+    folder = resources.files("service").joinpath("lua")
+    source = "\n".join(folder.joinpath(part).read_text() for part in (*libraries, name))
     return client.register_script(source)
 
 
@@ -108,10 +110,10 @@ class TicketQueue:
         # Registered once per client: redis-py sends EVALSHA and falls back to
         # EVAL when the server lost its script cache (a restart).
         self._reserve = _script(client, "reserve.lua")
-        self._settle = _script(client, "settle.lua")
+        self._settle = _script(client, "settle.lua", "arrivals.lib.lua")
         self._resync = _script(client, "resync.lua")
-        self._enqueue = _script(client, "enqueue.lua")
-        self._reap = _script(client, "reap.lua")
+        self._enqueue = _script(client, "enqueue.lua", "arrivals.lib.lua")
+        self._reap = _script(client, "reap.lua", "arrivals.lib.lua")
         self._unlock = _script(client, "unlock.lua")
         self._mark_built = _script(client, "mark_built.lua")
         self._queue_range = _script(client, "queue_range.lua")

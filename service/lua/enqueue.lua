@@ -15,23 +15,15 @@
 -- What entered a queue is published ("general=2,billing=1") in the same
 -- step, so a fetch woken by the message always finds the tickets queued.
 local added = {}
-local arrived, order = {}, {}
 for i = 2, #ARGV, 4 do
   local id, k, score, left = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
   if left > 0 then redis.call('ZREM', KEYS[left], id) end
   if not redis.call('ZSCORE', KEYS[1], id) then
     if redis.call('ZADD', KEYS[k], score, id) == 1 then
       added[#added + 1] = id
-      if not arrived[k] then order[#order + 1] = k end
-      arrived[k] = (arrived[k] or 0) + 1
+      arrived(k)
     end
   end
 end
-if ARGV[1] ~= '' and #order > 0 then
-  local parts = {}
-  for _, k in ipairs(order) do
-    parts[#parts + 1] = string.match(KEYS[k], ':queue:([^:]+)$') .. '=' .. arrived[k]
-  end
-  redis.call('PUBLISH', ARGV[1], table.concat(parts, ','))
-end
+publish_arrivals(ARGV[1])
 return table.concat(added, ',')

@@ -17,7 +17,6 @@
 local cutoff = tonumber(ARGV[1])
 local held_last = 1 + tonumber(ARGV[2])
 local done = {}
-local arrived, order = {}, {}
 for i = 4, #ARGV, 3 do
   local id, k, score = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
   local deadline = redis.call('ZSCORE', KEYS[1], id)
@@ -25,17 +24,10 @@ for i = 4, #ARGV, 3 do
     redis.call('ZREM', KEYS[1], id)
     for h = 2, held_last do redis.call('SREM', KEYS[h], id) end
     if k > 0 and redis.call('ZADD', KEYS[k], score, id) == 1 then
-      if not arrived[k] then order[#order + 1] = k end
-      arrived[k] = (arrived[k] or 0) + 1
+      arrived(k)
     end
     done[#done + 1] = id
   end
 end
-if ARGV[3] ~= '' and #order > 0 then
-  local parts = {}
-  for _, k in ipairs(order) do
-    parts[#parts + 1] = string.match(KEYS[k], ':queue:([^:]+)$') .. '=' .. arrived[k]
-  end
-  redis.call('PUBLISH', ARGV[3], table.concat(parts, ','))
-end
+publish_arrivals(ARGV[3])
 return done

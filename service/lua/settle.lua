@@ -34,21 +34,13 @@ for _, id in ipairs(dropped) do
   redis.call('ZREM', KEYS[2], id)
   redis.call('SREM', KEYS[1], id)
 end
-local arrived, order = {}, {}
 for i = pos, #ARGV, 3 do
   local id, k, score = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
   if redis.call('SREM', KEYS[1], id) == 1 and redis.call('ZREM', KEYS[2], id) == 1 then
     if redis.call('ZADD', KEYS[k], score, id) == 1 then
-      if not arrived[k] then order[#order + 1] = k end
-      arrived[k] = (arrived[k] or 0) + 1
+      arrived(k)
     end
   end
 end
-if ARGV[1] ~= '' and #order > 0 then
-  local parts = {}
-  for _, k in ipairs(order) do
-    parts[#parts + 1] = string.match(KEYS[k], ':queue:([^:]+)$') .. '=' .. arrived[k]
-  end
-  redis.call('PUBLISH', ARGV[1], table.concat(parts, ','))
-end
+publish_arrivals(ARGV[1])
 return redis.call('SCARD', KEYS[1])
