@@ -61,6 +61,7 @@ if __package__ in (None, ""):  # run as a file: python scripts/bench/compare.py
 import sqlalchemy as sa  # noqa: E402
 
 from . import loadgen  # noqa: E402
+from .run import _git_commit, _ints  # noqa: E402
 from .seed import ROOT  # noqa: E402
 
 DEFAULT_REF = "766dfbf"
@@ -88,10 +89,6 @@ PROBE_PATHS = {
     "product: fast path": "probe: fast path",
     "product: sell + top-up": "probe: sell + top-up",
 }
-
-
-def _ints(text: str) -> list[int]:
-    return [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -616,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
                     + (f"  PROBLEMS: {'; '.join(problems)}" if problems else "")
                 )
     commits = {r["compare"]["side"]: r["meta"]["commit"] for r in runs}
-    meta["tree_commit"] = commits.get("tree") or _tree_commit()
+    meta["tree_commit"] = commits.get("tree") or _git_commit()
     if runs and not commits.get("ref", "").startswith(ref_commit):
         failed.append(f"the ref's runs report commit {commits.get('ref')}, not {ref_commit}")
     meta["load_after"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -642,11 +639,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     log(f"ok: {out}")
     return 0
-
-
-def _tree_commit() -> str:
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
-    return _git("rev-parse", "--short", "HEAD") + ("+changes" if dirty else "")
 
 
 @contextmanager

@@ -493,16 +493,21 @@ class Bench:
         self.log(f"added {holders} waiting agents (ids {first}..{first + holders - 1})")
         with self.beside("product") as workers:
             assert workers is not None
-            before = self.measure(
-                server,
-                "product",
-                "open-base",
-                agents,
-                "fetch",
-                queued,
-                running=workers,
-                audit_after=False,
-            )
+
+            def fast(scenario: str) -> dict[str, Any]:
+                """The fast path, measured with the workers beside it."""
+                return self.measure(
+                    server,
+                    "product",
+                    scenario,
+                    agents,
+                    "fetch",
+                    queued,
+                    running=workers,
+                    audit_after=False,
+                )
+
+            before = fast("open-base")
             status = self.out / "connections.json"
             holder = subprocess.Popen(
                 [
@@ -531,16 +536,7 @@ class Bench:
                 time.sleep(args.open_idle_seconds)
                 at_rest = meter.stop()
                 held = self.held()
-                during = self.measure(
-                    server,
-                    "product",
-                    "open-fast",
-                    agents,
-                    "fetch",
-                    queued,
-                    running=workers,
-                    audit_after=False,
-                )
+                during = fast("open-fast")
                 held_after = self.held()
             finally:
                 holder.send_signal(signal.SIGTERM)
@@ -548,16 +544,7 @@ class Bench:
             counts = json.loads(output.strip().splitlines()[-1]) if output.strip() else {}
             released_in = self.until_held(0, 0, timeout=max(60.0, args.open_wait + 30))
             self.log(f"the server let every connection go in {released_in:.1f}s")
-            after = self.measure(
-                server,
-                "product",
-                "open-base",
-                agents,
-                "fetch",
-                queued,
-                running=workers,
-                audit_after=False,
-            )
+            after = fast("open-base")
         audit = self.audit("product")
         for row in (before, during, after):
             row["audit"] = audit
@@ -602,7 +589,9 @@ class Bench:
 
         def reached() -> bool:
             now = self.held()
-            return now == (0, 0) if streams == waits == 0 else now >= (streams, waits)
+            if streams == waits == 0:
+                return now == (0, 0)
+            return now[0] >= streams and now[1] >= waits
 
         started = time.monotonic()
         while not reached():
