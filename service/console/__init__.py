@@ -122,6 +122,11 @@ def visitor() -> Visitor:
     return current_visitor()
 
 
+def ticket_label(ticket: Any) -> str:
+    """How the pages' messages name a ticket: #42 “Printer on fire”."""
+    return f"#{ticket.id} “{ticket.title}”"
+
+
 def see_other(url: str) -> Response:
     """A redirect after a form (303: the browser follows it with a GET)."""
     return make_response(redirect(url, code=303))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Response, current_app, flash, g, render_template, request, url_for
 
 from ..domain import assignment, presence
@@ -11,7 +9,7 @@ from ..extensions import db
 from ..models import PRESENCE
 from ..schemas import StatusChangeSchema
 from ..state import ticket_queue
-from . import AGENT_STREAM, bp, live, requires, see_other, visitor
+from . import AGENT_STREAM, bp, live, requires, see_other, ticket_label, visitor
 from .forms import READABLE, Failure, attempt, load
 
 STATUS_WORDS = {
@@ -19,10 +17,6 @@ STATUS_WORDS = {
     "away": "You are away: you keep your tickets and get no new ones.",
     "offline": "You are offline: you keep your tickets and get no new ones.",
 }
-
-
-def _ticket_label(ticket: Any) -> str:
-    return f"#{ticket.id} “{ticket.title}”"
 
 
 def _page(status: int = 200) -> tuple[str, int]:
@@ -73,7 +67,7 @@ def agent_assign() -> Response:
     new = [t for t in result.tickets if t.id not in before]
     held = len(result.tickets)
     if new:
-        names = ", ".join(_ticket_label(t) for t in new)
+        names = ", ".join(ticket_label(t) for t in new)
         flash(f"You got {len(new)} new ticket{'s' if len(new) > 1 else ''}: {names}.", "done")
     elif result.status != "online":
         flash(f"No new tickets: you are {result.status}. Set yourself online first.", "done")
@@ -102,7 +96,7 @@ def agent_sell(ticket_id: int) -> Response:
         else:
             flash(f"Ticket #{ticket_id} was not sold. {problem.message}", "problem")
         return _back()
-    flash(f"Sold {_ticket_label(sold)}.", "done")
+    flash(f"Sold {ticket_label(sold)}.", "done")
     return _back()
 
 

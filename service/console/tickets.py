@@ -10,11 +10,12 @@ from flask import Response, flash, render_template, request, url_for
 from .. import errors
 from ..domain import events, moves, queues, workload
 from ..domain import tickets as ticket_domain
+from ..domain.users import usernames
 from ..extensions import db
-from ..models import STATUSES, User
+from ..models import STATUSES
 from ..schemas import TicketAssignSchema, TicketCreateSchema, TicketQuerySchema
 from ..state import ticket_queue
-from . import bp, live, requires, see_other, visitor
+from . import bp, live, requires, see_other, ticket_label, visitor
 from .forms import Failure, Form, attempt, integer, load
 
 PAGE = 50
@@ -25,10 +26,6 @@ def _agents() -> list[workload.Workload]:
     """Active agents, to name holders and to pick one to assign to."""
     agents, _ = workload.list_workload(db.session, ticket_queue(), limit=500)
     return agents
-
-
-def _label(ticket: Any) -> str:
-    return f"#{ticket.id} “{ticket.title}”"
 
 
 @bp.get("/admin/tickets/", endpoint="tickets")
@@ -43,7 +40,7 @@ def ticket_list() -> tuple[str, int]:
         problem, query = failed, {"limit": PAGE}
     items, next_cursor = attempt(lambda: ticket_domain.list_tickets(db.session, **query))
     agents = attempt(_agents)
-    names = _names({t.agent_id for t in items if t.agent_id is not None})
+    names = usernames(db.session, {t.agent_id for t in items if t.agent_id is not None})
     first_args: dict[str, Any] = {k: v for k, v in wanted.items() if k != "cursor"}
     next_args: dict[str, Any] = {**first_args, "cursor": next_cursor}
     return render_template(
@@ -59,15 +56,6 @@ def ticket_list() -> tuple[str, int]:
         first_url=url_for("console.tickets", **first_args) if wanted.get("cursor") else None,
         **live(None),
     ), (problem.status if problem else 200)
-
-
-def _names(ids: set[int]) -> dict[int, str]:
-    if not ids:
-        return {}
-    from sqlalchemy import select
-
-    rows = db.session.execute(select(User.id, User.username).where(User.id.in_(ids)))
-    return {row.id: row.username for row in rows}
 
 
 def _ticket_fields() -> dict[str, Any]:
@@ -117,7 +105,7 @@ def create_ticket() -> Response | tuple[str, int]:
         ticket = attempt(create)
     except Failure as problem:
         return _new_page(Form.failed(typed, problem), problem.status)
-    flash(f"Ticket {_label(ticket)} created in “{ticket.queue}”.", "done")
+    flash(f"Ticket {ticket_label(ticket)} created in “{ticket.queue}”.", "done")
     return see_other(url_for("console.ticket_page", ticket_id=ticket.id))
 
 
@@ -154,7 +142,7 @@ def _ticket_page(
         ticket_id=ticket_id,
         ticket=ticket,
         history=history,
-        names=_names(people),
+        names=usernames(db.session, people),
         edit=edit or Form(),
         assign=assign or Form(),
         agents=attempt(_agents),
@@ -188,7 +176,7 @@ def edit_ticket(ticket_id: int) -> Response | tuple[str, int]:
         if problem.status == 404:
             raise
         return _ticket_page(ticket_id, edit=Form.failed(typed, problem), status=problem.status)
-    flash(f"Ticket {_label(ticket)} saved.", "done")
+    flash(f"Ticket {ticket_label(ticket)} saved.", "done")
     return see_other(url_for("console.ticket_page", ticket_id=ticket_id))
 
 
@@ -203,7 +191,8 @@ def release_ticket(ticket_id: int) -> Response:
     except Failure as problem:
         flash(f"Ticket #{ticket_id} was not released. {problem.message}", "problem")
     else:
-        flash(f"Ticket {_label(ticket)} released: it waits in “{ticket.queue}” again.", "done")
+        label = ticket_label(ticket)
+        flash(f"Ticket {label} released: it waits in “{ticket.queue}” again.", "done")
     return see_other(url_for("console.ticket_page", ticket_id=ticket_id))
 
 
@@ -225,8 +214,10 @@ def assign_ticket(ticket_id: int) -> Response | tuple[str, int]:
         if problem.status == 404:
             raise
         return _ticket_page(ticket_id, assign=Form.failed(typed, problem), status=problem.status)
-    holder = _names({ticket.agent_id}).get(ticket.agent_id, f"agent {ticket.agent_id}")
-    flash(f"Ticket {_label(ticket)} assigned to {holder}.", "done")
+    holder = usernames(db.session, {ticket.agent_id}).get(
+        ticket.agent_id, f"agent {ticket.agent_id}"
+    )
+    flash(f"Ticket {ticket_label(ticket)} assigned to {holder}.", "done")
     return see_other(url_for("console.ticket_page", ticket_id=ticket_id))
 
 
@@ -236,7 +227,7 @@ def confirm_delete_ticket(ticket_id: int) -> str:
     ticket = attempt(lambda: ticket_domain.get_ticket(db.session, ticket_id))
     return render_template(
         "console/confirm.html",
-        heading=f"Delete ticket {_label(ticket)}?",
+        heading=f"Delete ticket {ticket_label(ticket)}?",
         explanation="It is never handed out again, and frees its holder's slot."
         " Its history stays readable.",
         action=url_for("console.delete_ticket", ticket_id=ticket_id),

@@ -17,8 +17,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from ..models import TicketEvent, User, utcnow
+from ..models import TicketEvent, utcnow
 from . import DbSession
+from .users import usernames
 
 
 @dataclass(frozen=True)
@@ -104,10 +105,7 @@ def recent_events(session: DbSession, limit: int = 25) -> list[FeedItem]:
         session.scalars(select(TicketEvent).order_by(TicketEvent.id.desc()).limit(limit))
     )
     ids = {i for e in events for i in (e.actor_id, e.agent_id) if i is not None}
-    names: dict[int, str] = {
-        row.id: row.username
-        for row in session.execute(select(User.id, User.username).where(User.id.in_(ids)))
-    }
+    names = usernames(session, ids)
     return [
         FeedItem(
             id=e.id,

@@ -55,6 +55,14 @@ def describe(session: DbSession, users: Sequence[User]) -> list[UserView]:
     ]
 
 
+def usernames(session: DbSession, ids: set[int]) -> dict[int, str]:
+    """The usernames of the users ``ids`` (one query; none for no ids)."""
+    if not ids:
+        return {}
+    rows = session.execute(select(User.id, User.username).where(User.id.in_(ids)))
+    return {row.id: row.username for row in rows}
+
+
 def get_user(session: DbSession, user_id: int) -> User:
     user = session.get(User, user_id)
     if user is None:
