@@ -158,14 +158,15 @@ def _wants_event_stream() -> bool:
     return request.method == "GET" and "text/event-stream" in request.headers.get("Accept", "")
 
 
-def _token() -> str:
-    """The request's token: the bearer header; or, for an event stream opened by the
-    console's page, the console's access cookie. Any other API request needs the
-    header, so a cookie never authorises a change through the API."""
-    if "Authorization" not in request.headers and _wants_event_stream():
-        cookie = request.cookies.get(current_app.config["JWT_ACCESS_COOKIE_NAME"])
-        if cookie:
-            return cookie
+def _token(cookie: bool) -> str:
+    """The request's token: the bearer header; or, on a route that allows it
+    (``cookie``: the event streams) and for an EventSource's request, the console's
+    access cookie. Every other API route needs the header, so a cookie never
+    authorises a change through the API."""
+    if cookie and "Authorization" not in request.headers and _wants_event_stream():
+        value = request.cookies.get(current_app.config["JWT_ACCESS_COOKIE_NAME"])
+        if value:
+            return value
     return _bearer()
 
 
@@ -247,10 +248,11 @@ def session_revoked(session: str, seen_agent: int | None = None) -> bool:
     return False if trustworthy else _revoked_in_database(session)
 
 
-def authenticate(kind: str = "access") -> Claims:
-    """Verify the request's bearer token (``kind``: "access", "refresh" or "any")
-    and its session; remember its claims for the request."""
-    claims = decode(_token())
+def authenticate(kind: str = "access", cookie: bool = False) -> Claims:
+    """Verify the request's bearer token (``kind``: "access", "refresh" or "any";
+    ``cookie``: an EventSource may present the console's cookie instead) and its
+    session; remember its claims for the request."""
+    claims = decode(_token(cookie))
     if kind != "any" and claims.type != kind:
         raise errors.Unauthorized(f"this route needs an {kind} token", code="wrong_token_type")
     # A request on an agent route is the agent's sign of life (its last-seen time).
@@ -293,10 +295,11 @@ def load_current_user() -> User:
 
 
 def role_required(
-    role: str, *, token: str = "access", load_user: bool = True
+    role: str, *, token: str = "access", load_user: bool = True, cookie: bool = False
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Require a valid token of kind ``token`` ("access", "refresh" or "any") of
-    ``role`` ("admin", "agent", or "any" for either role).
+    ``role`` ("admin", "agent", or "any" for either role). ``cookie=True``: the
+    route is an event stream, which the console's page opens with its cookie.
 
     ``load_user=False`` leaves the account check (``ensure_current``) to the view,
     for the hot agent paths that fold it into the query they run anyway.
@@ -305,7 +308,7 @@ def role_required(
     def decorator(view: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(view)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            claims = authenticate(token)
+            claims = authenticate(token, cookie=cookie)
             if role != "any" and claims.role != role:
                 raise errors.Forbidden(f"this route needs the {role} role")
             if load_user:

@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterator
 from html import unescape
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import sqlalchemy as sa
@@ -17,6 +18,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from helpers import assert_error
 
+from service import errors
 from service.domain import activity, webhooks
 from service.domain.webhook_delivery import fan_out
 from service.extensions import db
@@ -224,7 +226,9 @@ def test_an_expired_access_token_is_renewed_with_the_refresh_cookie(
         sell = client.post(
             "/console/agent/status", data={"csrf_token": csrf_of(before), "status": "away"}
         )
+        # Back to the agent's page, not to the sign-in (which is a 303 too).
         assert sell.status_code == 303
+        assert urlsplit(sell.headers["Location"]).path == "/console/agent/"
 
 
 # -- the CSRF check ----------------------------------------------------------------
@@ -283,12 +287,15 @@ def test_an_event_stream_request_may_use_the_cookie(agent_client: FlaskClient) -
     assert cookie is not None
     headers = {"Accept": "text/event-stream", "Cookie": f"access_token_cookie={cookie.value}"}
     with app.test_request_context("/api/agent/events/", headers=headers):
-        assert authenticate().role == "agent"
+        assert authenticate(cookie=True).role == "agent"
     with (
         app.test_request_context("/api/agent/events/", method="POST", headers=headers),
-        pytest.raises(Exception, match="Authorization"),
+        pytest.raises(errors.Unauthorized, match="Authorization"),
     ):
-        authenticate()
+        authenticate(cookie=True)
+    # Only the stream routes read it: a fetch, even a GET asking for a stream, does not.
+    fetch = agent_client.get("/api/agent/tickets/assign/", headers=headers)
+    assert_error(fetch, 401, "missing_token")
 
 
 # -- the agent's page ------------------------------------------------------------------

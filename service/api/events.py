@@ -104,7 +104,7 @@ def _stream(claims: Claims, agent: int | None) -> Response:
 
 @blp.route("/api/agent/events/", methods=["GET"], operation_id="streamMyEvents", parameters=RESUME)
 @_documented
-@role_required("agent")
+@role_required("agent", cookie=True)
 def agent_events() -> Response:
     """Server-sent events of the tickets you hold or held: those whose `agent_id` is
     you (assigned, updated, sold, released, deleted while yours)."""
@@ -113,7 +113,7 @@ def agent_events() -> Response:
 
 @blp.route("/api/admin/events/", methods=["GET"], operation_id="streamEvents", parameters=RESUME)
 @_documented
-@role_required("admin")
+@role_required("admin", cookie=True)
 def admin_events() -> Response:
     """Server-sent events of every ticket: created, updated, assigned, sold, released,
     deleted, in id order."""
