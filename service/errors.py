@@ -6,7 +6,8 @@ import logging
 from typing import Any
 
 import redis.exceptions
-from flask import Flask, Response, jsonify
+import werkzeug.exceptions
+from flask import Flask, Response, current_app, has_request_context, jsonify, request
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
@@ -149,7 +150,28 @@ def _friendly(fields: dict[str, str]) -> dict[str, str]:
     return fields
 
 
+def _other_slash(exc: HTTPException) -> HTTPException:
+    """A 404 where the path's other form (with or without its trailing slash, which
+    every route accepts) has the route for another method: that 405 instead.
+    Werkzeug's ``strict_slashes=False`` matches the other form for the right
+    method only, and says 404 for a wrong one."""
+    if not isinstance(exc, werkzeug.exceptions.NotFound) or not has_request_context():
+        return exc
+    path = request.path
+    other = path.rstrip("/") if path.endswith("/") else path + "/"
+    if not other or other == path:
+        return exc
+    try:
+        current_app.url_map.bind_to_environ(request.environ).match(other, method=request.method)
+    except werkzeug.exceptions.MethodNotAllowed as instead:
+        return instead
+    except HTTPException:
+        pass
+    return exc
+
+
 def handle_http_exception(exc: HTTPException) -> Response:
+    exc = _other_slash(exc)
     status = exc.code or 500
     data = getattr(exc, "data", None) or {}
     messages = data.get("messages") if isinstance(data, dict) else None

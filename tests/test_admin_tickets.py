@@ -299,6 +299,11 @@ def test_unsupported_methods_are_405(client, admin_headers, app):
         ("DELETE", "/api/admin/tickets/"),
         ("POST", "/api/admin/queue/"),
         ("DELETE", f"/api/admin/tickets/{ticket['id']}/events/"),
+        # Every route answers with and without its trailing slash: so does its 405.
+        ("POST", f"/api/admin/tickets/{ticket['id']}"),
+        ("DELETE", "/api/admin/tickets"),
+        ("GET", "/api/auth/token"),
+        ("POST", "/healthz/"),
     ):
         response = client.open(path, method=method, json={}, headers=admin_headers)
         assert_error(response, 405, "method_not_allowed")
