@@ -41,7 +41,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import redis
 import redis.exceptions
 from sqlalchemy import bindparam, func, select
@@ -50,10 +49,9 @@ from werkzeug.exceptions import TooManyRequests
 
 from . import metrics
 from .database import autocommit
-from .domain import events, feed
+from .domain import events, feed, webhook_delivery
 from .models import RevokedSession, TicketEvent, User
 from .queue import TicketQueue
-from .schemas import EventMessageSchema
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -83,7 +81,6 @@ STREAMING_TTL_SECONDS = 30
 STREAMING_REFRESH_SECONDS = 10.0
 
 _EVENTS = TicketEvent.__table__
-_MESSAGE = EventMessageSchema()
 _NEW_EVENTS = (
     select(*_EVENTS.c).where(_EVENTS.c.id > bindparam("after")).order_by(_EVENTS.c.id).limit(PAGE)
 )
@@ -112,12 +109,11 @@ _REVOKED = select(RevokedSession.sid).where(
 
 def render(row: Any) -> bytes:
     """One event as a server-sent event: its id, its type, and the webhook body
-    (EventMessageSchema) as compact JSON on one line."""
-    message = _MESSAGE.dump(events.message(row))
+    (``webhook_delivery.body``: compact JSON, one line)."""
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (
         row.id,
-        message["type"].encode(),
-        orjson.dumps(message),
+        events.event_type(row.kind).encode(),
+        webhook_delivery.body(row),
     )
 
 

@@ -83,10 +83,6 @@ class EventNudger:
         self._lock = threading.Lock()
 
     def nudge(self) -> None:
-        # A request learnt from its token check whether any stream is open;
-        # elsewhere (the workers, scripts) always tell.
-        if has_app_context() and not g.get("streams_open", True):
-            return
         if not _under_gevent():
             _best_effort(self.queue, self.queue.events_channel, "1")
             return
@@ -144,6 +140,11 @@ def events_written(conn: Connection) -> None:
     """Events were written on ``conn`` (service/domain/events.py calls this): nudge
     the streams once they are committed. In the driver's autocommit (one-statement
     writes on PostgreSQL, service/database.py) they already are."""
+    # A request learnt from its token check whether any stream is open (the
+    # usual answer, no: the sale or top-up then pays nothing here); elsewhere
+    # (the workers, scripts) always tell.
+    if has_app_context() and not g.get("streams_open", True):
+        return
     nudger = _nudgers.get(conn.engine)
     if nudger is None:
         return

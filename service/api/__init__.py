@@ -148,7 +148,7 @@ class Parser(FlaskParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._empty_queries: weakref.WeakKeyDictionary[ma.Schema, dict[str, Any]] = (
+        self._empty_queries: weakref.WeakKeyDictionary[ma.Schema, dict[str, Any] | None] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -166,12 +166,16 @@ class Parser(FlaskParser):
         (a schema with a computed default is parsed every time)."""
         if location == "query" and validate is None and isinstance(argmap, ma.Schema):
             request = req if req is not None else flask.request
-            if not request.query_string and not _computed_defaults(argmap):
-                loaded = self._empty_queries.get(argmap)
-                if loaded is None:
-                    loaded = super().parse(argmap, req, location=location, **kwargs)
-                    self._empty_queries[argmap] = loaded
-                return dict(loaded)
+            if not request.query_string:
+                if argmap not in self._empty_queries:
+                    self._empty_queries[argmap] = (
+                        None
+                        if _computed_defaults(argmap)
+                        else super().parse(argmap, req, location=location, **kwargs)
+                    )
+                loaded = self._empty_queries[argmap]
+                if loaded is not None:
+                    return dict(loaded)
         return super().parse(argmap, req, location=location, validate=validate, **kwargs)
 
     def load_json(self, req: Any, schema: Any) -> Any:
