@@ -24,8 +24,10 @@ import pytest
 import requests
 from conftest import Factory, fresh_app, service_env
 from flask import Flask
-from live import Server, gunicorn
+from live import Server, gunicorn, wait_for
 from sse import EventStream
+
+from service.state import ticket_queue
 
 pytestmark = pytest.mark.slow
 
@@ -238,15 +240,22 @@ def test_waits_and_streams_beyond_the_limits_are_429s(stack: Stack) -> None:
     }
     queue = stack.queue()
     agents = [stack.agent(queue) for _ in range(3)]
+
+    def places(kind: str) -> int:
+        """The places of ``kind`` ("wait", "stream") taken in Redis now."""
+        with stack.app.app_context():
+            queue_ = ticket_queue()
+            return int(queue_.client.zcard(queue_.slots_key(kind)))
+
     with gunicorn(service_env(**limits), workers=2) as server, ThreadPoolExecutor(2) as pool:
-        first = pool.submit(fetch, server.url, agents[0], 2)
-        time.sleep(0.5)
-        same_agent, _ = fetch(server.url, agents[0], 2)
+        first = pool.submit(fetch, server.url, agents[0], 5)
+        wait_for(lambda: places("wait") == 1, "the first wait to take its place", 5)
+        same_agent, _ = fetch(server.url, agents[0], 5)
         assert same_agent.status_code == 429, same_agent.text
         assert int(same_agent.headers["Retry-After"]) > 0
-        second = pool.submit(fetch, server.url, agents[1], 2)
-        time.sleep(0.5)
-        over_total, _ = fetch(server.url, agents[2], 2)
+        second = pool.submit(fetch, server.url, agents[1], 5)
+        wait_for(lambda: places("wait") == 2, "the second wait to take its place", 5)
+        over_total, _ = fetch(server.url, agents[2], 5)
         assert over_total.status_code == 429, over_total.text
         # The waits in place end normally; then their places are free again.
         assert held(first.result()[0]) == [] and held(second.result()[0]) == []
@@ -269,16 +278,16 @@ def test_waits_and_streams_beyond_the_limits_are_429s(stack: Stack) -> None:
             response.close()
 
         # A client that goes away frees its place at once, not at the next write.
-        time.sleep(0.3)
+        wait_for(lambda: places("stream") == 0, "the closed streams' places to be free", 2)
         with EventStream(server.url, "/api/agent/events/", agents[0]) as dropped:
             assert dropped.status == 200
-        time.sleep(0.3)
+        wait_for(lambda: places("stream") == 0, "the dropped stream's place to be free", 2)
         with EventStream(server.url, "/api/agent/events/", agents[0]) as again:
             assert again.status == 200
         waiting = _raw_wait(server.url, agents[0])
-        time.sleep(0.5)
+        wait_for(lambda: places("wait") == 1, "the raw wait to take its place", 5)
         waiting.close()
-        time.sleep(0.3)
+        wait_for(lambda: places("wait") == 0, "the dropped wait's place to be free", 2)
         reply, _ = fetch(server.url, agents[0], 1)
         assert reply.status_code == 200, reply.text
 

@@ -19,6 +19,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,20 +153,22 @@ def test_a_resumed_stream_gets_every_event_once_in_order_under_concurrent_writes
                 last = out[-1].id or last
             time.sleep(rng.random() * 0.2)
 
-    writers = [threading.Thread(target=write, args=(n,)) for n in range(2)]
     everything: list[Message] = []
     agents: list[Message] = []
-    readers = [
-        threading.Thread(target=read, args=(ADMIN_EVENTS, admin, everything)),
-        threading.Thread(target=read, args=(AGENT_EVENTS, agent, agents)),
-    ]
-    for thread in writers + readers:
-        thread.start()
-    for thread in readers:
-        thread.join(timeout=60)
-    stop.set()
-    for thread in writers:
-        thread.join(timeout=30)
+    # Futures, so that a failed assertion in a reader or a writer fails the test.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        writers = [pool.submit(write, n) for n in range(2)]
+        readers = [
+            pool.submit(read, ADMIN_EVENTS, admin, everything),
+            pool.submit(read, AGENT_EVENTS, agent, agents),
+        ]
+        try:
+            for reader in readers:
+                reader.result(timeout=60)
+        finally:
+            stop.set()
+        for writer in writers:
+            writer.result(timeout=30)
 
     # Resume once more after the writes stopped: the rest, and nothing twice.
     for path, headers, received, agent_filter in (
